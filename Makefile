@@ -1,0 +1,71 @@
+# The one task runner. `make help` lists the targets (from the `## ` comments).
+include stack.env
+
+SHELL := /bin/bash
+PY := .venv/bin/python
+UV := .tools/uv/bin/uv
+export UV_PROJECT_ENVIRONMENT := .venv
+export UV_PYTHON_DOWNLOADS := never
+
+.DEFAULT_GOAL := help
+.PHONY: help install env up down status logs health check-config bootstrap backend worker test lint fmt clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m venv .tools/uv
+	.tools/uv/bin/pip install --quiet uv==$(UV_VERSION)
+
+.venv/.installed: $(UV) uv.lock pyproject.toml backend/pyproject.toml agent-runtime/pyproject.toml bootstrap/pyproject.toml
+	$(UV) sync --locked --quiet
+	@touch $@
+
+install: .venv/.installed ## Create .venv from the lock file (uv.lock)
+
+env: ## Create missing .env files from the examples (never overwrites)
+	@scripts/env.sh
+
+up: install env ## Start the stack: Docker Compose if an engine answers, else natively
+	@scripts/stack.sh up
+
+down: install ## Stop exactly what `make up` started
+	@scripts/stack.sh down
+
+status: install ## Show each service's state and health
+	@scripts/stack.sh status
+
+logs: install ## Show the last lines of each service's log
+	@scripts/stack.sh logs
+
+health: install ## Check PostgreSQL, Redis and LiveKit; exit 0 only if all are up
+	@scripts/health-check.sh
+
+check-config: install ## Check docker/livekit.yaml before any server starts
+	@$(PY) -m bootstrap.native check-config
+
+bootstrap: up ## Everything from a fresh clone: install, stack up, then the verified report
+	$(PY) -m bootstrap --verbose
+
+backend: install env ## Serve the backend (webhook receiver + /healthz) on port $(WEBHOOK_PORT)
+	$(PY) -m backend --port $(WEBHOOK_PORT)
+
+worker: install env ## Run the no-op agent worker until Ctrl-C
+	$(PY) -m agent_runtime
+
+test: install ## Lint, type-check, then run every test (starts the real stack when it is down)
+	$(UV) run --locked --no-sync ruff check .
+	$(UV) run --locked --no-sync ruff format --check .
+	$(UV) run --locked --no-sync mypy
+	$(PY) -m pytest
+
+lint: install ## ruff + mypy only
+	$(UV) run --locked --no-sync ruff check .
+	$(UV) run --locked --no-sync mypy
+
+fmt: install ## Format the code with ruff
+	$(UV) run --locked --no-sync ruff format .
+	$(UV) run --locked --no-sync ruff check --fix .
+
+clean: down ## Stop the stack and delete runtime data (.runtime/)
+	rm -rf .runtime

@@ -1,0 +1,49 @@
+"""The no-op agent: a livekit-agents worker whose session joins the room and stays until it ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from livekit import agents
+
+log = structlog.get_logger("agent_runtime")
+
+DEFAULT_AGENT_NAME = "bootstrap-noop"
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    ws_url: str
+    api_key: str
+    api_secret: str
+    agent_name: str = DEFAULT_AGENT_NAME
+    # Bounded: livekit-agents' default (16 retries, up to 10 s apart) can stall for minutes.
+    max_retry: int = 2
+
+
+async def noop_session(ctx: agents.JobContext) -> None:
+    """Join the room and return: livekit-agents keeps the job alive until the room ends."""
+    await ctx.connect(auto_subscribe=agents.AutoSubscribe.SUBSCRIBE_NONE)
+    log.info("agent joined", room=ctx.room.name, identity=ctx.room.local_participant.identity)
+
+
+def create_worker(options: WorkerOptions) -> agents.AgentServer:
+    """An AgentServer tuned to start in-process and fast: thread executor, no idle processes,
+    an ephemeral health port and a constant load, so CPU spikes on a 2-core box never refuse a job."""
+    server = agents.AgentServer(
+        ws_url=options.ws_url,
+        api_key=options.api_key,
+        api_secret=options.api_secret,
+        job_executor_type=agents.JobExecutorType.THREAD,
+        num_idle_processes=0,
+        port=0,
+        host="127.0.0.1",
+        load_fnc=lambda: 0.0,
+        max_retry=options.max_retry,
+    )
+    server.rtc_session(noop_session, agent_name=options.agent_name)
+    return server
+
+
+__all__ = ["DEFAULT_AGENT_NAME", "WorkerOptions", "create_worker", "noop_session"]

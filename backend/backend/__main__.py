@@ -1,0 +1,38 @@
+"""`python -m backend`: serve the webhook receiver and /healthz standalone."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from backend.app import create_app
+from backend.logging import configure_logging
+from backend.settings import SettingsError, load_settings
+
+ENV_FILES = [Path("backend/.env"), Path(".env")]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    configure_logging()
+    try:
+        settings = load_settings(ENV_FILES)
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for warning in settings.warnings:
+        structlog.get_logger().warning(warning)
+    app, _ = create_app(settings)
+    web.run_app(app, host=args.host, port=args.port, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

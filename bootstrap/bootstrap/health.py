@@ -1,0 +1,104 @@
+"""Readiness checks for the three services, speaking each one's own protocol (an open port is not
+readiness): Redis answers PING with PONG, PostgreSQL answers an SSLRequest, LiveKit answers GET / with
+200 "OK" (406 "Not Ready" while its node stats are stale).
+
+`python -m bootstrap.health` (what `make health` runs) prints one line per service; exit 0 only if all up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from bootstrap.stack import Stack, load_stack
+
+CHECK_TIMEOUT = 2.0
+# PostgreSQL's SSLRequest: length 8, code 80877103; a live server replies with one byte, 'S' or 'N'.
+PG_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+
+
+@dataclass(frozen=True)
+class ServiceHealth:
+    name: str
+    address: str
+    up: bool
+    reason: str = ""
+
+    def line(self) -> str:
+        mark, state = ("✓", "up") if self.up else ("✗", "down")
+        tail = f"  {self.reason}" if self.reason else ""
+        return f"{mark} {self.name:<9} {state:<5} {self.address}{tail}"
+
+
+async def _exchange(host: str, port: int, payload: bytes, size: int) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        return await reader.read(size)
+    finally:
+        writer.close()
+
+
+async def check_redis(host: str, port: int) -> str:
+    reply = await _exchange(host, port, b"PING\r\n", 64)
+    if not reply.startswith(b"+PONG"):
+        return f"PING answered {reply[:40]!r}, expected +PONG"
+    return ""
+
+
+async def check_postgres(host: str, port: int) -> str:
+    reply = await _exchange(host, port, PG_SSL_REQUEST, 1)
+    if reply not in (b"S", b"N"):
+        return f"SSLRequest answered {reply!r}, expected a PostgreSQL server's 'S' or 'N'"
+    return ""
+
+
+async def check_livekit(host: str, port: int) -> str:
+    timeout = aiohttp.ClientTimeout(total=CHECK_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(f"http://{host}:{port}/") as resp:
+        body = (await resp.text()).strip()
+        if resp.status != 200:
+            return f"GET / answered {resp.status} {body!r}, expected 200 (server not ready)"
+        return ""
+
+
+async def _probe(name: str, host: str, port: int, check: Callable[[str, int], Awaitable[str]]) -> ServiceHealth:
+    address = f"{host}:{port}"
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            reason = await check(host, port)
+    except ConnectionRefusedError:
+        reason = "connection refused (not running? start it with `make up`)"
+    except TimeoutError:
+        reason = f"no answer within {CHECK_TIMEOUT:.0f}s"
+    except (OSError, aiohttp.ClientError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    return ServiceHealth(name, address, not reason, reason)
+
+
+async def check_all(stack: Stack) -> list[ServiceHealth]:
+    """All three checks, concurrently."""
+    return list(
+        await asyncio.gather(
+            _probe("postgres", stack.host, stack.postgres_port, check_postgres),
+            _probe("redis", stack.host, stack.redis_port, check_redis),
+            _probe("livekit", stack.host, stack.livekit_port, check_livekit),
+        )
+    )
+
+
+def main() -> int:
+    results = asyncio.run(check_all(load_stack()))
+    for result in results:
+        print(result.line())
+    return 0 if all(r.up for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

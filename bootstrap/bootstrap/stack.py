@@ -1,0 +1,71 @@
+"""The stack's settings, read from `stack.env` at the repository root (the one source of truth)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STACK_ENV = REPO_ROOT / "stack.env"
+LIVEKIT_YAML = REPO_ROOT / "docker" / "livekit.yaml"
+RUNTIME_DIR = REPO_ROOT / ".runtime"
+TOOLS_DIR = REPO_ROOT / ".tools"
+
+
+@dataclass(frozen=True)
+class Stack:
+    livekit_version: str
+    livekit_cli_version: str
+    livekit_port: int
+    rtc_tcp_port: int
+    rtc_udp_port: int
+    redis_port: int
+    postgres_port: int
+    webhook_port: int
+    api_key: str
+    api_secret: str
+    agent_name: str
+    postgres_user: str
+    postgres_password: str
+    postgres_db: str
+    host: str = "127.0.0.1"
+
+    @property
+    def livekit_http_url(self) -> str:
+        return f"http://{self.host}:{self.livekit_port}"
+
+    @property
+    def livekit_ws_url(self) -> str:
+        return f"ws://{self.host}:{self.livekit_port}"
+
+
+@cache
+def load_stack(path: Path = STACK_ENV) -> Stack:
+    """Parse stack.env; a missing key is a broken checkout, so fail loudly naming it."""
+    values = dotenv_values(path)
+
+    def get(key: str) -> str:
+        value = values.get(key)
+        if not value:
+            raise RuntimeError(f"{path}: {key} is missing; restore it from git (`git checkout stack.env`)")
+        return value
+
+    return Stack(
+        livekit_version=get("LIVEKIT_VERSION"),
+        livekit_cli_version=get("LIVEKIT_CLI_VERSION"),
+        livekit_port=int(get("LIVEKIT_PORT")),
+        rtc_tcp_port=int(get("LIVEKIT_RTC_TCP_PORT")),
+        rtc_udp_port=int(get("LIVEKIT_RTC_UDP_PORT")),
+        redis_port=int(get("REDIS_PORT")),
+        postgres_port=int(get("POSTGRES_PORT")),
+        webhook_port=int(get("WEBHOOK_PORT")),
+        api_key=get("LIVEKIT_DEV_API_KEY"),
+        api_secret=get("LIVEKIT_DEV_API_SECRET"),
+        agent_name=get("LIVEKIT_AGENT_NAME"),
+        postgres_user=get("POSTGRES_USER"),
+        postgres_password=get("POSTGRES_PASSWORD"),
+        postgres_db=get("POSTGRES_DB"),
+    )
