@@ -10,24 +10,33 @@ import structlog
 
 
 def configure_logging(*, verbose: bool = False, json: bool | None = None) -> None:
-    """Route structlog and stdlib logging to stderr; JSON unless stderr is a terminal."""
-    level = logging.DEBUG if verbose else logging.INFO
+    """Route structlog and stdlib logging (livekit-agents, aiohttp) to stderr through one renderer:
+    JSON lines unless stderr is a terminal."""
     as_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if as_json
         else structlog.dev.ConsoleRenderer(colors="NO_COLOR" not in os.environ and sys.stderr.isatty())
     )
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso"),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    # Libraries (livekit-agents, aiohttp) log through stdlib logging: keep them on stderr, quieter.
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.WARNING, force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer,
+    ]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # The libraries' own chatter stays out unless it is a warning; --verbose lets their INFO through.
+    for noisy in ("livekit", "livekit.agents", "asyncio", "aiohttp"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)

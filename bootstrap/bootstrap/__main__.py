@@ -1,0 +1,93 @@
+"""`python -m bootstrap`: prove the LiveKit stack end to end and print one pass/fail report.
+
+Exit codes: 0 PASS, 1 FAIL, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import structlog
+
+from backend.logging import configure_logging
+from backend.settings import SettingsError, load_settings
+from bootstrap import report, runner
+from bootstrap.context import RunContext
+from bootstrap.livekit_config import ConfigError, load_config
+from bootstrap.result import RunResult
+from bootstrap.stack import LIVEKIT_YAML, load_stack
+
+DEFAULT_TIMEOUT = 60.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bootstrap", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true", help="log each stage's progress (stderr)")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    parser.add_argument("--junit", type=Path, metavar="PATH", help="also write the report as JUnit XML")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help=f"bound for the whole run, cleanup included (default {DEFAULT_TIMEOUT:.0f})")
+    parser.add_argument("--env-file", type=Path, default=Path(".env"), help="settings file (default .env)")
+    parser.add_argument("--webhook-host", default="0.0.0.0",
+                        help="address the receiver binds (default all: a Compose server reaches it via host-gateway)")
+    args = parser.parse_args(argv)
+    if args.timeout <= runner.CLEANUP_RESERVE:
+        parser.error(f"--timeout must be more than {runner.CLEANUP_RESERVE:.0f} seconds")
+    return args
+
+
+def build_context(args: argparse.Namespace) -> RunContext:
+    """Settings and config, validated before anything connects (errors here exit 2)."""
+    settings = load_settings([args.env_file])
+    config = load_config(LIVEKIT_YAML)
+    stack = load_stack()
+    webhook_port = urlparse(config.webhook_urls[0]).port if config.webhook_urls else None
+    if webhook_port is None:
+        raise ConfigError(f"{LIVEKIT_YAML}: webhook.urls needs a URL with an explicit port, e.g. :8000")
+    for warning in settings.warnings:
+        structlog.get_logger("bootstrap").warning(warning)
+    return RunContext(
+        settings=settings, stack=stack, agent_name=stack.agent_name, webhook_host=args.webhook_host,
+        webhook_port=webhook_port, deadline=time.monotonic() + args.timeout,
+    )
+
+
+async def run_with_signals(ctx: RunContext) -> RunResult:
+    """Ctrl-C and SIGTERM cancel the run; the runner turns that into a FAIL after cleaning up."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    return await runner.run(ctx)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(verbose=args.verbose)
+    try:
+        ctx = build_context(args)
+    except (SettingsError, ConfigError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"status": "error", "seconds": 0.0, "stages": [], "error": str(exc)}))
+        return 2
+    result = asyncio.run(run_with_signals(ctx))
+    result.context.update(server=ctx.settings.livekit_url, pinned=ctx.stack.livekit_version)
+    if args.junit:
+        args.junit.parent.mkdir(parents=True, exist_ok=True)
+        args.junit.write_text(report.render_junit(result))
+    print(report.render_json(result) if args.json else report.render_text(result), flush=True)
+    return 0 if result.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Everything the stages share during one run, and the deadline they all answer to."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from livekit import agents, api, rtc
+
+from backend.settings import Settings
+from bootstrap.stack import Stack
+from bootstrap.webhook_sink import WebhookSink
+
+
+def fresh_room_name() -> str:
+    """Unique per run: a token's agent dispatch only applies when the join creates the room."""
+    return f"bootstrap-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class RunContext:
+    settings: Settings
+    stack: Stack
+    agent_name: str
+    webhook_host: str
+    webhook_port: int
+    deadline: float  # time.monotonic() by which the whole run (cleanup included) must end
+    room_name: str = field(default_factory=fresh_room_name)
+    identity: str = "bootstrap-user"
+    lkapi: api.LiveKitAPI | None = None
+    worker: agents.AgentServer | None = None
+    worker_task: asyncio.Task[None] | None = None
+    worker_id: str = ""
+    sink: WebhookSink | None = None
+    sink_error: str = ""
+    token: str = ""
+    room: rtc.Room | None = None
+    joined_at: float = 0.0
+    agent_identity: str = ""
+    room_created: bool = False
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    @property
+    def api(self) -> api.LiveKitAPI:
+        if self.lkapi is None:
+            self.lkapi = api.LiveKitAPI(
+                self.settings.http_url, self.settings.api_key, self.settings.api_secret, failover=False
+            )
+        return self.lkapi

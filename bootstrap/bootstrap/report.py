@@ -1,0 +1,76 @@
+"""Renderers for a RunResult: a human table, one JSON object, JUnit XML."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+from bootstrap.result import RunResult, Status
+
+MARKS = {Status.PASS: "✓", Status.FAIL: "✗", Status.SKIPPED: "-"}
+
+
+def render_text(result: RunResult) -> str:
+    header = "LiveKit infrastructure report"
+    if result.context:
+        header += "  (" + ", ".join(f"{k} {v}" for k, v in result.context.items()) + ")"
+    width = max(len(s.detail) for s in result.stages) if result.stages else 0
+    width = min(max(width, 20), 80)
+    lines = [header]
+    for stage in result.stages:
+        detail = stage.detail if stage.status is not Status.SKIPPED else "skipped"
+        lines.append(f"  {MARKS[stage.status]} {stage.name:<9} {detail:<{width}} {stage.seconds:6.2f}s")
+        if stage.status is Status.FAIL:
+            lines.append(f"      cause: {stage.cause}")
+            lines.append(f"      fix:   {stage.fix}")
+    passed = sum(s.status is Status.PASS for s in result.stages)
+    verdict = "PASS" if result.passed else "FAIL"
+    lines.append(f"{verdict}  {passed}/{len(result.stages)} stages passed in {result.seconds:.2f}s")
+    return "\n".join(lines)
+
+
+def to_dict(result: RunResult) -> dict[str, object]:
+    return {
+        "status": result.status.value,
+        "seconds": round(result.seconds, 3),
+        "stages": [
+            {
+                "name": s.name,
+                "status": s.status.value,
+                "seconds": round(s.seconds, 3),
+                "detail": s.detail,
+                "cause": s.cause,
+                "fix": s.fix,
+            }
+            for s in result.stages
+        ],
+    }
+
+
+def render_json(result: RunResult) -> str:
+    return json.dumps(to_dict(result), ensure_ascii=False)
+
+
+def render_junit(result: RunResult) -> str:
+    failures = sum(s.status is Status.FAIL for s in result.stages)
+    skipped = sum(s.status is Status.SKIPPED for s in result.stages)
+    suite = ET.Element(
+        "testsuite",
+        name="bootstrap",
+        tests=str(len(result.stages)),
+        failures=str(failures),
+        errors="0",
+        skipped=str(skipped),
+        time=f"{result.seconds:.3f}",
+    )
+    for stage in result.stages:
+        case = ET.SubElement(suite, "testcase", classname="bootstrap", name=stage.name, time=f"{stage.seconds:.3f}")
+        if stage.status is Status.FAIL:
+            failure = ET.SubElement(case, "failure", message=stage.cause)
+            failure.text = f"{stage.cause}\nfix: {stage.fix}"
+        elif stage.status is Status.SKIPPED:
+            ET.SubElement(case, "skipped", message="an earlier stage failed")
+        else:
+            ET.SubElement(case, "system-out").text = stage.detail
+    ET.indent(suite)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"

@@ -1,0 +1,111 @@
+"""Run the stages in order under one deadline, then always clean up: the participant leaves, the room
+is deleted, the worker is closed and the receiver stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+from livekit import api
+
+from bootstrap.context import RunContext
+from bootstrap.diagnosis import diagnose
+from bootstrap.ports import port_owner
+from bootstrap.result import RunResult, StageFailure, StageResult, Status
+from bootstrap.stages import STAGES, Stage
+from bootstrap.webhook_sink import WebhookSink
+
+# Seconds kept back from --timeout for cleanup, so the whole run ends within --timeout + a small margin.
+CLEANUP_RESERVE = 5.0
+CLEANUP_STEP = 3.0
+log = structlog.get_logger("bootstrap")
+
+
+async def run(ctx: RunContext) -> RunResult:
+    started = time.monotonic()
+    results: list[StageResult] = []
+    try:
+        await _start_sink(ctx)
+        for name, stage, cap in STAGES:
+            if results and results[-1].status is not Status.PASS:
+                results.append(StageResult(name, Status.SKIPPED))
+                continue
+            results.append(await _run_stage(ctx, name, stage, cap))
+    finally:
+        await cleanup(ctx)
+    return RunResult(results, time.monotonic() - started)
+
+
+async def _run_stage(ctx: RunContext, name: str, stage: Stage, cap: float) -> StageResult:
+    budget = min(cap, ctx.remaining() - CLEANUP_RESERVE)
+    started = time.monotonic()
+    log.debug("stage started", stage=name, budget=round(budget, 1))
+    try:
+        if budget <= 0:
+            raise StageFailure("the run's --timeout was used up before this stage", "raise --timeout")
+        async with asyncio.timeout(budget):
+            detail = await stage(ctx)
+    except asyncio.CancelledError:
+        _uncancel()
+        failure = StageFailure("interrupted (Ctrl-C or SIGTERM)", "run it again; cleanup has been done")
+        return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix)
+    except Exception as exc:
+        failure = diagnose(name, exc, ctx, budget)
+        log.debug("stage failed", stage=name, error=repr(exc))
+        return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix)
+    seconds = time.monotonic() - started
+    log.info("stage passed", stage=name, seconds=round(seconds, 3), detail=detail)
+    return StageResult(name, Status.PASS, seconds, detail)
+
+
+def _uncancel() -> None:
+    """Let cleanup's own awaits run after an interrupt was turned into a FAIL."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+async def _start_sink(ctx: RunContext) -> None:
+    """Bind the webhook receiver before anything can send webhooks. A taken port is a FAIL of the
+    webhooks stage naming the owner: never assume another listener received them."""
+    if owner := port_owner(ctx.webhook_port):
+        ctx.sink_error = f"webhook port {ctx.webhook_port} is already taken by {owner}, so this run cannot receive"
+        return
+    sink = WebhookSink(ctx.settings, ctx.webhook_host, ctx.webhook_port)
+    try:
+        await sink.start()
+    except OSError as exc:
+        ctx.sink_error = f"cannot listen on {ctx.webhook_host}:{ctx.webhook_port}: {exc}"
+        await sink.stop()
+        return
+    ctx.sink = sink
+
+
+async def cleanup(ctx: RunContext) -> None:
+    """Each step bounded and independent: one failing never leaves the others undone."""
+    steps = [
+        ("leave room", ctx.room.disconnect() if ctx.room else None),
+        ("delete room", _delete_room(ctx) if ctx.room_created else None),
+        ("close worker", ctx.worker.aclose() if ctx.worker else None),
+        ("stop receiver", ctx.sink.stop() if ctx.sink else None),
+        ("close api", ctx.lkapi.aclose() if ctx.lkapi else None),
+    ]
+    for what, step in steps:
+        if step is None:
+            continue
+        try:
+            async with asyncio.timeout(CLEANUP_STEP):
+                await step
+        except Exception as exc:  # cleanup reports, never raises: the verdict is already decided
+            log.warning("cleanup step failed", step=what, error=repr(exc))
+    if ctx.worker_task is not None and not ctx.worker_task.done():
+        ctx.worker_task.cancel()
+        with contextlib.suppress(BaseException):
+            await ctx.worker_task
+
+
+async def _delete_room(ctx: RunContext) -> None:
+    with contextlib.suppress(api.TwirpError):  # already gone is fine
+        await ctx.api.room.delete_room(api.DeleteRoomRequest(room=ctx.room_name))

@@ -1,0 +1,42 @@
+"""Stage 6: the backend's receiver got signed, verified room_started and participant_joined (for the
+user and the agent) for this run's room."""
+
+from __future__ import annotations
+
+from livekit import api
+
+from bootstrap.context import RunContext
+from bootstrap.result import StageFailure
+
+
+def _expected(ctx: RunContext) -> set[tuple[str, str]]:
+    return {("room_started", ""), ("participant_joined", ctx.identity), ("participant_joined", ctx.agent_identity)}
+
+
+def _seen(ctx: RunContext) -> set[tuple[str, str]]:
+    assert ctx.sink is not None
+    return {(e.event, _identity(e)) for e in ctx.sink.for_room(ctx.room_name)}
+
+
+def _identity(event: api.WebhookEvent) -> str:
+    return event.participant.identity if event.HasField("participant") else ""
+
+
+async def run(ctx: RunContext) -> str:
+    if ctx.sink is None:
+        raise StageFailure(ctx.sink_error, "free the port (stop that process) or change WEBHOOK_PORT and webhook.urls")
+    expected = _expected(ctx)
+    try:
+        await ctx.sink.wait_until(lambda: expected <= _seen(ctx))
+    except TimeoutError:
+        missing = sorted(f"{event}({who})" if who else event for event, who in expected - _seen(ctx))
+        total = len(ctx.sink.events)
+        raise StageFailure(
+            f"missing verified webhooks for {ctx.room_name}: {', '.join(missing)} "
+            f"({total} verified event(s) arrived at :{ctx.webhook_port} in all)",
+            "check webhook.urls in docker/livekit.yaml points at this machine's port "
+            f"{ctx.webhook_port} (host.docker.internal under Docker, 127.0.0.1 natively) and `make logs` "
+            "for the server's delivery errors",
+        ) from None
+    events = sorted({e for e, _ in expected})
+    return f"{len(ctx.sink.for_room(ctx.room_name))} verified: {', '.join(events)} (user + agent)"

@@ -1,0 +1,35 @@
+"""Stage 2: the API keys work, and the no-op livekit-agents worker registers (worker id AW_…)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from livekit import api
+
+from agent_runtime.worker import WorkerOptions, create_worker
+from bootstrap.context import RunContext
+from bootstrap.result import StageFailure
+
+
+async def run(ctx: RunContext) -> str:
+    # An authenticated API call first: the worker's own retries would hide a 401 behind "failed to connect".
+    await ctx.api.room.list_rooms(api.ListRoomsRequest())
+    options = WorkerOptions(
+        ws_url=ctx.settings.ws_url,
+        api_key=ctx.settings.api_key,
+        api_secret=ctx.settings.api_secret,
+        agent_name=ctx.agent_name,
+    )
+    ctx.worker = create_worker(options)
+    registered: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    ctx.worker.on("worker_registered", lambda wid, _info: registered.done() or registered.set_result(wid))
+    ctx.worker_task = asyncio.create_task(ctx.worker.run(), name="noop-worker")
+    await asyncio.wait({registered, ctx.worker_task}, return_when=asyncio.FIRST_COMPLETED)
+    if not registered.done():
+        error = ctx.worker_task.exception() if ctx.worker_task.done() else None
+        raise StageFailure(
+            f"the worker stopped before registering at {ctx.settings.ws_url}/agent: {error}",
+            "check LIVEKIT_URL in .env points at the server (`make status`), and `make logs` for the server side",
+        )
+    ctx.worker_id = registered.result()
+    return f"registered {ctx.worker_id} as agent {ctx.agent_name!r}"

@@ -1,0 +1,46 @@
+"""The backend's webhook receiver, run in-process on the webhook port, collecting verified events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+from livekit import api
+
+from backend.app import create_app
+from backend.settings import Settings
+
+EventPredicate = Callable[[api.WebhookEvent], bool]
+
+
+class WebhookSink:
+    """Serves POST /api/webhooks/livekit (verification is the backend's) and records what passed it."""
+
+    def __init__(self, settings: Settings, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.events: list[api.WebhookEvent] = []
+        self._changed = asyncio.Condition()
+        app, handlers = create_app(settings)
+        handlers.append(self._record)
+        self._runner = web.AppRunner(app, access_log=None)
+
+    async def _record(self, event: api.WebhookEvent) -> None:
+        async with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port, reuse_address=False).start()
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    def for_room(self, room: str) -> list[api.WebhookEvent]:
+        return [e for e in self.events if e.room.name == room]
+
+    async def wait_until(self, done: Callable[[], bool]) -> None:
+        """Return once `done()` holds; callers bound the wait with asyncio.timeout."""
+        async with self._changed:
+            await self._changed.wait_for(done)
