@@ -8,7 +8,11 @@ export UV_PROJECT_ENVIRONMENT := .venv
 export UV_PYTHON_DOWNLOADS := never
 
 .DEFAULT_GOAL := help
-.PHONY: help install env up down status logs health check-config bootstrap backend worker test lint fmt clean
+.PHONY: help install tools env up down status logs health check-config bootstrap backend worker test lint fmt clean
+
+COMPOSECHECK := .tools/composecheck
+ACTIONLINT := .tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
+BOOTSTRAP_ARGS ?=
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -22,6 +26,14 @@ $(UV):
 	@touch $@
 
 install: .venv/.installed ## Create .venv from the lock file (uv.lock)
+
+$(COMPOSECHECK): tools/composecheck/main.go tools/composecheck/go.mod tools/composecheck/go.sum
+	cd tools/composecheck && CGO_ENABLED=0 go build -o ../../$(COMPOSECHECK) .
+
+$(ACTIONLINT):
+	CGO_ENABLED=0 GOBIN=$(abspath $(dir $(ACTIONLINT))) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+
+tools: $(COMPOSECHECK) $(ACTIONLINT) ## Build the Go checkers the tests use (Compose's parser, actionlint)
 
 env: ## Create missing .env files from the examples (never overwrites)
 	@scripts/env.sh
@@ -45,7 +57,7 @@ check-config: install ## Check docker/livekit.yaml before any server starts
 	@$(PY) -m bootstrap.native check-config
 
 bootstrap: up ## Everything from a fresh clone: install, stack up, then the verified report
-	$(PY) -m bootstrap --verbose
+	$(PY) -m bootstrap --verbose $(BOOTSTRAP_ARGS)
 
 backend: install env ## Serve the backend (webhook receiver + /healthz) on port $(WEBHOOK_PORT)
 	$(PY) -m backend --port $(WEBHOOK_PORT)
@@ -53,7 +65,7 @@ backend: install env ## Serve the backend (webhook receiver + /healthz) on port 
 worker: install env ## Run the no-op agent worker until Ctrl-C
 	$(PY) -m agent_runtime
 
-test: install ## Lint, type-check, then run every test (starts the real stack when it is down)
+test: install tools ## Lint, type-check, then run every test (starts the real stack when it is down)
 	$(UV) run --locked --no-sync ruff check .
 	$(UV) run --locked --no-sync ruff format --check .
 	$(UV) run --locked --no-sync mypy

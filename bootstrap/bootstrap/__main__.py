@@ -28,16 +28,25 @@ DEFAULT_TIMEOUT = 60.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bootstrap", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bootstrap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--verbose", action="store_true", help="log each stage's progress (stderr)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     parser.add_argument("--junit", type=Path, metavar="PATH", help="also write the report as JUnit XML")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help=f"bound for the whole run, cleanup included (default {DEFAULT_TIMEOUT:.0f})")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"bound for the whole run, cleanup included (default {DEFAULT_TIMEOUT:.0f})",
+    )
     parser.add_argument("--env-file", type=Path, default=Path(".env"), help="settings file (default .env)")
-    parser.add_argument("--webhook-host", default="0.0.0.0",
-                        help="address the receiver binds (default all: a Compose server reaches it via host-gateway)")
+    parser.add_argument(
+        "--webhook-host",
+        default="0.0.0.0",
+        help="address the receiver binds (default all: a Compose server reaches it via host-gateway)",
+    )
     args = parser.parse_args(argv)
     if args.timeout <= runner.CLEANUP_RESERVE:
         parser.error(f"--timeout must be more than {runner.CLEANUP_RESERVE:.0f} seconds")
@@ -55,8 +64,12 @@ def build_context(args: argparse.Namespace) -> RunContext:
     for warning in settings.warnings:
         structlog.get_logger("bootstrap").warning(warning)
     return RunContext(
-        settings=settings, stack=stack, agent_name=stack.agent_name, webhook_host=args.webhook_host,
-        webhook_port=webhook_port, deadline=time.monotonic() + args.timeout,
+        settings=settings,
+        stack=stack,
+        agent_name=stack.agent_name,
+        webhook_host=args.webhook_host,
+        webhook_port=webhook_port,
+        deadline=time.monotonic() + args.timeout,
     )
 
 

@@ -9,9 +9,7 @@ from livekit import api, rtc
 from bootstrap.context import RunContext
 from bootstrap.result import StageFailure
 
-KEY_FIX = (
-    "set LIVEKIT_API_KEY / LIVEKIT_API_SECRET in .env to a pair listed under `keys:` in docker/livekit.yaml"
-)
+KEY_FIX = "set LIVEKIT_API_KEY / LIVEKIT_API_SECRET in .env to a pair listed under `keys:` in docker/livekit.yaml"
 ICE_FIX = (
     "the server must advertise an address this client can reach: `rtc.node_ip: 127.0.0.1` and "
     "`use_external_ip: false` in docker/livekit.yaml, with TCP 7881 and UDP 7882 reachable"

@@ -61,7 +61,10 @@ async def check_postgres(host: str, port: int) -> str:
 
 async def check_livekit(host: str, port: int) -> str:
     timeout = aiohttp.ClientTimeout(total=CHECK_TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(f"http://{host}:{port}/") as resp:
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(f"http://{host}:{port}/") as resp,
+    ):
         body = (await resp.text()).strip()
         if resp.status != 200:
             return f"GET / answered {resp.status} {body!r}, expected 200 (server not ready)"
@@ -73,8 +76,9 @@ async def _probe(name: str, host: str, port: int, check: Callable[[str, int], Aw
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
             reason = await check(host, port)
-    except ConnectionRefusedError:
-        reason = "connection refused (not running? start it with `make up`)"
+    except (ConnectionRefusedError, aiohttp.ClientConnectorError) as exc:
+        refused = isinstance(exc, ConnectionRefusedError) or isinstance(exc.os_error, ConnectionRefusedError)
+        reason = "connection refused (not running? start it with `make up`)" if refused else str(exc)
     except TimeoutError:
         reason = f"no answer within {CHECK_TIMEOUT:.0f}s"
     except (OSError, aiohttp.ClientError) as exc:
@@ -82,13 +86,14 @@ async def _probe(name: str, host: str, port: int, check: Callable[[str, int], Aw
     return ServiceHealth(name, address, not reason, reason)
 
 
-async def check_all(stack: Stack) -> list[ServiceHealth]:
-    """All three checks, concurrently."""
+async def check_all(stack: Stack, livekit: tuple[str, int] | None = None) -> list[ServiceHealth]:
+    """All three checks, concurrently; `livekit` overrides where LiveKit is (default: the stack's)."""
+    lk_host, lk_port = livekit or (stack.host, stack.livekit_port)
     return list(
         await asyncio.gather(
             _probe("postgres", stack.host, stack.postgres_port, check_postgres),
             _probe("redis", stack.host, stack.redis_port, check_redis),
-            _probe("livekit", stack.host, stack.livekit_port, check_livekit),
+            _probe("livekit", lk_host, lk_port, check_livekit),
         )
     )
 

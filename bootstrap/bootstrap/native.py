@@ -86,8 +86,15 @@ def services(stack: Stack) -> list[Service]:
             "postgres",
             [(stack.postgres_port, False)],
             command=lambda: [
-                str(pg_bin / "postgres"), "-D", str(pg_dir / "data"), "-p", str(stack.postgres_port),
-                "-k", str(pg_dir / "run"), "-c", "listen_addresses=127.0.0.1",
+                str(pg_bin / "postgres"),
+                "-D",
+                str(pg_dir / "data"),
+                "-p",
+                str(stack.postgres_port),
+                "-k",
+                str(pg_dir / "run"),
+                "-c",
+                "listen_addresses=127.0.0.1",
             ],
             prepare=lambda: _prepare_postgres(stack, pg_bin, pg_dir),
             user=_unprivileged_user(),
@@ -96,16 +103,28 @@ def services(stack: Stack) -> list[Service]:
             "redis",
             [(stack.redis_port, False)],
             command=lambda: [
-                "redis-server", "--port", str(stack.redis_port), "--bind", "127.0.0.1",
-                "--dir", str(RUNTIME_DIR / "redis"), "--save", "", "--appendonly", "no",
+                "redis-server",
+                "--port",
+                str(stack.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(RUNTIME_DIR / "redis"),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
             ],
         ),
         Service(
             "livekit",
             [(stack.livekit_port, False), (stack.rtc_tcp_port, False), (stack.rtc_udp_port, True)],
             command=lambda: [
-                str(install.livekit_server_binary(stack)), "--config", str(lk_dir / "livekit.yaml"),
-                "--bind", "127.0.0.1",
+                str(install.livekit_server_binary(stack)),
+                "--config",
+                str(lk_dir / "livekit.yaml"),
+                "--bind",
+                "127.0.0.1",
             ],
             prepare=lambda: _prepare_livekit(lk_dir),
         ),
@@ -136,11 +155,21 @@ def _prepare_postgres(stack: Stack, pg_bin: Path, pg_dir: Path) -> None:
     try:
         subprocess.run(
             [
-                str(pg_bin / "initdb"), "-D", str(pg_dir / "data"), "-U", stack.postgres_user,
-                f"--pwfile={password_file}", "--auth-local=trust", "--auth-host=scram-sha-256",
-                "-E", "UTF8", "--no-instructions",
+                str(pg_bin / "initdb"),
+                "-D",
+                str(pg_dir / "data"),
+                "-U",
+                stack.postgres_user,
+                f"--pwfile={password_file}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-instructions",
             ],
-            check=True, user=user, stdout=subprocess.DEVNULL,
+            check=True,
+            user=user,
+            stdout=subprocess.DEVNULL,
         )
     finally:
         password_file.unlink()
@@ -153,27 +182,46 @@ def _create_database(stack: Stack) -> None:
         return
     pg_bin = install.postgres_bin_dir() or Path("/usr/lib/postgresql/15/bin")
     subprocess.run(
-        [str(pg_bin.parent / "bin" / "createdb"), "-h", str(pg_dir / "run"), "-p", str(stack.postgres_port),
-         "-U", stack.postgres_user, stack.postgres_db],
-        check=True, user=_unprivileged_user(),
+        [
+            str(pg_bin.parent / "bin" / "createdb"),
+            "-h",
+            str(pg_dir / "run"),
+            "-p",
+            str(stack.postgres_port),
+            "-U",
+            stack.postgres_user,
+            stack.postgres_db,
+        ],
+        check=True,
+        user=_unprivileged_user(),
     )
     marker.touch()
 
 
+def _check_ports_free(to_start: list[Service]) -> None:
+    """All ports checked before anything starts, so a conflict leaves nothing half-started."""
+    taken = [
+        f"{service.name}: port {port}/{'udp' if udp else 'tcp'} is already taken by {owner}"
+        for service in to_start
+        for port, udp in service.ports
+        if (owner := port_owner(port, udp=udp))
+    ]
+    if taken:
+        raise StackError("; ".join(taken) + ". Stop that process, or change the port in stack.env")
+
+
 def _start(service: Service) -> int:
-    for port, udp in service.ports:
-        if owner := port_owner(port, udp=udp):
-            proto = "udp" if udp else "tcp"
-            raise StackError(
-                f"{service.name}: port {port}/{proto} is already taken by {owner}; "
-                f"stop that process or change the port in stack.env"
-            )
     service.dir.mkdir(parents=True, exist_ok=True)
     service.prepare()
     with service.log_file.open("ab") as log:
         process = subprocess.Popen(
-            service.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, user=service.user, cwd=service.dir,
+            service.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            user=service.user,
+            cwd=service.dir,
         )
     service.pid_file.write_text(f"{process.pid} {_start_time(process.pid)}")
     return process.pid
@@ -182,10 +230,14 @@ def _start(service: Service) -> int:
 def up(stack: Stack) -> None:
     install.ensure_packages()
     install.ensure_livekit_server(stack)
+    to_start = []
     for service in services(stack):
         if pid := service.running_pid():
             print(f"  {service.name:<9} already running (pid {pid})", file=sys.stderr)
-            continue
+        else:
+            to_start.append(service)
+    _check_ports_free(to_start)
+    for service in to_start:
         pid = _start(service)
         print(f"  {service.name:<9} started (pid {pid}), log {service.log_file}", file=sys.stderr)
     _wait_healthy(stack)
@@ -243,8 +295,8 @@ def status(stack: Stack) -> int:
     health = {r.name: r for r in asyncio.run(check_all(stack))}
     for service in services(stack):
         pid = service.running_pid()
-        state = f"running (pid {pid})" if pid else "not started by make up"
-        print(f"{health[service.name].line():<60} {state}")
+        state = f"[native, pid {pid}]" if pid else "[not started by make up]"
+        print(f"{health[service.name].line()}  {state}")
     return 0 if all(r.up for r in health.values()) else 1
 
 
@@ -261,8 +313,11 @@ def logs(stack: Stack, lines: int = 40) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bootstrap.native", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bootstrap.native",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["up", "down", "status", "logs", "check-config"])
     args = parser.parse_args(argv)
     stack = load_stack()

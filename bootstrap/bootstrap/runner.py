@@ -20,6 +20,7 @@ from bootstrap.webhook_sink import WebhookSink
 # Seconds kept back from --timeout for cleanup, so the whole run ends within --timeout + a small margin.
 CLEANUP_RESERVE = 5.0
 CLEANUP_STEP = 3.0
+EXPLAIN_TIMEOUT = 2.0
 log = structlog.get_logger("bootstrap")
 
 
@@ -28,28 +29,32 @@ async def run(ctx: RunContext) -> RunResult:
     results: list[StageResult] = []
     try:
         await _start_sink(ctx)
-        for name, stage, cap in STAGES:
+        for stage in STAGES:
             if results and results[-1].status is not Status.PASS:
-                results.append(StageResult(name, Status.SKIPPED))
+                results.append(StageResult(stage.name, Status.SKIPPED))
                 continue
-            results.append(await _run_stage(ctx, name, stage, cap))
+            results.append(await _run_stage(ctx, stage))
     finally:
         await cleanup(ctx)
     return RunResult(results, time.monotonic() - started)
 
 
-async def _run_stage(ctx: RunContext, name: str, stage: Stage, cap: float) -> StageResult:
-    budget = min(cap, ctx.remaining() - CLEANUP_RESERVE)
+async def _run_stage(ctx: RunContext, stage: Stage) -> StageResult:
+    name = stage.name
+    budget = min(stage.cap, ctx.remaining() - CLEANUP_RESERVE)
     started = time.monotonic()
     log.debug("stage started", stage=name, budget=round(budget, 1))
     try:
         if budget <= 0:
             raise StageFailure("the run's --timeout was used up before this stage", "raise --timeout")
         async with asyncio.timeout(budget):
-            detail = await stage(ctx)
+            detail = await stage.run(ctx)
     except asyncio.CancelledError:
         _uncancel()
         failure = StageFailure("interrupted (Ctrl-C or SIGTERM)", "run it again; cleanup has been done")
+        return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix)
+    except TimeoutError as exc:
+        failure = await _explain_timeout(ctx, stage, exc, budget)
         return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix)
     except Exception as exc:
         failure = diagnose(name, exc, ctx, budget)
@@ -58,6 +63,17 @@ async def _run_stage(ctx: RunContext, name: str, stage: Stage, cap: float) -> St
     seconds = time.monotonic() - started
     log.info("stage passed", stage=name, seconds=round(seconds, 3), detail=detail)
     return StageResult(name, Status.PASS, seconds, detail)
+
+
+async def _explain_timeout(ctx: RunContext, stage: Stage, exc: TimeoutError, budget: float) -> StageFailure:
+    """The stage's own account of what was still missing, itself bounded (the server may be gone)."""
+    if stage.on_timeout is not None:
+        try:
+            async with asyncio.timeout(EXPLAIN_TIMEOUT):
+                return await stage.on_timeout(ctx)
+        except Exception as explain_error:
+            log.debug("timeout explanation failed", stage=stage.name, error=repr(explain_error))
+    return diagnose(stage.name, exc, ctx, budget)
 
 
 def _uncancel() -> None:

@@ -23,7 +23,8 @@ class WebhookSink:
         self._changed = asyncio.Condition()
         app, handlers = create_app(settings)
         handlers.append(self._record)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A short shutdown: the server holds keep-alive connections open, which would stall cleanup.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
 
     async def _record(self, event: api.WebhookEvent) -> None:
         async with self._changed:
@@ -32,7 +33,9 @@ class WebhookSink:
 
     async def start(self) -> None:
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port, reuse_address=False).start()
+        # SO_REUSEADDR (aiohttp's default) lets a new run bind while the last run's connections close;
+        # on Linux it never lets two listeners share the port.
+        await web.TCPSite(self._runner, self.host, self.port).start()
 
     async def stop(self) -> None:
         await self._runner.cleanup()

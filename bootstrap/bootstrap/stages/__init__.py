@@ -1,18 +1,29 @@
-"""The six stages, in order. Each is `async def run(ctx) -> detail` and raises on failure."""
+"""The six stages, in order. Each is `async def run(ctx) -> detail`, raising on failure; a stage may
+also define `async def on_timeout(ctx) -> StageFailure` to say what was missing when its time ran out."""
+
+from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from bootstrap.context import RunContext
+from bootstrap.result import StageFailure
 from bootstrap.stages import dispatch, join, services, token, webhooks, worker
 
-Stage = Callable[[RunContext], Awaitable[str]]
 
-# (name, function, longest it may take on its own; the run's deadline bounds it too)
-STAGES: list[tuple[str, Stage, float]] = [
-    ("services", services.run, 30.0),
-    ("worker", worker.run, 15.0),
-    ("token", token.run, 5.0),
-    ("join", join.run, 15.0),
-    ("dispatch", dispatch.run, 15.0),
-    ("webhooks", webhooks.run, 15.0),
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[RunContext], Awaitable[str]]
+    cap: float  # longest it may take on its own; the run's deadline bounds it too
+    on_timeout: Callable[[RunContext], Awaitable[StageFailure]] | None = None
+
+
+STAGES: list[Stage] = [
+    Stage("services", services.run, 30.0, services.on_timeout),
+    Stage("worker", worker.run, 15.0),
+    Stage("token", token.run, 5.0),
+    Stage("join", join.run, 15.0),
+    Stage("dispatch", dispatch.run, 15.0, dispatch.on_timeout),
+    Stage("webhooks", webhooks.run, 15.0, webhooks.on_timeout),
 ]

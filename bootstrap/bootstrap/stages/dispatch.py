@@ -16,11 +16,8 @@ AGENT_NAME_ATTRIBUTE = "lk.agent_name"
 
 
 async def run(ctx: RunContext) -> str:
-    try:
-        while not (agent := await _find_agent(ctx)):
-            await asyncio.sleep(POLL_INTERVAL)
-    except TimeoutError:
-        raise await _explain(ctx) from None
+    while not (agent := await _find_agent(ctx)):
+        await asyncio.sleep(POLL_INTERVAL)
     ctx.agent_identity = agent.identity
     latency = time.monotonic() - ctx.joined_at
     return f"agent {agent.identity} ({ctx.agent_name!r}) in the room {latency:.2f}s after the join"
@@ -38,7 +35,7 @@ async def _find_agent(ctx: RunContext) -> api.ParticipantInfo | None:
     )
 
 
-async def _explain(ctx: RunContext) -> StageFailure:
+async def on_timeout(ctx: RunContext) -> StageFailure:
     """Why no agent came: no dispatch recorded, or a dispatch that no worker took."""
     try:
         dispatches = await asyncio.wait_for(ctx.api.agent_dispatch.list_dispatch(ctx.room_name), 2.0)

@@ -10,7 +10,11 @@ from bootstrap.result import StageFailure
 
 
 def _expected(ctx: RunContext) -> set[tuple[str, str]]:
-    return {("room_started", ""), ("participant_joined", ctx.identity), ("participant_joined", ctx.agent_identity)}
+    return {
+        ("room_started", ""),
+        ("participant_joined", ctx.identity),
+        ("participant_joined", ctx.agent_identity),
+    }
 
 
 def _seen(ctx: RunContext) -> set[tuple[str, str]]:
@@ -26,17 +30,19 @@ async def run(ctx: RunContext) -> str:
     if ctx.sink is None:
         raise StageFailure(ctx.sink_error, "free the port (stop that process) or change WEBHOOK_PORT and webhook.urls")
     expected = _expected(ctx)
-    try:
-        await ctx.sink.wait_until(lambda: expected <= _seen(ctx))
-    except TimeoutError:
-        missing = sorted(f"{event}({who})" if who else event for event, who in expected - _seen(ctx))
-        total = len(ctx.sink.events)
-        raise StageFailure(
-            f"missing verified webhooks for {ctx.room_name}: {', '.join(missing)} "
-            f"({total} verified event(s) arrived at :{ctx.webhook_port} in all)",
-            "check webhook.urls in docker/livekit.yaml points at this machine's port "
-            f"{ctx.webhook_port} (host.docker.internal under Docker, 127.0.0.1 natively) and `make logs` "
-            "for the server's delivery errors",
-        ) from None
+    await ctx.sink.wait_until(lambda: expected <= _seen(ctx))
     events = sorted({e for e, _ in expected})
     return f"{len(ctx.sink.for_room(ctx.room_name))} verified: {', '.join(events)} (user + agent)"
+
+
+async def on_timeout(ctx: RunContext) -> StageFailure:
+    assert ctx.sink is not None
+    missing = sorted(f"{event}({who})" if who else event for event, who in _expected(ctx) - _seen(ctx))
+    return StageFailure(
+        f"missing verified webhooks for {ctx.room_name}: {', '.join(missing)} "
+        f"(:{ctx.webhook_port} verified {len(ctx.sink.for_room(ctx.room_name))} event(s) for this room, "
+        f"{len(ctx.sink.events) - len(ctx.sink.for_room(ctx.room_name))} for others)",
+        "check webhook.urls in docker/livekit.yaml points at this machine's port "
+        f"{ctx.webhook_port} (host.docker.internal under Docker, 127.0.0.1 natively) and `make logs` "
+        "for the server's delivery errors",
+    )

@@ -22,9 +22,15 @@ async def run(ctx: RunContext) -> str:
     )
     ctx.worker = create_worker(options)
     registered: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    ctx.worker.on("worker_registered", lambda wid, _info: registered.done() or registered.set_result(wid))
+
+    def on_registered(worker_id: str, _info: object) -> None:
+        if not registered.done():
+            registered.set_result(worker_id)
+
+    ctx.worker.on("worker_registered", on_registered)
     ctx.worker_task = asyncio.create_task(ctx.worker.run(), name="noop-worker")
-    await asyncio.wait({registered, ctx.worker_task}, return_when=asyncio.FIRST_COMPLETED)
+    waiters: set[asyncio.Future[object]] = {registered, ctx.worker_task}  # type: ignore[arg-type]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     if not registered.done():
         error = ctx.worker_task.exception() if ctx.worker_task.done() else None
         raise StageFailure(

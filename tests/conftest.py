@@ -1,0 +1,100 @@
+"""Shared fixtures. `stack` gives the integration tests the REAL stack: reused when all three services
+already answer their readiness checks (not just an open port), otherwise started natively with
+`python -m bootstrap.native up` and stopped again at the end of the session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bootstrap import install
+from bootstrap.health import check_all, check_livekit
+from bootstrap.livekit_config import derive_native
+from bootstrap.stack import LIVEKIT_YAML, REPO_ROOT, Stack, load_stack
+
+PY = sys.executable
+
+
+def stack_healthy(stack: Stack) -> bool:
+    return all(r.up for r in asyncio.run(check_all(stack)))
+
+
+def run_module(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run `python -m ...` from the repo root, as a user would, capturing both streams."""
+    return subprocess.run(
+        [PY, "-m", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    settings = load_stack()
+    started_here = not stack_healthy(settings)
+    if started_here:
+        result = run_module("bootstrap.native", "up")
+        assert result.returncode == 0, f"native stack did not come up:\n{result.stderr}"
+    yield settings
+    if started_here:
+        run_module("bootstrap.native", "down")
+
+
+@pytest.fixture
+def env_file(tmp_path: Path) -> Path:
+    """A .env with the development values, for tests that then break one of them."""
+    stack = load_stack()
+    path = tmp_path / ".env"
+    path.write_text(
+        f"LIVEKIT_URL=ws://localhost:{stack.livekit_port}\n"
+        f"LIVEKIT_API_KEY={stack.api_key}\nLIVEKIT_API_SECRET={stack.api_secret}\n"
+    )
+    return path
+
+
+@contextlib.contextmanager
+def extra_livekit(tmp_path: Path, edit: Callable[[dict[str, Any]], None], offset: int = 10000) -> Iterator[str]:
+    """A second REAL livekit-server (the pinned build) on ports shifted by `offset`, its config the
+    project's docker/livekit.yaml changed by `edit`; yields its ws:// URL, stops it on exit."""
+    stack = load_stack()
+    config = yaml.safe_load(derive_native(LIVEKIT_YAML.read_text()))
+    config["port"] = stack.livekit_port + offset
+    config["rtc"]["tcp_port"] = stack.rtc_tcp_port + offset
+    config["rtc"]["udp_port"] = stack.rtc_udp_port + offset
+    edit(config)
+    path = tmp_path / "livekit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = (tmp_path / "livekit.log").open("wb")
+    binary = install.livekit_server_binary(stack)
+    process = subprocess.Popen([str(binary), "--config", str(path), "--bind", "127.0.0.1"], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while asyncio.run(_probe_livekit(config["port"])) is False:
+            assert process.poll() is None, (tmp_path / "livekit.log").read_text()
+            assert time.monotonic() < deadline, "extra livekit-server did not become ready"
+            time.sleep(0.2)
+        yield f"ws://localhost:{config['port']}"
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+async def _probe_livekit(port: int) -> bool:
+    try:
+        return await check_livekit("127.0.0.1", port) == ""
+    except OSError:
+        return False

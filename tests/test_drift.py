@@ -1,0 +1,102 @@
+"""stack.env is the one source of truth: every other copy of a version, port or key must match it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from dotenv import dotenv_values
+
+from bootstrap.stack import LIVEKIT_YAML, REPO_ROOT, Stack, load_stack
+
+pytestmark = pytest.mark.unit
+COMPOSECHECK = REPO_ROOT / ".tools" / "composecheck"
+
+
+@pytest.fixture(scope="module")
+def stack() -> Stack:
+    return load_stack()
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """docker-compose.yml as Compose's own parser (compose-go) resolves it with stack.env."""
+    if not COMPOSECHECK.exists():
+        pytest.fail("run `make tools` first (make test does)")
+    out = subprocess.run(
+        [str(COMPOSECHECK), str(REPO_ROOT / "docker-compose.yml"), str(REPO_ROOT / "stack.env")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)["services"]  # type: ignore[no-any-return]
+
+
+def test_livekit_yaml_matches_stack(stack: Stack) -> None:
+    config = yaml.safe_load(LIVEKIT_YAML.read_text())
+    assert config["port"] == stack.livekit_port
+    assert config["rtc"]["tcp_port"] == stack.rtc_tcp_port
+    assert config["rtc"]["udp_port"] == stack.rtc_udp_port
+    assert config["keys"] == {stack.api_key: stack.api_secret}
+    assert config["webhook"]["api_key"] == stack.api_key
+    assert [urlparse(u).port for u in config["webhook"]["urls"]] == [stack.webhook_port]
+
+
+def test_compose_pins_and_ports_match_stack(stack: Stack, compose: dict[str, Any]) -> None:
+    assert compose["livekit"]["image"] == f"livekit/livekit-server:{stack.livekit_version}"
+    published = {(p["published"], p["target"], p["protocol"]) for p in compose["livekit"]["ports"]}
+    assert published == {
+        (str(stack.livekit_port), 7880, "tcp"),
+        (str(stack.rtc_tcp_port), 7881, "tcp"),
+        (str(stack.rtc_udp_port), 7882, "udp"),
+    }
+    assert compose["redis"]["ports"][0]["published"] == str(stack.redis_port)
+    assert compose["postgres"]["ports"][0]["published"] == str(stack.postgres_port)
+    for service in compose.values():
+        assert ":" in service["image"] and not service["image"].endswith(":latest"), service["image"]
+
+
+@pytest.mark.parametrize("example", [".env.example", "backend/.env.example", "agent-runtime/.env.example"])
+def test_env_examples_match_stack(stack: Stack, example: str) -> None:
+    values = dotenv_values(REPO_ROOT / example)
+    assert values["LIVEKIT_URL"] == f"ws://localhost:{stack.livekit_port}"
+    assert values["LIVEKIT_API_KEY"] == stack.api_key
+    assert values["LIVEKIT_API_SECRET"] == stack.api_secret
+
+
+def test_agent_name_and_frontend_url_match_stack(stack: Stack) -> None:
+    assert dotenv_values(REPO_ROOT / "agent-runtime/.env.example")["LIVEKIT_AGENT_NAME"] == stack.agent_name
+    frontend = dotenv_values(REPO_ROOT / "frontend/.env.local.example")
+    assert frontend["NEXT_PUBLIC_LIVEKIT_URL"] == f"ws://localhost:{stack.livekit_port}"
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/livekit-setup.md"])
+def test_docs_name_the_pinned_versions(stack: Stack, doc: str) -> None:
+    text = (REPO_ROOT / doc).read_text()
+    assert f"livekit-server {stack.livekit_version}" in text or f"livekit-server` {stack.livekit_version}" in text
+    for port in (
+        stack.livekit_port,
+        stack.rtc_tcp_port,
+        stack.rtc_udp_port,
+        stack.redis_port,
+        stack.postgres_port,
+    ):
+        assert str(port) in text
+
+
+def test_no_other_file_pins_a_livekit_version(stack: Stack) -> None:
+    """A second copy of the tag in a tracked file is drift waiting to happen (docs quote it verbatim)."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.split()
+    offenders = []
+    for name in tracked:
+        path = Path(REPO_ROOT / name)
+        if path.suffix in {".py", ".yml", ".yaml", ".sh", ".toml"} or path.name == "Makefile":
+            text = path.read_text(errors="ignore")
+            if "livekit-server:v" in text or "livekit-server@v" in text:
+                offenders.append(name)
+    assert offenders == []

@@ -1,0 +1,59 @@
+"""The report renderers: human table, one JSON object, JUnit XML."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from bootstrap.report import render_json, render_junit, render_text
+from bootstrap.result import STAGES, RunResult, StageResult, Status
+
+pytestmark = pytest.mark.unit
+
+
+def _result(fail_at: str | None = None) -> RunResult:
+    stages, failed = [], False
+    for name in STAGES:
+        if failed:
+            stages.append(StageResult(name, Status.SKIPPED))
+        elif name == fail_at:
+            stages.append(StageResult(name, Status.FAIL, 1.5, "", "HTTP 401 from http://x", "fix the keys"))
+            failed = True
+        else:
+            stages.append(StageResult(name, Status.PASS, 0.25, f"{name} ok"))
+    return RunResult(stages, 2.0)
+
+
+def test_text_pass() -> None:
+    text = render_text(_result())
+    assert text.splitlines()[-1] == "PASS  6/6 stages passed in 2.00s"
+    assert text.count("✓") == 6
+
+
+def test_text_fail_shows_cause_fix_and_skips() -> None:
+    lines = render_text(_result("worker")).splitlines()
+    assert lines[-1] == "FAIL  1/6 stages passed in 2.00s"
+    worker = next(i for i, line in enumerate(lines) if "✗ worker" in line)
+    assert lines[worker + 1].strip() == "cause: HTTP 401 from http://x"
+    assert lines[worker + 2].strip() == "fix:   fix the keys"
+    assert sum("skipped" in line for line in lines) == 4
+
+
+def test_json_shape() -> None:
+    data = json.loads(render_json(_result("join")))
+    assert data["status"] == "fail"
+    assert [s["name"] for s in data["stages"]] == list(STAGES)
+    assert [s["status"] for s in data["stages"]] == ["pass", "pass", "pass", "fail", "skipped", "skipped"]
+    assert set(data["stages"][0]) == {"name", "status", "seconds", "detail", "cause", "fix"}
+
+
+def test_junit_counts_and_failure_text() -> None:
+    suite = ET.fromstring(render_junit(_result("dispatch")).split("\n", 1)[1])
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("6", "1", "1")
+    failure = suite.find("testcase[@name='dispatch']/failure")
+    assert failure is not None and failure.get("message") == "HTTP 401 from http://x"
+    assert "fix: fix the keys" in (failure.text or "")
+
+
+def test_empty_run_is_not_a_pass() -> None:
+    assert not RunResult([], 0.0).passed

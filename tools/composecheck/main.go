@@ -1,0 +1,48 @@
+// composecheck validates docker-compose.yml with compose-go, the parser Docker Compose itself uses,
+// interpolating from stack.env exactly as `docker compose --env-file stack.env` does. It prints the
+// resolved services as JSON so tests can assert on them. Used where the Compose plugin is absent.
+//
+// Usage: composecheck <compose file> <env file>
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+)
+
+func main() {
+	if len(os.Args) != 3 {
+		fmt.Fprintln(os.Stderr, "usage: composecheck <compose file> <env file>")
+		os.Exit(2)
+	}
+	file, envFile := os.Args[1], os.Args[2]
+	options, err := cli.NewProjectOptions(
+		[]string{file},
+		cli.WithWorkingDirectory(filepath.Dir(file)),
+		cli.WithEnvFiles(envFile),
+		cli.WithDotEnv,
+		cli.WithName("livekit-infra"),
+	)
+	if err != nil {
+		fail(err)
+	}
+	project, err := options.LoadProject(context.Background())
+	if err != nil {
+		fail(err)
+	}
+	out, err := json.MarshalIndent(project, "", "  ")
+	if err != nil {
+		fail(err)
+	}
+	fmt.Println(string(out))
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "invalid compose file:", err)
+	os.Exit(1)
+}
