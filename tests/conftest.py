@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from bootstrap import install
-from bootstrap.health import check_all, check_livekit
+from bootstrap.health import check_all
 from bootstrap.livekit_config import derive_native
 from bootstrap.stack import LIVEKIT_YAML, REPO_ROOT, Stack, load_stack
 
@@ -82,7 +83,7 @@ def extra_livekit(tmp_path: Path, edit: Callable[[dict[str, Any]], None], offset
     process = subprocess.Popen([str(binary), "--config", str(path), "--bind", "127.0.0.1"], stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 20
-        while asyncio.run(_probe_livekit(config["port"])) is False:
+        while not _livekit_ready(config["port"]):
             assert process.poll() is None, (tmp_path / "livekit.log").read_text()
             assert time.monotonic() < deadline, "extra livekit-server did not become ready"
             time.sleep(0.2)
@@ -93,8 +94,10 @@ def extra_livekit(tmp_path: Path, edit: Callable[[dict[str, Any]], None], offset
         log.close()
 
 
-async def _probe_livekit(port: int) -> bool:
+def _livekit_ready(port: int) -> bool:
+    """Synchronous (callable from async tests too): GET / answers 200 "OK"."""
     try:
-        return await check_livekit("127.0.0.1", port) == ""
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as resp:
+            return bool(resp.status == 200 and resp.read().strip() == b"OK")
     except OSError:
         return False

@@ -95,6 +95,8 @@ def test_no_other_file_pins_a_livekit_version(stack: Stack) -> None:
     offenders = []
     for name in tracked:
         path = Path(REPO_ROOT / name)
+        if name.startswith("tests/"):
+            continue  # this check's own patterns
         if path.suffix in {".py", ".yml", ".yaml", ".sh", ".toml"} or path.name == "Makefile":
             text = path.read_text(errors="ignore")
             if "livekit-server:v" in text or "livekit-server@v" in text:

@@ -75,3 +75,12 @@ def test_down_leaves_nothing_listening_and_a_taken_port_is_named(stack: Stack) -
     restored = make("up")
     assert restored.returncode == 0, restored.stderr
     assert make("health").returncode == 0
+
+
+def test_the_real_server_loaded_the_config_cleanly(stack: Stack) -> None:
+    """The pinned livekit-server started from (the native copy of) docker/livekit.yaml, with our keys."""
+    log = (REPO_ROOT / ".runtime" / "livekit" / "livekit.log").read_text()
+    assert '"nodeIP": "127.0.0.1"' in log
+    assert f'"version": "{stack.livekit_version.lstrip("v")}"' in log
+    assert "could not parse config" not in log
+    assert "secret is too short" not in log

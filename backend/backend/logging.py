@@ -4,9 +4,37 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+# A whole JWT (LiveKit access tokens, webhook signatures): servers echo them back in error messages.
+JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
+_secrets: set[str] = set()
+
+
+def register_secret(secret: str) -> None:
+    """Never let this value reach a log line (e.g. the API secret once settings are loaded)."""
+    if secret:
+        _secrets.add(secret)
+
+
+def redact(text: str) -> str:
+    """Replace whole JWTs by a short prefix and registered secrets by ***."""
+    text = JWT.sub(lambda m: f"{m.group(0)[:10]}…({len(m.group(0))} chars)", text)
+    for secret in _secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = redact(value)
+    return event
 
 
 def configure_logging(*, verbose: bool = False, json: bool | None = None) -> None:
@@ -23,6 +51,7 @@ def configure_logging(*, verbose: bool = False, json: bool | None = None) -> Non
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso"),
+        _redact_event,
     ]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -33,7 +62,7 @@ def configure_logging(*, verbose: bool = False, json: bool | None = None) -> Non
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            foreign_pre_chain=shared,  # includes _redact_event: the SDKs' messages are redacted too
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 renderer,

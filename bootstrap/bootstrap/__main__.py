@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import structlog
 
-from backend.logging import configure_logging
+from backend.logging import configure_logging, register_secret
 from backend.settings import SettingsError, load_settings
 from bootstrap import report, runner
 from bootstrap.context import RunContext
@@ -43,6 +43,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--env-file", type=Path, default=Path(".env"), help="settings file (default .env)")
     parser.add_argument(
+        "--livekit-config",
+        type=Path,
+        default=LIVEKIT_YAML,
+        metavar="PATH",
+        help="the server's config, for the webhook port and checks (default docker/livekit.yaml)",
+    )
+    parser.add_argument(
         "--webhook-host",
         default="0.0.0.0",
         help="address the receiver binds (default all: a Compose server reaches it via host-gateway)",
@@ -56,11 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build_context(args: argparse.Namespace) -> RunContext:
     """Settings and config, validated before anything connects (errors here exit 2)."""
     settings = load_settings([args.env_file])
-    config = load_config(LIVEKIT_YAML)
+    config = load_config(args.livekit_config)
     stack = load_stack()
     webhook_port = urlparse(config.webhook_urls[0]).port if config.webhook_urls else None
     if webhook_port is None:
-        raise ConfigError(f"{LIVEKIT_YAML}: webhook.urls needs a URL with an explicit port, e.g. :8000")
+        raise ConfigError(f"{args.livekit_config}: webhook.urls needs a URL with an explicit port, e.g. :8000")
+    register_secret(settings.api_secret)
     for warning in settings.warnings:
         structlog.get_logger("bootstrap").warning(warning)
     return RunContext(
@@ -78,8 +86,16 @@ async def run_with_signals(ctx: RunContext) -> RunResult:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
+    log = structlog.get_logger("bootstrap")
+
+    def interrupt() -> None:
+        # One cancel only: a second Ctrl-C must not break the cleanup the first one started.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: log.warning("cleaning up, please wait"))
+        task.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, interrupt)
     return await runner.run(ctx)
 
 

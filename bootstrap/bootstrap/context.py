@@ -40,7 +40,7 @@ class RunContext:
     room: rtc.Room | None = None
     joined_at: float = 0.0
     agent_identity: str = ""
-    room_created: bool = False
+    rooms_joined: set[str] = field(default_factory=set)  # deleted by cleanup, whatever the outcome
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import aiohttp
 from livekit import api, rtc
 
+from backend.logging import redact
 from bootstrap.context import RunContext
 from bootstrap.result import StageFailure
 
@@ -22,6 +23,12 @@ TIMEOUT_FIXES = {
 
 
 def diagnose(stage: str, exc: BaseException, ctx: RunContext, waited: float) -> StageFailure:
+    """The cause and fix for `exc`, with any token or secret the error echoed redacted."""
+    failure = _diagnose(stage, exc, ctx, waited)
+    return StageFailure(redact(failure.cause), redact(failure.fix))
+
+
+def _diagnose(stage: str, exc: BaseException, ctx: RunContext, waited: float) -> StageFailure:
     if isinstance(exc, StageFailure):
         return exc
     url = ctx.settings.http_url

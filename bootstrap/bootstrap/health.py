@@ -67,7 +67,9 @@ async def check_livekit(host: str, port: int) -> str:
     ):
         body = (await resp.text()).strip()
         if resp.status != 200:
-            return f"GET / answered {resp.status} {body!r}, expected 200 (server not ready)"
+            return f"GET / answered {resp.status} {body[:40]!r}, expected 200 'OK' (server not ready)"
+        if body != "OK":
+            return f"GET / answered 200 {body[:40]!r}, expected 'OK': is this port really LiveKit's?"
         return ""
 
 

@@ -27,6 +27,7 @@ from bootstrap.ports import port_owner
 from bootstrap.stack import LIVEKIT_YAML, RUNTIME_DIR, Stack, load_stack
 
 START_TIMEOUT = 60.0
+SERVICE_NAMES = {"postgres", "redis", "livekit"}
 STOP_TIMEOUT = 10.0
 
 
@@ -227,11 +228,15 @@ def _start(service: Service) -> int:
     return process.pid
 
 
-def up(stack: Stack) -> None:
+def _select(stack: Stack, names: list[str]) -> list[Service]:
+    return [s for s in services(stack) if not names or s.name in names]
+
+
+def up(stack: Stack, names: list[str] | None = None) -> None:
     install.ensure_packages()
     install.ensure_livekit_server(stack)
     to_start = []
-    for service in services(stack):
+    for service in _select(stack, names or []):
         if pid := service.running_pid():
             print(f"  {service.name:<9} already running (pid {pid})", file=sys.stderr)
         else:
@@ -240,15 +245,16 @@ def up(stack: Stack) -> None:
     for service in to_start:
         pid = _start(service)
         print(f"  {service.name:<9} started (pid {pid}), log {service.log_file}", file=sys.stderr)
-    _wait_healthy(stack)
-    _create_database(stack)
+    _wait_healthy(stack, {s.name for s in _select(stack, names or [])})
+    if any(s.name == "postgres" for s in to_start):
+        _create_database(stack)
 
 
-def _wait_healthy(stack: Stack) -> None:
+def _wait_healthy(stack: Stack, names: set[str]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         results = asyncio.run(check_all(stack))
-        down = [r for r in results if not r.up]
+        down = [r for r in results if not r.up and r.name in names]
         if not down:
             return
         for service in services(stack):
@@ -261,8 +267,8 @@ def _wait_healthy(stack: Stack) -> None:
         time.sleep(1.0)
 
 
-def down(stack: Stack) -> None:
-    for service in reversed(services(stack)):
+def down(stack: Stack, names: list[str] | None = None) -> None:
+    for service in reversed(_select(stack, names or [])):
         pid = service.running_pid()
         if pid is None:
             service.pid_file.unlink(missing_ok=True)
@@ -319,13 +325,16 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("command", choices=["up", "down", "status", "logs", "check-config"])
+    parser.add_argument("services", nargs="*", help="limit up/down to these: postgres, redis, livekit")
     args = parser.parse_args(argv)
+    if unknown := set(args.services) - SERVICE_NAMES:
+        parser.error(f"unknown service(s) {', '.join(sorted(unknown))}; choose from {', '.join(SERVICE_NAMES)}")
     stack = load_stack()
     try:
         if args.command == "up":
-            up(stack)
+            up(stack, args.services)
         elif args.command == "down":
-            down(stack)
+            down(stack, args.services)
         elif args.command == "status":
             return status(stack)
         elif args.command == "logs":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 from livekit import api
@@ -17,10 +18,12 @@ from bootstrap.result import RunResult, StageFailure, StageResult, Status
 from bootstrap.stages import STAGES, Stage
 from bootstrap.webhook_sink import WebhookSink
 
-# Seconds kept back from --timeout for cleanup, so the whole run ends within --timeout + a small margin.
+# Seconds kept back from --timeout for explaining a timeout (<= EXPLAIN_TIMEOUT) and cleaning up, so
+# the whole run ends by --timeout; only a cleanup that hangs may overrun, by at most CLEANUP_MIN.
 CLEANUP_RESERVE = 5.0
-CLEANUP_STEP = 3.0
-EXPLAIN_TIMEOUT = 2.0
+EXPLAIN_TIMEOUT = 2.5  # > health.CHECK_TIMEOUT: explanations re-run the checks
+CLEANUP_STEP = 2.0
+CLEANUP_MIN = 2.0
 log = structlog.get_logger("bootstrap")
 
 
@@ -101,19 +104,24 @@ async def _start_sink(ctx: RunContext) -> None:
 
 async def cleanup(ctx: RunContext) -> None:
     """Each step bounded and independent: one failing never leaves the others undone."""
-    steps = [
-        ("leave room", ctx.room.disconnect() if ctx.room else None),
-        ("delete room", _delete_room(ctx) if ctx.room_created else None),
-        ("close worker", ctx.worker.aclose() if ctx.worker else None),
-        ("stop receiver", ctx.sink.stop() if ctx.sink else None),
-        ("close api", ctx.lkapi.aclose() if ctx.lkapi else None),
+    # Factories, not coroutines: each step looks at the context as the previous steps left it.
+    steps: list[tuple[str, Callable[[], Awaitable[None] | None]]] = [
+        ("leave room", lambda: ctx.room.disconnect() if ctx.room else None),
+        ("delete rooms", lambda: _delete_rooms(ctx) if ctx.token else None),
+        ("close worker", lambda: ctx.worker.aclose() if ctx.worker else None),
+        ("stop receiver", lambda: ctx.sink.stop() if ctx.sink else None),
+        ("close api", lambda: ctx.lkapi.aclose() if ctx.lkapi else None),
     ]
+    end = time.monotonic() + max(ctx.remaining(), CLEANUP_MIN)
     for what, step in steps:
-        if step is None:
+        left = end - time.monotonic()
+        if left <= 0:
+            log.warning("cleanup step skipped: out of time", step=what)
             continue
         try:
-            async with asyncio.timeout(CLEANUP_STEP):
-                await step
+            async with asyncio.timeout(min(CLEANUP_STEP, left)):
+                if (pending := step()) is not None:
+                    await pending
         except Exception as exc:  # cleanup reports, never raises: the verdict is already decided
             log.warning("cleanup step failed", step=what, error=repr(exc))
     if ctx.worker_task is not None and not ctx.worker_task.done():
@@ -122,6 +130,8 @@ async def cleanup(ctx: RunContext) -> None:
             await ctx.worker_task
 
 
-async def _delete_room(ctx: RunContext) -> None:
-    with contextlib.suppress(api.TwirpError):  # already gone is fine
-        await ctx.api.room.delete_room(api.DeleteRoomRequest(room=ctx.room_name))
+async def _delete_rooms(ctx: RunContext) -> None:
+    # This run's room even if the join never returned: a half-finished connect may have created it.
+    for room in ctx.rooms_joined | {ctx.room_name}:
+        with contextlib.suppress(api.TwirpError):  # already gone is fine
+            await ctx.api.room.delete_room(api.DeleteRoomRequest(room=room))

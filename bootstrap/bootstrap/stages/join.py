@@ -9,6 +9,7 @@ import time
 from livekit import api, rtc
 
 from bootstrap.context import RunContext
+from bootstrap.result import StageFailure
 
 POLL_INTERVAL = 0.1
 
@@ -16,7 +17,12 @@ POLL_INTERVAL = 0.1
 async def run(ctx: RunContext) -> str:
     ctx.room = rtc.Room()
     await ctx.room.connect(ctx.settings.ws_url, ctx.token, rtc.RoomOptions(auto_subscribe=False))
-    ctx.room_created = True
+    ctx.rooms_joined.add(ctx.room.name)
+    if ctx.room.name != ctx.room_name:
+        raise StageFailure(
+            f"the token joined room {ctx.room.name!r}, not this run's room {ctx.room_name!r}",
+            "mint the token for the room being joined: participant_token(..., room=<that room>)",
+        )
     ctx.joined_at = time.monotonic()
     while True:
         participant = await _find(ctx)

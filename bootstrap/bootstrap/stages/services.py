@@ -10,6 +10,7 @@ import structlog
 
 from bootstrap.context import RunContext
 from bootstrap.health import check_all
+from bootstrap.ports import port_owner
 from bootstrap.result import StageFailure
 
 POLL_INTERVAL = 0.5
@@ -36,9 +37,18 @@ async def run(ctx: RunContext) -> str:
         await asyncio.sleep(POLL_INTERVAL)
 
 
+def _owner(address: str) -> str:
+    """Who holds a port that does not answer as expected: a stray process, or nobody."""
+    host, _, port = address.rpartition(":")
+    if host not in ("127.0.0.1", "localhost"):
+        return ""
+    owner = port_owner(int(port))
+    return f" (port held by {owner})" if owner else ""
+
+
 async def on_timeout(ctx: RunContext) -> StageFailure:
     results = await check_all(ctx.stack, _livekit_address(ctx))
-    reasons = "; ".join(f"{r.name} at {r.address}: {r.reason}" for r in results if not r.up)
+    reasons = "; ".join(f"{r.name} at {r.address}: {r.reason}{_owner(r.address)}" for r in results if not r.up)
     return StageFailure(
         f"not healthy before the deadline: {reasons or 'all up only after the deadline'}",
         "start the stack with `make up`, then `make status` / `make logs` to see why a service is down",
