@@ -8,7 +8,7 @@ export UV_PROJECT_ENVIRONMENT := .venv
 export UV_PYTHON_DOWNLOADS := never
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools env up down status logs health check-config bootstrap backend worker test lint fmt clean
+.PHONY: help install tools lk env up down status logs health check-config bootstrap backend worker test lint fmt clean
 
 COMPOSECHECK := .tools/composecheck
 ACTIONLINT := .tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
@@ -32,6 +32,12 @@ $(COMPOSECHECK): tools/composecheck/main.go tools/composecheck/go.mod tools/comp
 
 $(ACTIONLINT):
 	CGO_ENABLED=0 GOBIN=$(abspath $(dir $(ACTIONLINT))) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+
+LK := .tools/lk-$(LIVEKIT_CLI_VERSION)/lk
+$(LK):
+	@scripts/build-lk.sh $(LIVEKIT_CLI_VERSION) $(dir $(LK))
+
+lk: $(LK) ## Build the lk CLI at the pinned tag into .tools/ (cgo; installs its Debian prerequisites as root)
 
 tools: $(COMPOSECHECK) $(ACTIONLINT) ## Build the Go checkers the tests use (Compose's parser, actionlint)
 

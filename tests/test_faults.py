@@ -227,6 +227,7 @@ async def test_unknown_agent_name_fails_dispatch(stack: Stack, monkeypatch: pyte
 
 def test_webhook_port_taken_fails_webhooks_naming_the_owner(stack: Stack) -> None:
     with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # earlier runs' connections may linger
         squatter.bind(("0.0.0.0", stack.webhook_port))
         squatter.listen()
         code, report, _ = bootstrap_json()

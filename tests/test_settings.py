@@ -53,6 +53,8 @@ def test_problems_accumulate_across_kinds() -> None:
 def test_env_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = tmp_path / ".env"
     env.write_text("LIVEKIT_URL=ws://from-file:7880\nLIVEKIT_API_KEY=filekey\nLIVEKIT_API_SECRET=" + "f" * 32)
+    for name in ("LIVEKIT_URL", "LIVEKIT_API_SECRET"):  # in-process workers may have exported these
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LIVEKIT_API_KEY", "envkey")
     settings = load_settings([env])
     assert (settings.livekit_url, settings.api_key) == ("ws://from-file:7880", "envkey")
