@@ -8,7 +8,7 @@ export UV_PROJECT_ENVIRONMENT := .venv
 export UV_PYTHON_DOWNLOADS := never
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools lk env up down status logs health check-config bootstrap backend worker test lint fmt clean
+.PHONY: help install tools lk browser-deps env up down status logs health check-config bootstrap backend worker test lint fmt clean
 
 COMPOSECHECK := .tools/composecheck
 ACTIONLINT := .tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
@@ -38,6 +38,12 @@ $(LK):
 	@scripts/build-lk.sh $(LIVEKIT_CLI_VERSION) $(dir $(LK))
 
 lk: $(LK) ## Build the lk CLI at the pinned tag into .tools/ (cgo; installs its Debian prerequisites as root)
+
+frontend/node_modules/.package-lock.json: frontend/package.json frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund
+
+browser-deps: frontend/node_modules/.package-lock.json ## Chromium (Debian package) and livekit-client (npm ci) for --browser
+	@scripts/install-chromium.sh
 
 tools: $(COMPOSECHECK) $(ACTIONLINT) ## Build the Go checkers the tests use (Compose's parser, actionlint)
 

@@ -25,8 +25,9 @@ def token_script(*args: str, env: dict[str, str], path: str | None = None) -> su
     full_env = {**os.environ, **env}
     if path is not None:
         full_env["PATH"] = path
-    return subprocess.run(["scripts/livekit-token.sh", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          env=full_env, timeout=30)
+    return subprocess.run(
+        ["scripts/livekit-token.sh", *args], cwd=REPO_ROOT, capture_output=True, text=True, env=full_env, timeout=30
+    )
 
 
 def test_token_script_names_a_missing_variable(tmp_path: Path) -> None:
@@ -60,8 +61,12 @@ def test_documented_room_commands(lk: list[str]) -> None:
     assert room in listed.stdout
     participants = subprocess.run([*lk, "room", "participants", "list", room], capture_output=True, text=True)
     assert participants.returncode == 0, participants.stderr
-    dispatch = subprocess.run([*lk, "dispatch", "create", "--room", room, "--agent-name", "bootstrap-noop"],
-                              capture_output=True, text=True, timeout=30)
+    dispatch = subprocess.run(
+        [*lk, "dispatch", "create", "--room", room, "--agent-name", "bootstrap-noop"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert dispatch.returncode == 0, dispatch.stderr
     listed_dispatch = subprocess.run([*lk, "dispatch", "list", room], capture_output=True, text=True, timeout=30)
     assert "bootstrap-noop" in listed_dispatch.stdout

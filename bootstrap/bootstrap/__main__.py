@@ -23,6 +23,7 @@ from bootstrap.context import RunContext
 from bootstrap.livekit_config import ConfigError, load_config
 from bootstrap.result import RunResult
 from bootstrap.stack import LIVEKIT_YAML, load_stack
+from bootstrap.stages import BROWSER
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -50,6 +51,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the server's config, for the webhook port and checks (default docker/livekit.yaml)",
     )
     parser.add_argument(
+        "--browser", action="store_true", help="add the browser stage: headless Chromium joins through frontend/"
+    )
+    parser.add_argument(
+        "--frontend-env",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="where the browser stage reads NEXT_PUBLIC_LIVEKIT_URL (default frontend/.env.local)",
+    )
+    parser.add_argument(
         "--webhook-host",
         default="0.0.0.0",
         help="address the receiver binds (default all: a Compose server reaches it via host-gateway)",
@@ -71,7 +82,7 @@ def build_context(args: argparse.Namespace) -> RunContext:
     register_secret(settings.api_secret)
     for warning in settings.warnings:
         structlog.get_logger("bootstrap").warning(warning)
-    return RunContext(
+    ctx = RunContext(
         settings=settings,
         stack=stack,
         agent_name=stack.agent_name,
@@ -79,9 +90,12 @@ def build_context(args: argparse.Namespace) -> RunContext:
         webhook_port=webhook_port,
         deadline=time.monotonic() + args.timeout,
     )
+    if args.frontend_env is not None:
+        ctx.frontend_env = args.frontend_env
+    return ctx
 
 
-async def run_with_signals(ctx: RunContext) -> RunResult:
+async def run_with_signals(ctx: RunContext, browser: bool) -> RunResult:
     """Ctrl-C and SIGTERM cancel the run; the runner turns that into a FAIL after cleaning up."""
     task = asyncio.current_task()
     assert task is not None
@@ -96,7 +110,7 @@ async def run_with_signals(ctx: RunContext) -> RunResult:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
-    return await runner.run(ctx)
+    return await runner.run(ctx, [BROWSER] if browser else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"status": "error", "seconds": 0.0, "stages": [], "error": str(exc)}))
         return 2
-    result = asyncio.run(run_with_signals(ctx))
+    result = asyncio.run(run_with_signals(ctx, args.browser))
     result.context.update(server=ctx.settings.livekit_url, pinned=ctx.stack.livekit_version)
     if args.junit:
         args.junit.parent.mkdir(parents=True, exist_ok=True)

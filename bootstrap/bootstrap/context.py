@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from livekit import agents, api, rtc
 
 from backend.settings import Settings
+from bootstrap.chromium import Chromium
+from bootstrap.frontend_server import frontend_env_file
 from bootstrap.stack import Stack
 from bootstrap.webhook_sink import WebhookSink
 
@@ -41,6 +45,9 @@ class RunContext:
     joined_at: float = 0.0
     agent_identity: str = ""
     rooms_joined: set[str] = field(default_factory=set)  # deleted by cleanup, whatever the outcome
+    frontend_env: Path = field(default_factory=frontend_env_file)
+    browser: Chromium | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run first by cleanup
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())

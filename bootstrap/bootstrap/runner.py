@@ -27,12 +27,13 @@ CLEANUP_MIN = 2.0
 log = structlog.get_logger("bootstrap")
 
 
-async def run(ctx: RunContext) -> RunResult:
+async def run(ctx: RunContext, extra: list[Stage] | None = None) -> RunResult:
+    """The six stages (plus `extra` ones, e.g. browser, after them), then cleanup."""
     started = time.monotonic()
     results: list[StageResult] = []
     try:
         await _start_sink(ctx)
-        for stage in STAGES:
+        for stage in [*STAGES, *(extra or [])]:
             if results and results[-1].status is not Status.PASS:
                 results.append(StageResult(stage.name, Status.SKIPPED))
                 continue
@@ -106,6 +107,7 @@ async def cleanup(ctx: RunContext) -> None:
     """Each step bounded and independent: one failing never leaves the others undone."""
     # Factories, not coroutines: each step looks at the context as the previous steps left it.
     steps: list[tuple[str, Callable[[], Awaitable[None] | None]]] = [
+        *((f"close {closer.__qualname__}", closer) for closer in reversed(ctx.closers)),
         ("leave room", lambda: ctx.room.disconnect() if ctx.room else None),
         ("delete rooms", lambda: _delete_rooms(ctx) if ctx.token else None),
         ("close worker", lambda: ctx.worker.aclose() if ctx.worker else None),

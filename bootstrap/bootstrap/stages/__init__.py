@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from bootstrap.context import RunContext
 from bootstrap.result import StageFailure
-from bootstrap.stages import dispatch, join, services, token, webhooks, worker
+from bootstrap.stages import browser, dispatch, join, services, token, webhooks, worker
 
 
 @dataclass(frozen=True)
@@ -27,3 +27,6 @@ STAGES: list[Stage] = [
     Stage("dispatch", dispatch.run, 15.0, dispatch.on_timeout),
     Stage("webhooks", webhooks.run, 15.0, webhooks.on_timeout),
 ]
+
+# Opt-in (--browser): headless Chromium joins the same room through frontend/.
+BROWSER = Stage("browser", browser.run, 30.0, browser.on_timeout)

@@ -1,0 +1,92 @@
+"""Stage 7 (opt-in, --browser): a real browser joins. Headless Chromium opens frontend/ (livekit-client
+from npm), which joins this run's room with a token from the backend, publishes an oscillator track and
+sees the agent. Checked through the server API and a verified track_published webhook; the page's own
+view is read only for "saw the agent". A screenshot is saved on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from livekit import api
+
+from backend.tokens import participant_token
+from bootstrap.chromium import Chromium
+from bootstrap.context import RunContext
+from bootstrap.frontend_server import CLIENT_JS, URL_SETTING, FrontendServer
+from bootstrap.result import StageFailure
+
+IDENTITY = "bootstrap-browser"
+POLL_INTERVAL = 0.2
+SCREENSHOT = Path("reports") / "browser-failure.png"
+
+
+async def run(ctx: RunContext) -> str:
+    if not CLIENT_JS.exists():
+        raise StageFailure("frontend/node_modules has no livekit-client", "run `make browser-deps` (npm ci)")
+    server = FrontendServer(ctx.frontend_env)
+    await server.start()
+    ctx.closers.append(server.stop)
+    browser = Chromium()
+    ctx.closers.append(browser.close)
+    ctx.browser = browser
+    await browser.start()
+    token = participant_token(ctx.settings, identity=IDENTITY, room=ctx.room_name)
+    await browser.open(f"{server.url}#token={token}")
+    while True:
+        page = await page_state(browser)
+        if page.get("error"):
+            shot = await browser.screenshot(SCREENSHOT)
+            raise StageFailure(f"the page failed: {page['error']} (screenshot: {shot})", _fix(page["error"]))
+        if page.get("published") and await _server_confirms(ctx):
+            break
+        await asyncio.sleep(POLL_INTERVAL)
+    return f"{IDENTITY} joined from Chromium, published audio (track_published verified), saw the agent"
+
+
+async def page_state(browser: Chromium) -> dict[str, Any]:
+    raw = await browser.evaluate("JSON.stringify(window.lkState || {})")
+    return json.loads(raw) if raw else {}
+
+
+def _fix(error: str) -> str:
+    if URL_SETTING in error:
+        return f"set {URL_SETTING}=ws://localhost:7880 in frontend/.env.local (see frontend/.env.local.example)"
+    return "open the saved screenshot and `make logs`; check the browser can reach ports 7880, 7881 and 7882/udp"
+
+
+async def _server_confirms(ctx: RunContext) -> bool:
+    """The server lists the browser ACTIVE with an audio track, a verified webhook says it was published,
+    and the page lists the agent among the participants it sees."""
+    listing = await ctx.api.room.list_participants(api.ListParticipantsRequest(room=ctx.room_name))
+    browser = next((p for p in listing.participants if p.identity == IDENTITY), None)
+    if browser is None or browser.state != api.ParticipantInfo.State.ACTIVE:
+        return False
+    if not any(t.type == api.TrackType.AUDIO for t in browser.tracks):
+        return False
+    assert ctx.sink is not None
+    published = any(
+        e.event == "track_published" and e.participant.identity == IDENTITY for e in ctx.sink.for_room(ctx.room_name)
+    )
+    assert ctx.browser is not None
+    seen = {p["identity"] for p in (await page_state(ctx.browser)).get("participants", [])}
+    return published and ctx.agent_identity in seen
+
+
+async def on_timeout(ctx: RunContext) -> StageFailure:
+    page: dict[str, Any] = {}
+    shot = ""
+    if ctx.browser is not None:
+        try:
+            page = await page_state(ctx.browser)
+            shot = f"; screenshot: {await ctx.browser.screenshot(SCREENSHOT)}"
+        except Exception as exc:
+            shot = f"; no screenshot ({exc})"
+    return StageFailure(
+        f"the browser did not finish joining: page connection={page.get('connection', 'unknown')!r}, "
+        f"published={page.get('published', False)}, participants seen="
+        f"{[p['identity'] for p in page.get('participants', [])]}{shot}",
+        _fix(page.get("error", "")),
+    )

@@ -1,0 +1,64 @@
+// Joins a LiveKit room from a real browser: reads the server URL from NEXT_PUBLIC_LIVEKIT_URL (served as
+// /config.json from frontend/.env.local), takes the token from the page's #token= fragment (never sent to
+// any server but LiveKit), publishes a synthetic audio track (an oscillator) and shows what it sees.
+// window.lkState mirrors the page for whoever drives the browser.
+import { LocalAudioTrack, Room, RoomEvent } from "/vendor/livekit-client.esm.mjs";
+
+const state = (window.lkState = { connection: "starting", published: false, participants: [], error: "" });
+const show = (id, text, ok) => {
+  const el = document.getElementById(id);
+  el.textContent = text;
+  if (ok !== undefined) el.className = ok ? "ok" : "bad";
+};
+
+function fail(message) {
+  state.error = message;
+  state.connection = "failed";
+  show("error", message);
+  show("connection", "failed", false);
+}
+
+function oscillatorTrack() {
+  const context = new AudioContext();
+  const oscillator = context.createOscillator();
+  oscillator.frequency.value = 440;
+  const destination = context.createMediaStreamDestination();
+  oscillator.connect(destination);
+  oscillator.start();
+  return new LocalAudioTrack(destination.stream.getAudioTracks()[0]);
+}
+
+function trackParticipants(room) {
+  const update = () => {
+    state.participants = [...room.remoteParticipants.values()].map((p) => ({ identity: p.identity, kind: p.kind }));
+    show("participants", state.participants.map((p) => p.identity).join(", ") || "none");
+  };
+  room.on(RoomEvent.ParticipantConnected, update).on(RoomEvent.ParticipantDisconnected, update);
+  update();
+}
+
+async function main() {
+  const config = await (await fetch("/config.json")).json();
+  const url = config.NEXT_PUBLIC_LIVEKIT_URL;
+  show("url", url || "(not set)");
+  if (!url || !/^wss?:\/\//.test(url)) {
+    return fail(`NEXT_PUBLIC_LIVEKIT_URL is ${JSON.stringify(url)}: set it to ws://host:7880 in frontend/.env.local`);
+  }
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (!token) return fail("no token: open this page with #token=<participant token>");
+  const room = new Room();
+  try {
+    show("connection", "connecting");
+    await room.connect(url, token);
+  } catch (error) {
+    return fail(`could not connect to NEXT_PUBLIC_LIVEKIT_URL=${url}: ${error.message}`);
+  }
+  trackParticipants(room); // those already in the room (events only report later arrivals)
+  state.connection = "connected";
+  show("connection", `connected to ${room.name} as ${room.localParticipant.identity}`, true);
+  const publication = await room.localParticipant.publishTrack(oscillatorTrack(), { name: "oscillator" });
+  state.published = true;
+  show("track", `${publication.trackSid} (audio, 440 Hz oscillator)`, true);
+}
+
+main().catch((error) => fail(String(error)));

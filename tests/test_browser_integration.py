@@ -1,0 +1,50 @@
+"""A real browser joins: headless Chromium (Debian's) runs frontend/ with livekit-client from npm,
+through the same SFU, checked through the server API and a verified track_published webhook."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bootstrap.chromium import find_chromium
+from bootstrap.frontend_server import CLIENT_JS
+from bootstrap.stack import Stack
+from tests.conftest import run_module
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(find_chromium() is None or not CLIENT_JS.exists(), reason="run `make browser-deps` first"),
+]
+
+
+def browser_run(*args: str) -> tuple[int, dict[str, object]]:
+    result = run_module("bootstrap", "--browser", "--json", *args, timeout=120)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_browser_stage_passes_with_seven_stages(stack: Stack) -> None:
+    code, report = browser_run()
+    assert code == 0, report
+    stages = report["stages"]
+    assert isinstance(stages, list)
+    assert [s["name"] for s in stages] == ["services", "worker", "token", "join", "dispatch", "webhooks", "browser"]
+    assert all(s["status"] == "pass" for s in stages)
+    assert "track_published verified" in stages[-1]["detail"]
+
+
+@pytest.mark.parametrize("bad_url", ["localhost:7880", "ws://localhost:9"])
+def test_broken_url_setting_fails_the_browser_stage_naming_it(stack: Stack, tmp_path: Path, bad_url: str) -> None:
+    env = tmp_path / ".env.local"
+    env.write_text(f"NEXT_PUBLIC_LIVEKIT_URL={bad_url}\n")
+    code, report = browser_run("--frontend-env", str(env), "--timeout", "30")
+    assert code == 1
+    stages = report["stages"]
+    assert isinstance(stages, list)
+    browser = stages[-1]
+    assert browser["name"] == "browser" and browser["status"] == "fail"
+    assert "NEXT_PUBLIC_LIVEKIT_URL" in browser["cause"]
+    assert "screenshot: reports/browser-failure.png" in browser["cause"]
+    assert browser["fix"].startswith("set NEXT_PUBLIC_LIVEKIT_URL=ws://localhost:7880 in frontend/.env.local")
