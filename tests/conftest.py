@@ -42,6 +42,22 @@ def run_module(*args: str, env: dict[str, str] | None = None, timeout: float = 1
     )
 
 
+_exit_status = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After the summary is printed: exit without finalization, as `python -m bootstrap` does, because
+    the livekit FFI's threads (used in-process by these tests) can abort while Python tears down."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_exit_status)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     settings = load_stack()

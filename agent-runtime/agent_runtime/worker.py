@@ -20,6 +20,9 @@ class WorkerOptions:
     agent_name: str = DEFAULT_AGENT_NAME
     # Bounded: livekit-agents' default (16 retries, up to 10 s apart) can stall for minutes.
     max_retry: int = 2
+    # Job runners kept warm. 0 starts fastest for one job; under load each cold runner costs seconds and
+    # they are created one after another, so warm as many as jobs run at once.
+    idle_runners: int = 0
 
 
 async def noop_session(ctx: agents.JobContext) -> None:
@@ -36,7 +39,7 @@ def create_worker(options: WorkerOptions) -> agents.AgentServer:
         api_key=options.api_key,
         api_secret=options.api_secret,
         job_executor_type=agents.JobExecutorType.THREAD,
-        num_idle_processes=0,
+        num_idle_processes=options.idle_runners,
         port=0,
         host="127.0.0.1",
         load_fnc=lambda: 0.0,

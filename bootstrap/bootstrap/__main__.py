@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlparse
 
 import structlog
@@ -23,9 +26,10 @@ from bootstrap.context import RunContext
 from bootstrap.livekit_config import ConfigError, load_config
 from bootstrap.result import RunResult
 from bootstrap.stack import LIVEKIT_YAML, load_stack
-from bootstrap.stages import BROWSER
+from bootstrap.stages import BROWSER, LOAD_STAGES, STAGES, Stage
 
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_CONCURRENCY = 10
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,10 +69,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="0.0.0.0",
         help="address the receiver binds (default all: a Compose server reaches it via host-gateway)",
     )
+    parser.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="load mode: N rooms, each joined, dispatched and its webhooks verified",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        metavar="C",
+        help=f"rooms in flight at once in load mode (default {DEFAULT_CONCURRENCY}, for 2 cores)",
+    )
     args = parser.parse_args(argv)
+    if args.load < 0 or args.concurrency < 1:
+        parser.error("--load must be >= 0 and --concurrency >= 1")
+    if args.load and args.browser:
+        parser.error("--load and --browser are separate modes: run them one at a time")
     if args.timeout <= runner.CLEANUP_RESERVE:
         parser.error(f"--timeout must be more than {runner.CLEANUP_RESERVE:.0f} seconds")
     return args
+
+
+def select_stages(args: argparse.Namespace) -> list[Stage]:
+    if args.load:
+        return LOAD_STAGES
+    return [*STAGES, BROWSER] if args.browser else STAGES
 
 
 def build_context(args: argparse.Namespace) -> RunContext:
@@ -92,10 +120,11 @@ def build_context(args: argparse.Namespace) -> RunContext:
     )
     if args.frontend_env is not None:
         ctx.frontend_env = args.frontend_env
+    ctx.load_rooms, ctx.load_concurrency = args.load, args.concurrency
     return ctx
 
 
-async def run_with_signals(ctx: RunContext, browser: bool) -> RunResult:
+async def run_with_signals(ctx: RunContext, stages: list[Stage]) -> RunResult:
     """Ctrl-C and SIGTERM cancel the run; the runner turns that into a FAIL after cleaning up."""
     task = asyncio.current_task()
     assert task is not None
@@ -110,7 +139,7 @@ async def run_with_signals(ctx: RunContext, browser: bool) -> RunResult:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
-    return await runner.run(ctx, [BROWSER] if browser else None)
+    return await runner.run(ctx, stages)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,14 +152,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"status": "error", "seconds": 0.0, "stages": [], "error": str(exc)}))
         return 2
-    result = asyncio.run(run_with_signals(ctx, args.browser))
+    result = asyncio.run(run_with_signals(ctx, select_stages(args)))
     result.context.update(server=ctx.settings.livekit_url, pinned=ctx.stack.livekit_version)
     if args.junit:
         args.junit.parent.mkdir(parents=True, exist_ok=True)
         args.junit.write_text(report.render_junit(result))
+    if ctx.load_figures is not None:
+        result.extra["load"] = ctx.load_figures.as_dict()
     print(report.render_json(result) if args.json else report.render_text(result), flush=True)
     return 0 if result.passed else 1
 
 
+def exit_now(code: int) -> NoReturn:
+    """Exit without interpreter finalization. The livekit FFI's tokio threads can panic while Python
+    tears down ("panic in a function that cannot unwind", SIGABRT) even after a PASS was printed; by now
+    the runner has cleaned up everything the run created, so there is nothing left to finalize."""
+    sys.stdout.flush()
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -15,6 +15,7 @@ from livekit import agents, api, rtc
 from backend.settings import Settings
 from bootstrap.chromium import Chromium
 from bootstrap.frontend_server import frontend_env_file
+from bootstrap.load_figures import LoadFigures
 from bootstrap.stack import Stack
 from bootstrap.webhook_sink import WebhookSink
 
@@ -48,6 +49,9 @@ class RunContext:
     frontend_env: Path = field(default_factory=frontend_env_file)
     browser: Chromium | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run first by cleanup
+    load_rooms: int = 0
+    load_concurrency: int = 1
+    load_figures: LoadFigures | None = None
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())

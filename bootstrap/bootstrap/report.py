@@ -23,6 +23,8 @@ def render_text(result: RunResult) -> str:
         if stage.status is Status.FAIL:
             lines.append(f"      cause: {stage.cause}")
             lines.append(f"      fix:   {stage.fix}")
+    for name, figures in result.extra.items():
+        lines.append(f"  {name}: " + json.dumps(figures, ensure_ascii=False))
     passed = sum(s.status is Status.PASS for s in result.stages)
     verdict = "PASS" if result.passed else "FAIL"
     lines.append(f"{verdict}  {passed}/{len(result.stages)} stages passed in {result.seconds:.2f}s")
@@ -31,6 +33,7 @@ def render_text(result: RunResult) -> str:
 
 def to_dict(result: RunResult) -> dict[str, object]:
     return {
+        **result.extra,
         "status": result.status.value,
         "seconds": round(result.seconds, 3),
         "stages": [

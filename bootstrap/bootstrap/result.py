@@ -29,6 +29,7 @@ class RunResult:
     stages: list[StageResult]
     seconds: float
     context: dict[str, str] = field(default_factory=dict)  # server URL, version: for the report header
+    extra: dict[str, object] = field(default_factory=dict)  # mode-specific figures, e.g. "load"
 
     @property
     def passed(self) -> bool:

@@ -27,13 +27,13 @@ CLEANUP_MIN = 2.0
 log = structlog.get_logger("bootstrap")
 
 
-async def run(ctx: RunContext, extra: list[Stage] | None = None) -> RunResult:
-    """The six stages (plus `extra` ones, e.g. browser, after them), then cleanup."""
+async def run(ctx: RunContext, stages: list[Stage] | None = None) -> RunResult:
+    """`stages` (default: the six) in order, each skipped once one fails, then cleanup."""
     started = time.monotonic()
     results: list[StageResult] = []
     try:
         await _start_sink(ctx)
-        for stage in [*STAGES, *(extra or [])]:
+        for stage in STAGES if stages is None else stages:
             if results and results[-1].status is not Status.PASS:
                 results.append(StageResult(stage.name, Status.SKIPPED))
                 continue

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from livekit import api
 
 from backend.app import create_app
@@ -20,11 +21,19 @@ class WebhookSink:
     def __init__(self, settings: Settings, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.events: list[api.WebhookEvent] = []
+        self.received = 0  # every POST to the receiver, verified or not
         self._changed = asyncio.Condition()
         app, handlers = create_app(settings)
+        app.middlewares.append(self._count)
         handlers.append(self._record)
         # A short shutdown: the server holds keep-alive connections open, which would stall cleanup.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "POST":
+            self.received += 1
+        return await handler(request)
 
     async def _record(self, event: api.WebhookEvent) -> None:
         async with self._changed:

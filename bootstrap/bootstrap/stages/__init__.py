@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from bootstrap.context import RunContext
 from bootstrap.result import StageFailure
-from bootstrap.stages import browser, dispatch, join, services, token, webhooks, worker
+from bootstrap.stages import browser, dispatch, join, load, services, token, webhooks, worker
 
 
 @dataclass(frozen=True)
@@ -30,3 +30,6 @@ STAGES: list[Stage] = [
 
 # Opt-in (--browser): headless Chromium joins the same room through frontend/.
 BROWSER = Stage("browser", browser.run, 30.0, browser.on_timeout)
+
+# Load mode (--load N): the stack and the worker, then N rooms through the whole path.
+LOAD_STAGES: list[Stage] = [STAGES[0], STAGES[1], Stage("load", load.run, 600.0)]

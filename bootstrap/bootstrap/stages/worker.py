@@ -19,6 +19,7 @@ async def run(ctx: RunContext) -> str:
         api_key=ctx.settings.api_key,
         api_secret=ctx.settings.api_secret,
         agent_name=ctx.agent_name,
+        idle_runners=ctx.load_concurrency if ctx.load_rooms else 0,
     )
     ctx.worker = create_worker(options)
     registered: asyncio.Future[str] = asyncio.get_running_loop().create_future()

@@ -1,0 +1,151 @@
+"""Benchmark the bootstrap against the running stack and print figures (no pass/fail: figures).
+
+    python bench/bench.py [--rooms 50] [--repeat 5]        (make bench)
+
+1. Load: `python -m bootstrap --load N --json` vs `lk perf agent-load-test --rooms N --agent-name A`
+   (with our no-op worker running), each timed as a whole process; their ratio.
+2. Warm single verdict: `python -m bootstrap --json` (whole process, and its own in-run seconds) vs the
+   manual `lk token create` + `lk room join` + `lk room list` sequence.
+`lk` comes from PATH, $LK, or `make lk`; without it the lk half is reported as unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+from bootstrap.stack import REPO_ROOT as ROOT
+from bootstrap.stack import load_stack
+
+PY = str(ROOT / ".venv" / "bin" / "python")
+
+STACK = load_stack()
+
+
+def find_lk() -> str | None:
+    pinned = ROOT / ".tools" / f"lk-{STACK.livekit_cli_version}" / "lk"
+    return os.environ.get("LK") or shutil.which("lk") or (str(pinned) if pinned.exists() else None)
+
+
+def timed(cmd: list[str], **kwargs: object) -> tuple[float, subprocess.CompletedProcess[str]]:
+    started = time.perf_counter()
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+    return time.perf_counter() - started, result
+
+
+def spread(values: list[float]) -> str:
+    return f"min {min(values):.2f}s  median {statistics.median(values):.2f}s  max {max(values):.2f}s"
+
+
+def lk_args(lk: str) -> list[str]:
+    return [lk, "--url", STACK.livekit_http_url, "--api-key", STACK.api_key, "--api-secret", STACK.api_secret]
+
+
+def bench_load(rooms: int, lk: str | None) -> None:
+    print(f"== load: {rooms} rooms")
+    ours_s, ours = timed([PY, "-m", "bootstrap", "--load", str(rooms), "--json", "--timeout", "300"])
+    report = json.loads(ours.stdout)
+    load = report.get("load", {})
+    print(f"ours   {ours_s:6.2f}s whole process  verdict {report['status']}  "
+          f"dispatched {load.get('dispatched')}/{rooms}  rooms/s {load.get('rooms_per_second')}  "
+          f"join {load.get('join_latency')}  dispatch {load.get('dispatch_latency')}  "
+          f"webhooks {load.get('webhooks')}  rooms left {load.get('rooms_left')}")  # fmt: skip
+    if lk is None:
+        print("lk     unavailable: no lk binary (make lk / PATH / $LK); no ratio")
+        return
+    worker = subprocess.Popen(
+        [PY, "-m", "agent_runtime"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "LIVEKIT_URL": STACK.livekit_ws_url},
+    )
+    try:
+        time.sleep(3)  # registration
+        lk_s, result = timed([*lk_args(lk), "perf", "agent-load-test", "--rooms", str(rooms),
+                              "--agent-name", STACK.agent_name, "--duration", "1s"], timeout=600)  # fmt: skip
+    finally:
+        worker.send_signal(signal.SIGINT)
+        worker.wait(timeout=30)
+    tail = " | ".join(line.strip() for line in (result.stdout + result.stderr).splitlines()[-6:])
+    print(f"lk     {lk_s:6.2f}s whole process  exit {result.returncode}  output: {tail[:400]}")
+    print(f"ratio  lk / ours = {lk_s / ours_s:.2f}x")
+
+
+def bench_single(repeat: int, lk: str | None) -> None:
+    print(f"== warm single verdict, {repeat} runs each")
+    whole, inner = [], []
+    for _ in range(repeat):
+        seconds, result = timed([PY, "-m", "bootstrap", "--json"])
+        report = json.loads(result.stdout)
+        assert report["status"] == "pass", report
+        whole.append(seconds)
+        inner.append(report["seconds"])
+    print(f"ours   whole process: {spread(whole)}")
+    print(f"ours   verdict (in-run): {spread(inner)}")
+    if lk is None:
+        print("manual unavailable: no lk binary; no ratio")
+        return
+    manual = []
+    for i in range(repeat):
+        room = f"bench-manual-{os.getpid()}-{i}"
+        started = time.perf_counter()
+        token = subprocess.run(
+            [
+                *lk_args(lk),
+                "token",
+                "create",
+                "--join",
+                "--room",
+                room,
+                "--identity",
+                "u",
+                "--valid-for",
+                "1h",
+                "--token-only",
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout
+        join = subprocess.Popen(
+            [*lk_args(lk), "room", "join", "--identity", "u", room],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            listed = subprocess.run([*lk_args(lk), "room", "list"], capture_output=True, text=True).stdout
+            if room in listed:
+                break
+        manual.append(time.perf_counter() - started)
+        join.terminate()
+        join.wait()
+        assert token.strip()
+    print(f"manual lk token create + room join + room list: {spread(manual)}")
+    print(
+        f"ratio  manual / ours (whole process, medians) = {statistics.median(manual) / statistics.median(whole):.2f}x"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rooms", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    lk = find_lk()
+    print(f"livekit-server {STACK.livekit_version} at {STACK.livekit_http_url}; lk: {lk or 'not available'}")
+    bench_load(args.rooms, lk)
+    bench_single(args.repeat, lk)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The figures a load run reports: throughput, latency percentiles, webhook completeness, leftovers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (no interpolation: every figure is one that was measured)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, round(fraction * len(ordered) + 0.5 - 1e-9))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(percentile(values, 0.50), 3),
+        "p95": round(percentile(values, 0.95), 3),
+        "max": round(max(values, default=0.0), 3),
+    }
+
+
+@dataclass
+class LoadFigures:
+    rooms: int
+    concurrency: int
+    seconds: float = 0.0
+    joined: int = 0
+    dispatched: int = 0
+    join_latency: list[float] = field(default_factory=list)
+    dispatch_latency: list[float] = field(default_factory=list)
+    webhooks_expected: int = 0
+    webhooks_received: int = 0
+    webhooks_verified: int = 0
+    rooms_left: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def rooms_per_second(self) -> float:
+        return self.rooms / self.seconds if self.seconds else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return (
+            self.dispatched == self.rooms
+            and self.webhooks_verified >= self.webhooks_expected
+            and self.rooms_left == 0
+            and not self.errors
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "rooms": self.rooms,
+            "concurrency": self.concurrency,
+            "seconds": round(self.seconds, 3),
+            "rooms_per_second": round(self.rooms_per_second, 2),
+            "joined": self.joined,
+            "dispatched": self.dispatched,
+            "join_latency": summary(self.join_latency),
+            "dispatch_latency": summary(self.dispatch_latency),
+            "webhooks": {
+                "expected": self.webhooks_expected,
+                "received": self.webhooks_received,
+                "verified": self.webhooks_verified,
+            },
+            "rooms_left": self.rooms_left,
+            "errors": self.errors[:5],
+        }

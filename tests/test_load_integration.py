@@ -1,0 +1,32 @@
+"""Load mode against the real stack: every room joined, dispatched and its webhooks verified; none left.
+(Throughput and latency figures are the benchmark's business: bench/bench.py, never asserted here.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bootstrap.stack import Stack
+from tests.conftest import run_module
+
+pytestmark = pytest.mark.integration
+
+
+def test_load_mode_reports_complete_figures(stack: Stack) -> None:
+    result = run_module("bootstrap", "--load", "12", "--concurrency", "4", "--json", "--timeout", "120", timeout=180)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, report
+    assert [s["name"] for s in report["stages"]] == ["services", "worker", "load"]
+    load = report["load"]
+    assert (load["rooms"], load["joined"], load["dispatched"], load["rooms_left"]) == (12, 12, 12, 0)
+    assert load["webhooks"]["verified"] == load["webhooks"]["expected"] == 36
+    assert load["webhooks"]["received"] >= load["webhooks"]["verified"]
+    for figure in ("join_latency", "dispatch_latency"):
+        assert 0 < load[figure]["p50"] <= load[figure]["p95"] <= load[figure]["max"]
+
+
+def test_load_and_browser_are_separate_modes() -> None:
+    result = run_module("bootstrap", "--load", "2", "--browser")
+    assert result.returncode == 2
+    assert "--load and --browser are separate modes" in result.stderr
