@@ -8,7 +8,7 @@ export UV_PROJECT_ENVIRONMENT := .venv
 export UV_PYTHON_DOWNLOADS := never
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools lk browser-deps bench env up down status logs health check-config bootstrap backend worker test lint fmt clean
+.PHONY: help install tools lk browser-deps bench cluster-up cluster-down env up down status logs health check-config bootstrap backend worker test lint fmt clean
 
 COMPOSECHECK := .tools/composecheck
 ACTIONLINT := .tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
@@ -90,6 +90,12 @@ lint: install ## ruff + mypy only
 fmt: install ## Format the code with ruff
 	$(UV) run --locked --no-sync ruff format .
 	$(UV) run --locked --no-sync ruff check --fix .
+
+cluster-up: install env ## Two livekit-server nodes sharing Redis (Compose profile `cluster`, or native)
+	@scripts/stack.sh cluster-up
+
+cluster-down: install ## Stop the two cluster nodes
+	@scripts/stack.sh cluster-down
 
 bench: install ## Benchmark against the running stack: load mode vs lk perf, warm verdict vs manual lk (figures)
 	$(PY) bench/bench.py

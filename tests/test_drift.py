@@ -102,3 +102,30 @@ def test_no_other_file_pins_a_livekit_version(stack: Stack) -> None:
             if "livekit-server:v" in text or "livekit-server@v" in text:
                 offenders.append(name)
     assert offenders == []
+
+
+def test_cluster_ports_follow_the_node_rule(stack: Stack) -> None:
+    values = dotenv_values(REPO_ROOT / "stack.env")
+    for node in ("A", "B"):
+        port = int(values[f"CLUSTER_NODE_{node}_PORT"] or 0)
+        assert int(values[f"CLUSTER_{node}_RTC_TCP_PORT"] or 0) == port + 1
+        assert int(values[f"CLUSTER_{node}_RTC_UDP_PORT"] or 0) == port + 2
+
+
+def test_compose_cluster_profile_matches_stack(stack: Stack) -> None:
+    out = subprocess.run(
+        [str(COMPOSECHECK), str(REPO_ROOT / "docker-compose.yml"), str(REPO_ROOT / "stack.env"), "cluster"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    services = json.loads(out)["services"]
+    for name, port in zip(("livekit-a", "livekit-b"), stack.cluster_ports, strict=True):
+        published = {(p["published"], p["target"], p["protocol"]) for p in services[name]["ports"]}
+        assert published == {
+            (str(port), 7880, "tcp"),
+            (str(port + 1), port + 1, "tcp"),
+            (str(port + 2), port + 2, "udp"),
+        }
+        assert services[name]["command"][-4:] == ["--rtc.tcp_port", str(port + 1), "--udp-port", str(port + 2)]
+        assert services[name]["profiles"] == ["cluster"]

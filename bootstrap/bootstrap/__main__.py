@@ -26,7 +26,7 @@ from bootstrap.context import RunContext
 from bootstrap.livekit_config import ConfigError, load_config
 from bootstrap.result import RunResult
 from bootstrap.stack import LIVEKIT_YAML, load_stack
-from bootstrap.stages import BROWSER, LOAD_STAGES, STAGES, Stage
+from bootstrap.stages import BROWSER, CLUSTER_STAGES, LOAD_STAGES, STAGES, Stage
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_CONCURRENCY = 10
@@ -83,17 +83,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="C",
         help=f"rooms in flight at once in load mode (default {DEFAULT_CONCURRENCY}, for 2 cores)",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="cluster mode: two nodes sharing Redis (`make cluster-up`), checked across nodes",
+    )
     args = parser.parse_args(argv)
+    if sum([bool(args.load), args.browser, args.cluster]) > 1:
+        parser.error("--load, --browser and --cluster are separate modes: run them one at a time")
     if args.load < 0 or args.concurrency < 1:
         parser.error("--load must be >= 0 and --concurrency >= 1")
-    if args.load and args.browser:
-        parser.error("--load and --browser are separate modes: run them one at a time")
     if args.timeout <= runner.CLEANUP_RESERVE:
         parser.error(f"--timeout must be more than {runner.CLEANUP_RESERVE:.0f} seconds")
     return args
 
 
 def select_stages(args: argparse.Namespace) -> list[Stage]:
+    if args.cluster:
+        return CLUSTER_STAGES
     if args.load:
         return LOAD_STAGES
     return [*STAGES, BROWSER] if args.browser else STAGES

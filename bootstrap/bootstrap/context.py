@@ -39,6 +39,7 @@ class RunContext:
     worker: agents.AgentServer | None = None
     worker_task: asyncio.Task[None] | None = None
     worker_id: str = ""
+    worker_ws_url: str = ""  # where the worker registers, when not LIVEKIT_URL (cluster mode: node b)
     sink: WebhookSink | None = None
     sink_error: str = ""
     token: str = ""

@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bootstrap import install
-from bootstrap.health import check_all
+import aiohttp
+
+from bootstrap import cluster, install
+from bootstrap.health import check_all, check_livekit
 from bootstrap.livekit_config import ConfigError, derive_native, load_config, short_secrets
 from bootstrap.ports import port_owner
 from bootstrap.stack import LIVEKIT_YAML, RUNTIME_DIR, Stack, load_stack
@@ -130,6 +132,21 @@ def services(stack: Stack) -> list[Service]:
             prepare=lambda: _prepare_livekit(lk_dir),
         ),
     ]
+
+
+def cluster_services(stack: Stack) -> list[Service]:
+    """The two cluster nodes, as services the same up/down/status machinery runs."""
+    return [
+        Service(
+            node.service,
+            [(node.port, False), (node.rtc_tcp_port, False), (node.rtc_udp_port, True)],
+            command=lambda node=node: [  # type: ignore[misc]
+                str(install.livekit_server_binary(stack)), "--config", str(node.config_path), "--bind", "127.0.0.1",
+            ],
+            prepare=lambda node=node: node.config_path.write_text(cluster.node_config(stack, node)),  # type: ignore[misc]
+        )
+        for node in cluster.nodes(stack)
+    ]  # fmt: skip
 
 
 def _prepare_livekit(lk_dir: Path) -> None:
@@ -268,7 +285,39 @@ def _wait_healthy(stack: Stack, names: set[str]) -> None:
 
 
 def down(stack: Stack, names: list[str] | None = None) -> None:
-    for service in reversed(_select(stack, names or [])):
+    _stop_services(_select(stack, names or []))
+
+
+def cluster_up(stack: Stack) -> None:
+    """Redis (shared) first, then both nodes; ready when each answers GET / with 200 OK."""
+    up(stack, ["redis"])
+    to_start = [s for s in cluster_services(stack) if not s.running_pid()]
+    _check_ports_free(to_start)
+    for service in to_start:
+        print(f"  {service.name:<9} started (pid {_start(service)}), log {service.log_file}", file=sys.stderr)
+    deadline = time.monotonic() + START_TIMEOUT
+    for node, service in zip(cluster.nodes(stack), cluster_services(stack), strict=True):
+        while asyncio.run(_not_ready(node.port)):
+            if not service.running_pid():
+                raise StackError(f"{service.name} exited during start-up; last log lines:\n{_tail(service, 15)}")
+            if time.monotonic() > deadline:
+                raise StackError(f"{service.name} not ready after {START_TIMEOUT:.0f}s; see {service.log_file}")
+            time.sleep(0.5)
+
+
+async def _not_ready(port: int) -> str:
+    try:
+        return await check_livekit("127.0.0.1", port)
+    except (OSError, aiohttp.ClientError) as exc:
+        return str(exc)
+
+
+def cluster_down(stack: Stack) -> None:
+    _stop_services(cluster_services(stack))
+
+
+def _stop_services(selected: list[Service]) -> None:
+    for service in reversed(selected):
         pid = service.running_pid()
         if pid is None:
             service.pid_file.unlink(missing_ok=True)
@@ -324,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=["up", "down", "status", "logs", "check-config"])
+    parser.add_argument(
+        "command", choices=["up", "down", "status", "logs", "check-config", "cluster-up", "cluster-down"]
+    )
     parser.add_argument("services", nargs="*", help="limit up/down to these: postgres, redis, livekit")
     args = parser.parse_args(argv)
     if unknown := set(args.services) - SERVICE_NAMES:
@@ -335,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
             up(stack, args.services)
         elif args.command == "down":
             down(stack, args.services)
+        elif args.command == "cluster-up":
+            cluster_up(stack)
+        elif args.command == "cluster-down":
+            cluster_down(stack)
         elif args.command == "status":
             return status(stack)
         elif args.command == "logs":

@@ -31,6 +31,7 @@ class Stack:
     postgres_user: str
     postgres_password: str
     postgres_db: str
+    cluster_ports: tuple[int, int] = (7980, 7990)
     host: str = "127.0.0.1"
 
     @property
@@ -68,4 +69,5 @@ def load_stack(path: Path = STACK_ENV) -> Stack:
         postgres_user=get("POSTGRES_USER"),
         postgres_password=get("POSTGRES_PASSWORD"),
         postgres_db=get("POSTGRES_DB"),
+        cluster_ports=(int(get("CLUSTER_NODE_A_PORT")), int(get("CLUSTER_NODE_B_PORT"))),
     )

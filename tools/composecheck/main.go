@@ -2,7 +2,7 @@
 // interpolating from stack.env exactly as `docker compose --env-file stack.env` does. It prints the
 // resolved services as JSON so tests can assert on them. Used where the Compose plugin is absent.
 //
-// Usage: composecheck <compose file> <env file>
+// Usage: composecheck <compose file> <env file> [profile,...]
 package main
 
 import (
@@ -11,22 +11,28 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/compose-spec/compose-go/v2/cli"
 )
 
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: composecheck <compose file> <env file>")
+	if len(os.Args) < 3 || len(os.Args) > 4 {
+		fmt.Fprintln(os.Stderr, "usage: composecheck <compose file> <env file> [profile,...]")
 		os.Exit(2)
 	}
 	file, envFile := os.Args[1], os.Args[2]
+	var profiles []string
+	if len(os.Args) == 4 {
+		profiles = strings.Split(os.Args[3], ",")
+	}
 	options, err := cli.NewProjectOptions(
 		[]string{file},
 		cli.WithWorkingDirectory(filepath.Dir(file)),
 		cli.WithEnvFiles(envFile),
 		cli.WithDotEnv,
 		cli.WithName("livekit-infra"),
+		cli.WithProfiles(profiles),
 	)
 	if err != nil {
 		fail(err)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from bootstrap.context import RunContext
 from bootstrap.result import StageFailure
-from bootstrap.stages import browser, dispatch, join, load, services, token, webhooks, worker
+from bootstrap.stages import browser, cluster, dispatch, join, load, services, token, webhooks, worker
 
 
 @dataclass(frozen=True)
@@ -33,3 +33,10 @@ BROWSER = Stage("browser", browser.run, 30.0, browser.on_timeout)
 
 # Load mode (--load N): the stack and the worker, then N rooms through the whole path.
 LOAD_STAGES: list[Stage] = [STAGES[0], STAGES[1], Stage("load", load.run, 600.0)]
+
+# Cluster mode (--cluster): two nodes sharing Redis, checked across nodes.
+CLUSTER_STAGES: list[Stage] = [
+    Stage("nodes", cluster.run_nodes, 10.0),
+    Stage("worker", cluster.run_worker_on_b, 15.0),
+    Stage("cross-node", cluster.run_cross_node, 40.0),
+]

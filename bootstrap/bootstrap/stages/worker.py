@@ -15,7 +15,7 @@ async def run(ctx: RunContext) -> str:
     # An authenticated API call first: the worker's own retries would hide a 401 behind "failed to connect".
     await ctx.api.room.list_rooms(api.ListRoomsRequest())
     options = WorkerOptions(
-        ws_url=ctx.settings.ws_url,
+        ws_url=ctx.worker_ws_url or ctx.settings.ws_url,
         api_key=ctx.settings.api_key,
         api_secret=ctx.settings.api_secret,
         agent_name=ctx.agent_name,
