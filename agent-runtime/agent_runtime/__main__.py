@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
 import structlog
 from dotenv import load_dotenv
+from livekit.agents import AgentServer
 
 from agent_runtime.worker import DEFAULT_AGENT_NAME, WorkerOptions, create_worker
 
@@ -33,10 +35,30 @@ def main() -> int:
     )
     server = create_worker(options)
     server.on("worker_registered", lambda wid, _info: structlog.get_logger().info("registered", id=wid))
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.run())
+    asyncio.run(_run_until_signal(server))
     return 0
 
 
+async def _run_until_signal(server: AgentServer) -> None:
+    """Ctrl-C / SIGTERM close the worker (its jobs end, it unregisters) instead of being swallowed."""
+    loop = asyncio.get_running_loop()
+    closing: list[asyncio.Task[None]] = []
+
+    def close_once() -> None:
+        if not closing:
+            closing.append(loop.create_task(server.aclose()))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, close_once)
+    with contextlib.suppress(asyncio.CancelledError):
+        await server.run()
+    if closing:
+        await closing[0]
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Skip interpreter finalization: the livekit FFI's threads can abort the process during it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -16,15 +16,16 @@ AGENT_NAME_ATTRIBUTE = "lk.agent_name"
 
 
 async def run(ctx: RunContext) -> str:
-    while not (agent := await _find_agent(ctx)):
+    while not (agent := await find_agent(ctx, ctx.room_name)):
         await asyncio.sleep(POLL_INTERVAL)
     ctx.agent_identity = agent.identity
     latency = time.monotonic() - ctx.joined_at
     return f"agent {agent.identity} ({ctx.agent_name!r}) in the room {latency:.2f}s after the join"
 
 
-async def _find_agent(ctx: RunContext) -> api.ParticipantInfo | None:
-    listing = await ctx.api.room.list_participants(api.ListParticipantsRequest(room=ctx.room_name))
+async def find_agent(ctx: RunContext, room: str) -> api.ParticipantInfo | None:
+    """The server's listing of an AGENT participant carrying our agent name in `room`, if any."""
+    listing = await ctx.api.room.list_participants(api.ListParticipantsRequest(room=room))
     return next(
         (
             p
