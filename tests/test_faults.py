@@ -264,23 +264,16 @@ def test_livekit_port_held_by_something_else_is_named(stack: Stack, tmp_path: Pa
 # ---------------------------------------------------------------- faults
 
 
-def test_redis_down_fails_services(stack: Stack, native_service: Any) -> None:
-    native_service("redis")
+@pytest.mark.parametrize("service", ["redis", "postgres"])
+def test_database_down_fails_services(stack: Stack, native_service: Any, service: str) -> None:
+    native_service(service)
     code, report, elapsed = bootstrap_json("--timeout", "8")
     assert code == 1
     stage = failed_stage(report)
     assert stage["name"] == "services"
-    assert f"redis at 127.0.0.1:{stack.redis_port}: connection refused" in stage["cause"]
+    port = stack.redis_port if service == "redis" else stack.postgres_port
+    assert f"{service} at 127.0.0.1:{port}: connection refused" in stage["cause"]
     assert elapsed <= 8 + 2  # --timeout plus the documented cleanup margin
-
-
-def test_postgres_down_fails_services(stack: Stack, native_service: Any) -> None:
-    native_service("postgres")
-    code, report, _ = bootstrap_json("--timeout", "8")
-    assert code == 1
-    stage = failed_stage(report)
-    assert stage["name"] == "services"
-    assert f"postgres at 127.0.0.1:{stack.postgres_port}: connection refused" in stage["cause"]
 
 
 async def test_livekit_killed_mid_run(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
