@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from livekit import api
 
+from backend.logging import redact
 from bootstrap.context import RunContext
 from bootstrap.diagnosis import diagnose
 from bootstrap.ports import port_owner
@@ -74,7 +75,8 @@ async def _explain_timeout(ctx: RunContext, stage: Stage, exc: TimeoutError, bud
     if stage.on_timeout is not None:
         try:
             async with asyncio.timeout(EXPLAIN_TIMEOUT):
-                return await stage.on_timeout(ctx)
+                failure = await stage.on_timeout(ctx)
+            return StageFailure(redact(failure.cause), redact(failure.fix))
         except Exception as explain_error:
             log.debug("timeout explanation failed", stage=stage.name, error=repr(explain_error))
     return diagnose(stage.name, exc, ctx, budget)

@@ -40,8 +40,11 @@ async def on_timeout(ctx: RunContext) -> StageFailure:
     """Why no agent came: no dispatch recorded, or a dispatch that no worker took."""
     try:
         dispatches = await asyncio.wait_for(ctx.api.agent_dispatch.list_dispatch(ctx.room_name), 2.0)
-    except Exception:
-        dispatches = []
+    except Exception as exc:
+        return StageFailure(
+            f"no agent joined room {ctx.room_name}; listing its dispatches failed too ({type(exc).__name__}: {exc})",
+            "check the server is still up (`make status`, `make logs`)",
+        )
     worker_alive = ctx.worker_task is not None and not ctx.worker_task.done()
     if not dispatches:
         return StageFailure(
