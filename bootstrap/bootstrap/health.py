@@ -88,6 +88,11 @@ async def _probe(name: str, host: str, port: int, check: Callable[[str, int], Aw
     return ServiceHealth(name, address, not reason, reason)
 
 
+async def probe_livekit(host: str, port: int, name: str = "livekit") -> ServiceHealth:
+    """One LiveKit node's readiness, with the same timeout and reasons as `make health`."""
+    return await _probe(name, host, port, check_livekit)
+
+
 async def check_all(stack: Stack, livekit: tuple[str, int] | None = None) -> list[ServiceHealth]:
     """All three checks, concurrently; `livekit` overrides where LiveKit is (default: the stack's)."""
     lk_host, lk_port = livekit or (stack.host, stack.livekit_port)
@@ -95,7 +100,7 @@ async def check_all(stack: Stack, livekit: tuple[str, int] | None = None) -> lis
         await asyncio.gather(
             _probe("postgres", stack.host, stack.postgres_port, check_postgres),
             _probe("redis", stack.host, stack.redis_port, check_redis),
-            _probe("livekit", lk_host, lk_port, check_livekit),
+            probe_livekit(lk_host, lk_port),
         )
     )
 

@@ -20,16 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-
 from bootstrap import cluster, install
-from bootstrap.health import check_all, check_livekit
+from bootstrap.health import check_all, probe_livekit
 from bootstrap.livekit_config import ConfigError, derive_native, load_config, short_secrets
 from bootstrap.ports import port_owner
 from bootstrap.stack import LIVEKIT_YAML, RUNTIME_DIR, Stack, load_stack
 
 START_TIMEOUT = 60.0
-SERVICE_NAMES = {"postgres", "redis", "livekit"}
 STOP_TIMEOUT = 10.0
 
 
@@ -249,11 +246,10 @@ def _select(stack: Stack, names: list[str]) -> list[Service]:
     return [s for s in services(stack) if not names or s.name in names]
 
 
-def up(stack: Stack, names: list[str] | None = None) -> None:
-    install.ensure_packages()
-    install.ensure_livekit_server(stack)
+def _start_missing(selected: list[Service]) -> list[Service]:
+    """Start those of `selected` not already running (all ports checked first); returns the started."""
     to_start = []
-    for service in _select(stack, names or []):
+    for service in selected:
         if pid := service.running_pid():
             print(f"  {service.name:<9} already running (pid {pid})", file=sys.stderr)
         else:
@@ -262,6 +258,13 @@ def up(stack: Stack, names: list[str] | None = None) -> None:
     for service in to_start:
         pid = _start(service)
         print(f"  {service.name:<9} started (pid {pid}), log {service.log_file}", file=sys.stderr)
+    return to_start
+
+
+def up(stack: Stack, names: list[str] | None = None) -> None:
+    install.ensure_packages()
+    install.ensure_livekit_server(stack)
+    to_start = _start_missing(_select(stack, names or []))
     _wait_healthy(stack, {s.name for s in _select(stack, names or [])})
     if any(s.name == "postgres" for s in to_start):
         _create_database(stack)
@@ -291,25 +294,15 @@ def down(stack: Stack, names: list[str] | None = None) -> None:
 def cluster_up(stack: Stack) -> None:
     """Redis (shared) first, then both nodes; ready when each answers GET / with 200 OK."""
     up(stack, ["redis"])
-    to_start = [s for s in cluster_services(stack) if not s.running_pid()]
-    _check_ports_free(to_start)
-    for service in to_start:
-        print(f"  {service.name:<9} started (pid {_start(service)}), log {service.log_file}", file=sys.stderr)
+    _start_missing(cluster_services(stack))
     deadline = time.monotonic() + START_TIMEOUT
     for node, service in zip(cluster.nodes(stack), cluster_services(stack), strict=True):
-        while asyncio.run(_not_ready(node.port)):
+        while not asyncio.run(probe_livekit("127.0.0.1", node.port)).up:
             if not service.running_pid():
                 raise StackError(f"{service.name} exited during start-up; last log lines:\n{_tail(service, 15)}")
             if time.monotonic() > deadline:
                 raise StackError(f"{service.name} not ready after {START_TIMEOUT:.0f}s; see {service.log_file}")
             time.sleep(0.5)
-
-
-async def _not_ready(port: int) -> str:
-    try:
-        return await check_livekit("127.0.0.1", port)
-    except (OSError, aiohttp.ClientError) as exc:
-        return str(exc)
 
 
 def cluster_down(stack: Stack) -> None:
@@ -378,9 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("services", nargs="*", help="limit up/down to these: postgres, redis, livekit")
     args = parser.parse_args(argv)
-    if unknown := set(args.services) - SERVICE_NAMES:
-        parser.error(f"unknown service(s) {', '.join(sorted(unknown))}; choose from {', '.join(SERVICE_NAMES)}")
     stack = load_stack()
+    known = [s.name for s in services(stack)]
+    if unknown := set(args.services) - set(known):
+        parser.error(f"unknown service(s) {', '.join(sorted(unknown))}; choose from {', '.join(known)}")
     try:
         if args.command == "up":
             up(stack, args.services)

@@ -18,7 +18,7 @@ from livekit import api, rtc
 from backend.tokens import participant_token
 from bootstrap.cluster import Node, nodes
 from bootstrap.context import RunContext
-from bootstrap.health import check_livekit
+from bootstrap.health import probe_livekit
 from bootstrap.result import StageFailure
 from bootstrap.stages.dispatch import AGENT_NAME_ATTRIBUTE
 
@@ -40,13 +40,8 @@ async def redis_command(ctx: RunContext, *args: str) -> bytes:
 
 
 async def run_nodes(ctx: RunContext) -> str:
-    problems = []
-    for node in nodes(ctx.stack):
-        try:
-            if reason := await check_livekit("127.0.0.1", node.port):
-                problems.append(f"node {node.name} at 127.0.0.1:{node.port}: {reason}")
-        except OSError as exc:
-            problems.append(f"node {node.name} at 127.0.0.1:{node.port}: {exc}")
+    checks = await asyncio.gather(*(probe_livekit("127.0.0.1", node.port, node.name) for node in nodes(ctx.stack)))
+    problems = [f"node {c.name} at {c.address}: {c.reason}" for c in checks if not c.up]
     if problems:
         raise StageFailure(
             "; ".join(problems), "start the cluster with `make cluster-up`; see .runtime/livekit-*/*.log"

@@ -12,7 +12,7 @@ from livekit import api, rtc
 
 from backend.tokens import participant_token
 from bootstrap.context import RunContext
-from bootstrap.load_figures import LoadFigures
+from bootstrap.load_figures import LoadFigures, summary
 from bootstrap.result import StageFailure
 from bootstrap.stages.dispatch import find_agent
 
@@ -29,11 +29,11 @@ async def run(ctx: RunContext) -> str:
     await asyncio.gather(*(_one_room(ctx, name, gate, figures) for name in names))
     figures.seconds = time.monotonic() - started
     await _count_webhooks_and_leftovers(ctx, names, figures)
-    lat = figures.as_dict()["dispatch_latency"]
+    p95 = summary(figures.dispatch_latency)["p95"]
     detail = (
         f"{figures.dispatched}/{figures.rooms} rooms dispatched at {figures.rooms_per_second:.1f} rooms/s, "
         f"webhooks {figures.webhooks_verified}/{figures.webhooks_expected} verified, dispatch p95 "
-        f"{lat['p95']:.2f}s, {figures.rooms_left} rooms left"  # type: ignore[index]
+        f"{p95:.2f}s, {figures.rooms_left} rooms left"
     )
     if not figures.complete:
         raise StageFailure(f"load incomplete: {detail}; first errors: {figures.errors[:3]}", _fix(figures))
