@@ -9,6 +9,7 @@ import pytest
 from dotenv import dotenv_values
 
 from bootstrap.stack import REPO_ROOT, STACK_ENV
+from tests.conftest import run_module
 
 pytestmark = pytest.mark.unit
 SETUP = REPO_ROOT / "docs" / "livekit-setup.md"
@@ -51,3 +52,11 @@ def test_troubleshooting_covers_the_known_failure_modes() -> None:
 def test_readme_links_the_docs() -> None:
     readme = (REPO_ROOT / "README.md").read_text()
     assert "docs/livekit-setup.md" in readme and "docs/bootstrap.md" in readme
+
+
+def test_every_bootstrap_option_is_documented() -> None:
+    help_text = run_module("bootstrap", "--help").stdout
+    options = set(re.findall(r"(--[a-z][a-z-]+)", help_text)) - {"--help"}
+    documented = (REPO_ROOT / "docs" / "bootstrap.md").read_text()
+    assert options, help_text
+    assert not {o for o in options if f"`{o}" not in documented}, "add them to docs/bootstrap.md's option table"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 from pathlib import Path
@@ -45,6 +46,17 @@ def test_livekit_yaml_matches_stack(stack: Stack) -> None:
     assert config["keys"] == {stack.api_key: stack.api_secret}
     assert config["webhook"]["api_key"] == stack.api_key
     assert [urlparse(u).port for u in config["webhook"]["urls"]] == [stack.webhook_port]
+
+
+def test_clients_get_no_stun_hostname_to_resolve() -> None:
+    """Without rtc.stun_servers the server hands clients Google's STUN hostnames, and the rtc SDK spent a
+    native thread per lookup: thousands in one load run here. Only address literals may be listed."""
+    servers = yaml.safe_load(LIVEKIT_YAML.read_text())["rtc"].get("stun_servers")
+    assert servers, "rtc.stun_servers must be set (empty means Google's public STUN hostnames)"
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        ipaddress.ip_address(host.strip("[]"))  # raises on a hostname
+        assert port.isdigit(), server
 
 
 def test_compose_pins_and_ports_match_stack(stack: Stack, compose: dict[str, Any]) -> None:

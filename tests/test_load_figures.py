@@ -16,9 +16,15 @@ def test_nearest_rank_percentiles() -> None:
 
 
 def test_complete_needs_every_room_dispatched_every_webhook_and_no_leftovers() -> None:
-    figures = LoadFigures(rooms=2, concurrency=1, dispatched=2, webhooks_expected=6, webhooks_verified=6)
+    figures = LoadFigures(rooms=2, concurrency=1, dispatched=2, webhooks_expected=6, webhooks_verified=6, rooms_left=0)
     assert figures.complete
-    assert not LoadFigures(rooms=2, concurrency=1, dispatched=1, webhooks_expected=6, webhooks_verified=6).complete
-    assert not LoadFigures(rooms=2, concurrency=1, dispatched=2, webhooks_expected=6, webhooks_verified=5).complete
+    unmeasured = LoadFigures(rooms=2, concurrency=1, dispatched=2, webhooks_expected=6, webhooks_verified=6)
+    assert not unmeasured.complete, "rooms left never counted (timed out) is not 0 rooms left"
+    assert not LoadFigures(
+        rooms=2, concurrency=1, dispatched=1, webhooks_expected=6, webhooks_verified=6, rooms_left=0
+    ).complete
+    assert not LoadFigures(
+        rooms=2, concurrency=1, dispatched=2, webhooks_expected=6, webhooks_verified=5, rooms_left=0
+    ).complete
     left = LoadFigures(rooms=2, concurrency=1, dispatched=2, webhooks_expected=6, webhooks_verified=6, rooms_left=1)
     assert not left.complete

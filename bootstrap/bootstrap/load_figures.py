@@ -26,7 +26,10 @@ def summary(values: list[float]) -> dict[str, float]:
 class LoadFigures:
     rooms: int
     concurrency: int
+    warmup_seconds: float = 0.0  # waiting out the server's agent-name refresh, before `seconds` starts
+    started_at: float = 0.0  # time.monotonic() when the rooms started; 0 while warming up
     seconds: float = 0.0
+    finished: int = 0  # rooms done, with or without errors (progress lines and rooms/s)
     joined: int = 0
     dispatched: int = 0
     join_latency: list[float] = field(default_factory=list)
@@ -34,12 +37,12 @@ class LoadFigures:
     webhooks_expected: int = 0
     webhooks_received: int = 0
     webhooks_verified: int = 0
-    rooms_left: int = 0
+    rooms_left: int | None = None  # None: not measured (the run timed out first)
     errors: list[str] = field(default_factory=list)
 
     @property
     def rooms_per_second(self) -> float:
-        return self.rooms / self.seconds if self.seconds else 0.0
+        return self.finished / self.seconds if self.seconds else 0.0
 
     @property
     def complete(self) -> bool:
@@ -54,6 +57,7 @@ class LoadFigures:
         return {
             "rooms": self.rooms,
             "concurrency": self.concurrency,
+            "warmup_seconds": round(self.warmup_seconds, 3),
             "seconds": round(self.seconds, 3),
             "rooms_per_second": round(self.rooms_per_second, 2),
             "joined": self.joined,

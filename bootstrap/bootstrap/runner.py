@@ -111,8 +111,10 @@ async def cleanup(ctx: RunContext) -> None:
     steps: list[tuple[str, Callable[[], Awaitable[None] | None]]] = [
         *((f"close {closer.__qualname__}", closer) for closer in reversed(ctx.closers)),
         ("leave room", lambda: ctx.room.disconnect() if ctx.room else None),
-        ("delete rooms", lambda: _delete_rooms(ctx) if ctx.token else None),
+        ("delete rooms", lambda: _delete_rooms(ctx)),  # first: jobs end, so the worker closes fast
         ("close worker", lambda: ctx.worker.aclose() if ctx.worker else None),
+        # Again: a job assigned just before the delete joins after it and auto-creates the room anew.
+        ("delete rooms again", lambda: _delete_rooms(ctx) if ctx.worker else None),
         ("stop receiver", lambda: ctx.sink.stop() if ctx.sink else None),
         ("close api", lambda: ctx.lkapi.aclose() if ctx.lkapi else None),
     ]
@@ -136,6 +138,6 @@ async def cleanup(ctx: RunContext) -> None:
 
 async def _delete_rooms(ctx: RunContext) -> None:
     # This run's room even if the join never returned: a half-finished connect may have created it.
-    for room in ctx.rooms_joined | {ctx.room_name}:
+    for room in ctx.rooms_joined | ({ctx.room_name} if ctx.token else set()):
         with contextlib.suppress(api.TwirpError):  # already gone is fine
             await ctx.api.room.delete_room(api.DeleteRoomRequest(room=room))

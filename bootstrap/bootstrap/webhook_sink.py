@@ -21,6 +21,7 @@ class WebhookSink:
     def __init__(self, settings: Settings, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.events: list[api.WebhookEvent] = []
+        self._by_room: dict[str, list[api.WebhookEvent]] = {}  # load mode asks per room, thousands of times
         self.received = 0  # every POST to the receiver, verified or not
         self._changed = asyncio.Condition()
         app, handlers = create_app(settings)
@@ -38,6 +39,7 @@ class WebhookSink:
     async def _record(self, event: api.WebhookEvent) -> None:
         async with self._changed:
             self.events.append(event)
+            self._by_room.setdefault(event.room.name, []).append(event)
             self._changed.notify_all()
 
     async def start(self) -> None:
@@ -50,7 +52,7 @@ class WebhookSink:
         await self._runner.cleanup()
 
     def for_room(self, room: str) -> list[api.WebhookEvent]:
-        return [e for e in self.events if e.room.name == room]
+        return list(self._by_room.get(room, ()))
 
     async def wait_until(self, done: Callable[[], bool]) -> None:
         """Return once `done()` holds; callers bound the wait with asyncio.timeout."""

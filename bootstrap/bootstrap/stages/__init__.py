@@ -32,7 +32,8 @@ STAGES: list[Stage] = [
 BROWSER = Stage("browser", browser.run, 30.0, browser.on_timeout)
 
 # Load mode (--load N): the stack and the worker, then N rooms through the whole path.
-LOAD_STAGES: list[Stage] = [STAGES[0], STAGES[1], Stage("load", load.run, 600.0)]
+# Its cap is the run's --timeout (whose load-mode default grows with N): 24 h only means "no cap of its own".
+LOAD_STAGES: list[Stage] = [STAGES[0], STAGES[1], Stage("load", load.run, 86400.0, load.on_timeout)]
 
 # Cluster mode (--cluster): two nodes sharing Redis, checked across nodes.
 CLUSTER_STAGES: list[Stage] = [

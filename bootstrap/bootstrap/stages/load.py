@@ -1,6 +1,8 @@
 """Load mode (--load N): N rooms through the whole path, `--concurrency` at a time. Each room: a token with
 an explicit dispatch, a participant joined, the agent seen joining (delivered by the SFU, not the worker's
-say-so), its three webhooks verified, then the room deleted. Figures go to ctx.load_figures."""
+say-so), its three webhooks verified, then the room deleted. Figures go to ctx.load_figures.
+
+Before the rooms, load mode waits out livekit-server's agent-name refresh (see _settle_server_agent_cache)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import asyncio
 import contextlib
 import time
 
+import structlog
 from livekit import api, rtc
 
 from backend.tokens import participant_token
@@ -16,19 +19,36 @@ from bootstrap.load_figures import LoadFigures, summary
 from bootstrap.result import StageFailure
 from bootstrap.stages.dispatch import find_agent
 
+log = structlog.get_logger("bootstrap")
+
 ROOM_TIMEOUT = 15.0
 POLL_INTERVAL = 0.05
+PROGRESS_EVERY = 10  # rooms between progress lines
 WEBHOOKS_PER_ROOM = 3  # room_started, participant_joined (user), participant_joined (agent)
+
+# livekit-server (pkg/agent/client.go) caches which agent names have workers. A worker registering under a
+# new name (ours, a moment ago) clears that cache, and the next dispatch starts a refresh that always lasts
+# CheckEnabledTimeout, 5 s. Until it ends, every dispatch check - two per room: the room's job and its
+# participant's - holds one of the server's 50 agent-client workers, so once ~25 rooms have started inside
+# those 5 s, every further dispatch queues until the refresh ends. Measured here without this wait: a burst of
+# ~10 dispatches at 1.1-1.9 s around the 25th room (p95 1.1-1.8 s); with it, p95 0.3-0.75 s.
+SERVER_AGENT_CHECK_SECONDS = 5.0
+# The server publishes a registration after acknowledging it to the worker: let that land before the refresh.
+REGISTRATION_PUBLISH_GRACE = 0.25
+WARMUP_SECONDS = REGISTRATION_PUBLISH_GRACE + SERVER_AGENT_CHECK_SECONDS + REGISTRATION_PUBLISH_GRACE
 
 
 async def run(ctx: RunContext) -> str:
     figures = ctx.load_figures = LoadFigures(ctx.load_rooms, ctx.load_concurrency)
     gate = asyncio.Semaphore(ctx.load_concurrency)
-    names = [f"{ctx.room_name}-{i:03d}" for i in range(ctx.load_rooms)]
-    started = time.monotonic()
+    names = _room_names(ctx)
+    figures.warmup_seconds = await _settle_server_agent_cache(ctx)
+    figures.started_at = time.monotonic()
     await asyncio.gather(*(_one_room(ctx, name, gate, figures) for name in names))
-    figures.seconds = time.monotonic() - started
-    await _count_webhooks_and_leftovers(ctx, names, figures)
+    figures.seconds = time.monotonic() - figures.started_at
+    _count_webhooks(ctx, names, figures)
+    rooms = await ctx.api.room.list_rooms(api.ListRoomsRequest(names=names))
+    figures.rooms_left = len(rooms.rooms)
     p95 = summary(figures.dispatch_latency)["p95"]
     detail = (
         f"{figures.dispatched}/{figures.rooms} rooms dispatched at {figures.rooms_per_second:.1f} rooms/s, "
@@ -38,6 +58,45 @@ async def run(ctx: RunContext) -> str:
     if not figures.complete:
         raise StageFailure(f"load incomplete: {detail}; first errors: {figures.errors[:3]}", _fix(figures))
     return detail
+
+
+async def on_timeout(ctx: RunContext) -> StageFailure:
+    """How far the load got when --timeout ran out, and the --timeout this pace needs."""
+    figures = ctx.load_figures
+    assert figures is not None
+    if not figures.started_at:
+        return StageFailure(
+            "--timeout ran out while waiting out livekit-server's agent-name refresh, before any room",
+            f"raise --timeout (load mode first waits {WARMUP_SECONDS:.1f} s)",
+        )
+    figures.seconds = time.monotonic() - figures.started_at
+    _count_webhooks(ctx, _room_names(ctx), figures)
+    pace = figures.finished / figures.seconds if figures.finished else 0.0
+    need = f"about {figures.warmup_seconds + figures.rooms / pace + 10:.0f} s" if pace else "more"
+    return StageFailure(
+        f"--timeout ran out with {figures.finished}/{figures.rooms} rooms done ({figures.dispatched} dispatched, "
+        f"{len(figures.errors)} errors) at {pace:.1f} rooms/s",
+        f"raise --timeout: {figures.rooms} rooms at this pace need {need}; or run fewer rooms",
+    )
+
+
+def _room_names(ctx: RunContext) -> list[str]:
+    return [f"{ctx.room_name}-{i:03d}" for i in range(ctx.load_rooms)]
+
+
+async def _settle_server_agent_cache(ctx: RunContext) -> float:
+    """Start the server's agent-name refresh with a room whose dispatch names no worker (so no job runs),
+    and wait until the refresh has ended; return the seconds this took."""
+    started = time.monotonic()
+    log.info("waiting out livekit-server's agent-name refresh before the load", seconds=WARMUP_SECONDS)
+    await asyncio.sleep(REGISTRATION_PUBLISH_GRACE)
+    room = f"{ctx.room_name}-warmup"
+    ctx.rooms_joined.add(room)  # deleted by cleanup, whatever the outcome
+    nobody = api.RoomAgentDispatch(agent_name=f"{ctx.agent_name}-warmup-no-worker")
+    await ctx.api.room.create_room(api.CreateRoomRequest(name=room, agents=[nobody]))
+    await asyncio.sleep(SERVER_AGENT_CHECK_SECONDS + REGISTRATION_PUBLISH_GRACE)
+    await ctx.api.room.delete_room(api.DeleteRoomRequest(room=room))
+    return time.monotonic() - started
 
 
 def _fix(figures: LoadFigures) -> str:
@@ -53,6 +112,10 @@ async def _one_room(ctx: RunContext, name: str, gate: asyncio.Semaphore, figures
         room = rtc.Room()
         identity = f"load-user-{name[-3:]}"
         token = participant_token(ctx.settings, identity=identity, room=name, agent_name=ctx.agent_name)
+        # Until it is deleted after a clean finish, cleanup deletes it too: a connect cut short (timeout,
+        # Ctrl-C) may still create the room after the delete below.
+        ctx.rooms_joined.add(name)
+        finished_cleanly = False
         try:
             async with asyncio.timeout(ROOM_TIMEOUT):
                 begun = time.monotonic()
@@ -68,12 +131,19 @@ async def _one_room(ctx: RunContext, name: str, gate: asyncio.Semaphore, figures
                 figures.dispatch_latency.append(time.monotonic() - joined)
                 assert ctx.sink is not None
                 await ctx.sink.wait_until(lambda: _verified(ctx, name) >= WEBHOOKS_PER_ROOM)
+            finished_cleanly = True
         except Exception as exc:
             figures.errors.append(f"{name}: {type(exc).__name__}: {exc}"[:200])
         finally:
             await room.disconnect()
             with contextlib.suppress(Exception):
                 await ctx.api.room.delete_room(api.DeleteRoomRequest(room=name))
+                if finished_cleanly:
+                    ctx.rooms_joined.discard(name)
+            figures.finished += 1
+            if figures.finished % PROGRESS_EVERY == 0 or figures.finished == figures.rooms:
+                log.info("load progress", rooms_done=figures.finished, rooms=figures.rooms,
+                         dispatched=figures.dispatched, errors=len(figures.errors))  # fmt: skip
 
 
 def _verified(ctx: RunContext, room: str) -> int:
@@ -82,10 +152,8 @@ def _verified(ctx: RunContext, room: str) -> int:
     return sum(1 for e in ctx.sink.for_room(room) if e.event in wanted)
 
 
-async def _count_webhooks_and_leftovers(ctx: RunContext, names: list[str], figures: LoadFigures) -> None:
+def _count_webhooks(ctx: RunContext, names: list[str], figures: LoadFigures) -> None:
     assert ctx.sink is not None
     figures.webhooks_expected = WEBHOOKS_PER_ROOM * len(names)
     figures.webhooks_verified = sum(min(_verified(ctx, name), WEBHOOKS_PER_ROOM) for name in names)
     figures.webhooks_received = ctx.sink.received
-    rooms = await ctx.api.room.list_rooms(api.ListRoomsRequest(names=names))
-    figures.rooms_left = len(rooms.rooms)
