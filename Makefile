@@ -33,11 +33,11 @@ $(COMPOSECHECK): tools/composecheck/main.go tools/composecheck/go.mod tools/comp
 $(ACTIONLINT):
 	CGO_ENABLED=0 GOBIN=$(abspath $(dir $(ACTIONLINT))) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
 
-LK := .tools/lk-$(LIVEKIT_CLI_VERSION)/lk
-$(LK):
-	@scripts/build-lk.sh $(LIVEKIT_CLI_VERSION) $(dir $(LK))
+LK_PINNED := .tools/lk-$(LIVEKIT_CLI_VERSION)/lk
+$(LK_PINNED):
+	@scripts/build-lk.sh $(LIVEKIT_CLI_VERSION) $(dir $(LK_PINNED))
 
-lk: $(LK) ## Build the lk CLI at the pinned tag into .tools/ (cgo; installs its Debian prerequisites as root)
+lk: $(LK_PINNED) ## Build the lk CLI at the pinned tag into .tools/ (cgo; installs its Debian prerequisites as root)
 
 frontend/node_modules/.package-lock.json: frontend/package.json frontend/package-lock.json
 	cd frontend && npm ci --no-audit --no-fund

@@ -28,11 +28,16 @@ from bootstrap.stack import load_stack
 PY = str(ROOT / ".venv" / "bin" / "python")
 
 STACK = load_stack()
+STEP_TIMEOUT = 20.0  # any single lk command; the sequence is ~0.1 s when it works
 
 
 def find_lk() -> str | None:
+    if chosen := os.environ.get("LK"):
+        if not os.access(chosen, os.X_OK):
+            sys.exit(f"LK={chosen} is not an executable file: point LK at an lk binary, or unset it")
+        return chosen
     pinned = ROOT / ".tools" / f"lk-{STACK.livekit_cli_version}" / "lk"
-    return os.environ.get("LK") or shutil.which("lk") or (str(pinned) if pinned.exists() else None)
+    return shutil.which("lk") or (str(pinned) if pinned.exists() else None)
 
 
 def timed(cmd: list[str], **kwargs: object) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -122,22 +127,26 @@ def bench_single(repeat: int, lk: str | None) -> None:
             ],
             capture_output=True,
             text=True,
+            timeout=STEP_TIMEOUT,
         ).stdout
-        join = subprocess.Popen(
-            [*lk_args(lk), "room", "join", "--identity", "u", room],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            listed = subprocess.run([*lk_args(lk), "room", "list"], capture_output=True, text=True).stdout
-            if room in listed:
-                break
-        manual.append(time.perf_counter() - started)
-        join.terminate()
-        join.wait()
-        assert token.strip()
+        # Its output is not read: DEVNULL, so a full pipe can never block it (or its shutdown).
+        join = subprocess.Popen([*lk_args(lk), "room", "join", "--identity", "u", room],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.time() + STEP_TIMEOUT
+            listed = ""
+            while room not in listed and time.time() < deadline:
+                listed = subprocess.run([*lk_args(lk), "room", "list"], capture_output=True, text=True,
+                                        timeout=STEP_TIMEOUT).stdout  # fmt: skip
+            manual.append(time.perf_counter() - started)
+        finally:
+            join.terminate()
+            try:
+                join.wait(timeout=STEP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                join.kill()
+                join.wait()
+        assert token.strip() and room in listed, f"lk never listed {room}"
     print(f"manual lk token create + room join + room list: {spread(manual)}")
     print(
         f"ratio  manual / ours (whole process, medians) = {statistics.median(manual) / statistics.median(whole):.2f}x"
