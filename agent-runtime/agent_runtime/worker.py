@@ -21,9 +21,14 @@ class WorkerOptions:
     agent_name: str = DEFAULT_AGENT_NAME
     # Bounded: livekit-agents' default (16 retries, up to 10 s apart) can stall for minutes.
     max_retry: int = 2
-    # Job runners kept warm. 0 starts fastest for one job; under load each cold runner costs seconds and
-    # they are created one after another, so warm as many as jobs run at once.
-    idle_runners: int = 0
+    # PROCESS: each job in its own process, so one job's failure stays its own. Measured here: with THREAD,
+    # a room deleted while its agent was still connecting made the rtc SDK panic ~25 s later and SIGTERM
+    # the whole worker, every other job with it (tests/test_agent_runtime_integration.py). THREAD starts
+    # jobs fastest and suits a short-lived in-process worker (the bootstrap's).
+    job_executor: agents.JobExecutorType = agents.JobExecutorType.PROCESS
+    # Job runners kept warm. A cold process runner costs seconds (importing livekit-agents); under load
+    # runners are created one after another, so warm as many as jobs run at once.
+    idle_runners: int = 1
 
 
 async def noop_session(ctx: agents.JobContext) -> None:
@@ -39,13 +44,13 @@ os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
 
 
 def create_worker(options: WorkerOptions) -> agents.AgentServer:
-    """An AgentServer tuned to start in-process and fast: thread executor, no idle processes,
-    an ephemeral health port and a constant load, so CPU spikes on a 2-core box never refuse a job."""
+    """An AgentServer with `options`' executor and warm runners, an ephemeral health port and a constant
+    load, so CPU spikes on a 2-core box never refuse a job."""
     server = agents.AgentServer(
         ws_url=options.ws_url,
         api_key=options.api_key,
         api_secret=options.api_secret,
-        job_executor_type=agents.JobExecutorType.THREAD,
+        job_executor_type=options.job_executor,
         num_idle_processes=options.idle_runners,
         port=0,
         host="127.0.0.1",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from livekit import api
+from livekit import agents, api
 
 from agent_runtime.worker import WorkerOptions, create_worker
 from bootstrap.context import RunContext
@@ -19,6 +19,11 @@ async def run(ctx: RunContext) -> str:
         api_key=ctx.settings.api_key,
         api_secret=ctx.settings.api_secret,
         agent_name=ctx.agent_name,
+        # In-process and short-lived: threads start a job in milliseconds where a process takes seconds.
+        # The price (agent_runtime.worker): a job cut short mid-connect can make the rtc SDK end this
+        # process ~25 s later. Rooms are deleted only once their agent has joined, except on a failure,
+        # and a single run exits long before; a long --load run that loses a room mid-join could be cut.
+        job_executor=agents.JobExecutorType.THREAD,
         idle_runners=ctx.load_concurrency if ctx.load_rooms else 0,
     )
     ctx.worker = create_worker(options)
