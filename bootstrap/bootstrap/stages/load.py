@@ -31,7 +31,7 @@ WEBHOOKS_PER_ROOM = 3  # room_started, participant_joined (user), participant_jo
 # CheckEnabledTimeout, 5 s. Until it ends, every dispatch check - two per room: the room's job and its
 # participant's - holds one of the server's 50 agent-client workers, so once ~25 rooms have started inside
 # those 5 s, every further dispatch queues until the refresh ends. Measured here without this wait: a burst of
-# ~10 dispatches at 1.1-1.9 s around the 25th room (p95 1.1-1.8 s); with it, p95 0.3-0.75 s.
+# ~10 dispatches at 1.1-1.9 s around the 25th room (p95 1.1-1.8 s); with it, p95 0.28-0.68 s.
 SERVER_AGENT_CHECK_SECONDS = 5.0
 # The server publishes a registration after acknowledging it to the worker: let that land before the refresh.
 REGISTRATION_PUBLISH_GRACE = 0.25
@@ -91,11 +91,12 @@ async def _settle_server_agent_cache(ctx: RunContext) -> float:
     log.info("waiting out livekit-server's agent-name refresh before the load", seconds=WARMUP_SECONDS)
     await asyncio.sleep(REGISTRATION_PUBLISH_GRACE)
     room = f"{ctx.room_name}-warmup"
-    ctx.rooms_joined.add(room)  # deleted by cleanup, whatever the outcome
+    ctx.rooms_joined.add(room)  # until deleted below, cleanup deletes it, whatever the outcome
     nobody = api.RoomAgentDispatch(agent_name=f"{ctx.agent_name}-warmup-no-worker")
     await ctx.api.room.create_room(api.CreateRoomRequest(name=room, agents=[nobody]))
     await asyncio.sleep(SERVER_AGENT_CHECK_SECONDS + REGISTRATION_PUBLISH_GRACE)
     await ctx.api.room.delete_room(api.DeleteRoomRequest(room=room))
+    ctx.rooms_joined.discard(room)
     return time.monotonic() - started
 
 
