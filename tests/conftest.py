@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -40,6 +41,14 @@ def run_module(*args: str, env: dict[str, str] | None = None, timeout: float = 1
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def bootstrap_report(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, dict[str, Any]]:
+    """`python -m bootstrap --json ARGS`: its exit code and its report, which must be the one line on stdout."""
+    result = run_module("bootstrap", "--json", *args, env=env, timeout=timeout)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.count("\n") == 1, f"expected one JSON line, got:\n{result.stdout}\n{result.stderr}"
+    return result.returncode, json.loads(result.stdout)
 
 
 _exit_status = 0

@@ -3,7 +3,6 @@ right stage with its cause."""
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
@@ -15,15 +14,9 @@ from bootstrap import runner
 from bootstrap.context import RunContext
 from bootstrap.result import STAGES, Status
 from bootstrap.stack import Stack
-from tests.conftest import extra_livekit, run_module
+from tests.conftest import bootstrap_report, extra_livekit, run_module
 
 pytestmark = pytest.mark.integration
-
-
-def bootstrap_json(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    result = run_module("bootstrap", "--json", *args, env=env, timeout=120)
-    assert result.stdout.count("\n") == 1, f"expected one JSON line, got:\n{result.stdout}\n{result.stderr}"
-    return result.returncode, json.loads(result.stdout)
 
 
 def stage(report: dict[str, Any], name: str) -> dict[str, Any]:
@@ -32,7 +25,7 @@ def stage(report: dict[str, Any], name: str) -> dict[str, Any]:
 
 def test_full_pass_with_json_and_junit(stack: Stack, tmp_path: Path) -> None:
     junit = tmp_path / "bootstrap.xml"
-    code, report = bootstrap_json("--junit", str(junit))
+    code, report = bootstrap_report("--junit", str(junit))
     assert code == 0, report
     assert report["status"] == "pass"
     assert [(s["name"], s["status"]) for s in report["stages"]] == [(n, "pass") for n in STAGES]
@@ -50,7 +43,7 @@ def test_human_report_passes_and_says_so(stack: Stack) -> None:
 
 
 def test_wrong_api_secret_fails_at_worker_with_key_mismatch(stack: Stack) -> None:
-    code, report = bootstrap_json(env={"LIVEKIT_API_SECRET": "wrong-secret-" + "x" * 30})
+    code, report = bootstrap_report(env={"LIVEKIT_API_SECRET": "wrong-secret-" + "x" * 30})
     assert code == 1
     worker = stage(report, "worker")
     assert worker["status"] == "fail"
@@ -86,7 +79,7 @@ def test_wrong_webhook_url_fails_webhooks(stack: Stack, tmp_path: Path) -> None:
         config["webhook"]["urls"] = ["http://127.0.0.1:9/api/webhooks/livekit"]  # discard port: nobody there
 
     with extra_livekit(tmp_path, point_webhooks_elsewhere) as url:
-        code, report = bootstrap_json("--timeout", "12", env={"LIVEKIT_URL": url})
+        code, report = bootstrap_report("--timeout", "12", env={"LIVEKIT_URL": url})
     assert code == 1
     webhooks = stage(report, "webhooks")
     assert webhooks["status"] == "fail", report

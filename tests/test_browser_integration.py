@@ -3,7 +3,6 @@ through the same SFU, checked through the server API and a verified track_publis
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from bootstrap.chromium import find_chromium
 from bootstrap.frontend_server import CLIENT_JS
 from bootstrap.stack import Stack
-from tests.conftest import run_module
+from tests.conftest import bootstrap_report
 
 pytestmark = [
     pytest.mark.integration,
@@ -20,9 +19,7 @@ pytestmark = [
 
 
 def browser_run(*args: str) -> tuple[int, dict[str, object]]:
-    result = run_module("bootstrap", "--browser", "--json", *args, timeout=120)
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.returncode, json.loads(result.stdout)
+    return bootstrap_report("--browser", *args)
 
 
 def test_browser_stage_passes_with_seven_stages(stack: Stack) -> None:

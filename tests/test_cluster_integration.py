@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import pytest
 
 from bootstrap.cluster import nodes
 from bootstrap.stack import Stack
-from tests.conftest import run_module
+from tests.conftest import bootstrap_report, run_module
 
 pytestmark = pytest.mark.integration
 
@@ -28,8 +27,7 @@ def cluster(stack: Stack) -> Iterator[Stack]:
 
 
 def cluster_report() -> tuple[int, dict[str, object]]:
-    result = run_module("bootstrap", "--cluster", "--json", "--timeout", "40", timeout=90)
-    return result.returncode, json.loads(result.stdout)
+    return bootstrap_report("--cluster", "--timeout", "40", timeout=90)
 
 
 def test_cluster_passes_across_nodes_and_a_killed_node_is_named(cluster: Stack) -> None:

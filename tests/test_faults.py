@@ -29,7 +29,7 @@ from bootstrap.livekit_config import ConfigError, load_config
 from bootstrap.ports import port_owner
 from bootstrap.result import RunResult, Status
 from bootstrap.stack import LIVEKIT_YAML, REPO_ROOT, Stack, load_stack
-from tests.conftest import PY, extra_livekit, run_module
+from tests.conftest import PY, bootstrap_report, extra_livekit, run_module
 
 pytestmark = pytest.mark.faults
 
@@ -39,10 +39,8 @@ pytestmark = pytest.mark.faults
 
 def bootstrap_json(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], float]:
     """Exit code, the JSON report, and the run's own seconds (what --timeout bounds; start-up excluded)."""
-    result = run_module("bootstrap", "--json", *args, env=env, timeout=120)
-    assert "Traceback" not in result.stderr, result.stderr
-    report = json.loads(result.stdout)
-    return result.returncode, report, report["seconds"]
+    code, report = bootstrap_report(*args, env=env)
+    return code, report, report["seconds"]
 
 
 def failed_stage(report: dict[str, Any]) -> dict[str, Any]:
