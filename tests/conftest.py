@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from livekit import api
 
 from bootstrap import install
 from bootstrap.health import check_all
@@ -49,6 +50,13 @@ def bootstrap_report(*args: str, env: dict[str, str] | None = None, timeout: flo
     assert "Traceback" not in result.stderr, result.stderr
     assert result.stdout.count("\n") == 1, f"expected one JSON line, got:\n{result.stdout}\n{result.stderr}"
     return result.returncode, json.loads(result.stdout)
+
+
+async def server_rooms() -> set[str]:
+    """The names of every room the stack's livekit-server lists right now."""
+    stack = load_stack()
+    async with api.LiveKitAPI(stack.livekit_http_url, stack.api_key, stack.api_secret, failover=False) as lk:
+        return {r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms}
 
 
 _exit_status = 0

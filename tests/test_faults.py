@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import yaml
-from livekit import api
 
 from agent_runtime.worker import WorkerOptions, create_worker
 from backend.settings import validate
@@ -29,7 +28,7 @@ from bootstrap.livekit_config import ConfigError, load_config
 from bootstrap.ports import port_owner
 from bootstrap.result import RunResult, Status
 from bootstrap.stack import LIVEKIT_YAML, REPO_ROOT, Stack, load_stack
-from tests.conftest import PY, bootstrap_report, extra_livekit, run_module
+from tests.conftest import PY, bootstrap_report, extra_livekit, run_module, server_rooms
 
 pytestmark = pytest.mark.faults
 
@@ -81,10 +80,7 @@ def the_failure(result: RunResult) -> tuple[str, str]:
 
 
 async def rooms_left(ctx_room: str) -> list[str]:
-    stack = load_stack()
-    async with api.LiveKitAPI(stack.livekit_http_url, stack.api_key, stack.api_secret, failover=False) as lk:
-        rooms = await lk.room.list_rooms(api.ListRoomsRequest())
-    return [r.name for r in rooms.rooms if r.name == ctx_room]
+    return [name for name in await server_rooms() if name == ctx_room]
 
 
 @pytest.fixture
@@ -402,7 +398,4 @@ async def test_twenty_runs_in_a_row_all_pass_and_leave_no_room(stack: Stack) -> 
         result = await runner.run(ctx)
         assert result.passed, result
         names.append(ctx.room_name)
-    stack_ = load_stack()
-    async with api.LiveKitAPI(stack_.livekit_http_url, stack_.api_key, stack_.api_secret, failover=False) as lk:
-        rooms = {r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms}
-    assert rooms.isdisjoint(names)
+    assert (await server_rooms()).isdisjoint(names)

@@ -7,10 +7,9 @@ import asyncio
 import json
 
 import pytest
-from livekit import api
 
-from bootstrap.stack import Stack, load_stack
-from tests.conftest import run_module
+from bootstrap.stack import Stack
+from tests.conftest import run_module, server_rooms
 
 pytestmark = pytest.mark.integration
 
@@ -28,16 +27,7 @@ def test_load_mode_reports_complete_figures(stack: Stack) -> None:
         assert 0 < load[figure]["p50"] <= load[figure]["p95"] <= load[figure]["max"]
     # The room that started the server's agent-name refresh was waited on, then deleted too.
     assert load["warmup_seconds"] > 0
-    assert not [name for name in room_names() if name.endswith("-warmup")]
-
-
-def room_names() -> list[str]:
-    async def names() -> list[str]:
-        stack = load_stack()
-        async with api.LiveKitAPI(stack.livekit_http_url, stack.api_key, stack.api_secret, failover=False) as lk:
-            return [r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms]
-
-    return asyncio.run(names())
+    assert not [name for name in asyncio.run(server_rooms()) if name.endswith("-warmup")]
 
 
 def test_load_and_browser_are_separate_modes() -> None:
