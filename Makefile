@@ -6,6 +6,10 @@ PY := .venv/bin/python
 UV := .tools/uv/bin/uv
 export UV_PROJECT_ENVIRONMENT := .venv
 export UV_PYTHON_DOWNLOADS := never
+# Byte-compile at install: where PYTHONDONTWRITEBYTECODE=1 is set (CI images, containers, this kind of machine)
+# nothing is ever cached at import, and `import livekit.agents` measured 5.3 s instead of 2.8 s.
+export UV_COMPILE_BYTECODE := 1
+DEVSTACK := $(PY) -m devstack
 
 .DEFAULT_GOAL := help
 .PHONY: help install tools lk browser-deps bench cluster-up cluster-down env up down status logs health check-config bootstrap backend worker test lint fmt clean
@@ -21,8 +25,10 @@ $(UV):
 	python3 -m venv .tools/uv
 	.tools/uv/bin/pip install --quiet uv==$(UV_VERSION)
 
-.venv/.installed: $(UV) uv.lock pyproject.toml backend/pyproject.toml agent-runtime/pyproject.toml bootstrap/pyproject.toml
+.venv/.installed: $(UV) uv.lock pyproject.toml backend/pyproject.toml agent-runtime/pyproject.toml devstack/pyproject.toml bootstrap/pyproject.toml
 	$(UV) sync --locked --quiet
+	@# The workspace's own packages are installed editable, outside what uv compiles: compile them too.
+	@$(PY) -m compileall -q backend/backend agent-runtime/agent_runtime devstack/devstack bootstrap/bootstrap
 	@touch $@
 
 install: .venv/.installed ## Create .venv from the lock file (uv.lock)
@@ -40,7 +46,7 @@ $(LK_PINNED):
 lk: $(LK_PINNED) ## Build the lk CLI at the pinned tag into .tools/ (cgo; installs its Debian prerequisites as root)
 
 frontend/node_modules/.package-lock.json: frontend/package.json frontend/package-lock.json
-	cd frontend && npm ci --no-audit --no-fund
+	cd frontend && npm ci --no-audit --no-fund --loglevel=error
 
 browser-deps: frontend/node_modules/.package-lock.json ## Chromium (Debian package) and livekit-client (npm ci) for --browser
 	@scripts/install-chromium.sh
@@ -51,22 +57,22 @@ env: ## Create missing .env files from the examples (never overwrites)
 	@scripts/env.sh
 
 up: install env ## Start the stack: Docker Compose if an engine answers, else natively
-	@scripts/stack.sh up
+	@$(DEVSTACK) up
 
 down: install ## Stop exactly what `make up` started
-	@scripts/stack.sh down
+	@$(DEVSTACK) down
 
 status: install ## Show each service's state and health
-	@scripts/stack.sh status
+	@$(DEVSTACK) status
 
 logs: install ## Show the last lines of each service's log
-	@scripts/stack.sh logs
+	@$(DEVSTACK) logs
 
 health: install ## Check PostgreSQL, Redis and LiveKit; exit 0 only if all are up
-	@scripts/health-check.sh
+	@$(DEVSTACK) health
 
 check-config: install ## Check docker/livekit.yaml before any server starts
-	@$(PY) -m bootstrap.native check-config
+	@$(DEVSTACK) check-config
 
 bootstrap: up ## Everything from a fresh clone: install, stack up, then the verified report
 	$(PY) -m bootstrap --verbose $(BOOTSTRAP_ARGS)
@@ -77,11 +83,11 @@ backend: install env ## Serve the backend (webhook receiver + /healthz) on port 
 worker: install env ## Run the no-op agent worker until Ctrl-C
 	$(PY) -m agent_runtime
 
-test: install tools ## Lint, type-check, then run every test (starts the real stack when it is down)
+test: install tools browser-deps ## Lint, type-check, then run every test (starts the real stack when it is down)
 	$(UV) run --locked --no-sync ruff check .
 	$(UV) run --locked --no-sync ruff format --check .
 	$(UV) run --locked --no-sync mypy
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=20
 
 lint: install ## ruff + mypy only
 	$(UV) run --locked --no-sync ruff check .
@@ -92,10 +98,10 @@ fmt: install ## Format the code with ruff
 	$(UV) run --locked --no-sync ruff check --fix .
 
 cluster-up: install env ## Two livekit-server nodes sharing Redis (Compose profile `cluster`, or native)
-	@scripts/stack.sh cluster-up
+	@$(DEVSTACK) cluster-up
 
 cluster-down: install ## Stop the two cluster nodes
-	@scripts/stack.sh cluster-down
+	@$(DEVSTACK) cluster-down
 
 bench: install ## Benchmark against the running stack: load mode vs lk perf, warm verdict vs manual lk (figures)
 	$(PY) bench/bench.py

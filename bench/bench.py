@@ -22,8 +22,8 @@ import sys
 import time
 
 from bootstrap.load_figures import summary
-from bootstrap.stack import REPO_ROOT as ROOT
-from bootstrap.stack import load_stack
+from devstack.stack_env import REPO_ROOT as ROOT
+from devstack.stack_env import load_stack
 
 PY = str(ROOT / ".venv" / "bin" / "python")
 

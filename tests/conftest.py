@@ -1,6 +1,7 @@
-"""Shared fixtures. `stack` gives the integration tests the REAL stack: reused when all three services
-already answer their readiness checks (not just an open port), otherwise started natively with
-`python -m bootstrap.native up` and stopped again at the end of the session."""
+"""Shared fixtures and helpers. `stack` gives the integration tests the REAL stack: reused when all three
+services already answer their readiness checks (not just an open port), otherwise started natively with
+`python -m devstack up` and stopped again at the end of the session. Every test module declares its
+category (unit, integration or faults): a module without one fails collection."""
 
 from __future__ import annotations
 
@@ -12,20 +13,64 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from livekit import api
 
-from bootstrap import install
-from bootstrap.health import check_all
-from bootstrap.livekit_config import derive_native
-from bootstrap.stack import LIVEKIT_YAML, REPO_ROOT, Stack, load_stack
+from agent_runtime.ffi_exit import exit_without_finalization
+from backend.settings import validate
+from bootstrap.context import RunContext
+from bootstrap.stages import STAGES, Stage
+from devstack import install
+from devstack.health import check_all
+from devstack.server_config import node_config, node_ports, render
+from devstack.stack_env import REPO_ROOT, Stack, load_stack
 
 PY = sys.executable
+CATEGORIES = ("unit", "integration", "faults")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test module says what it needs (as livekit/agents' conftest enforces): unit, integration, faults."""
+    for item in items:
+        if not any(item.get_closest_marker(name) for name in CATEGORIES):
+            raise pytest.UsageError(
+                f"{item.nodeid}: mark its module with pytestmark = pytest.mark.<{'|'.join(CATEGORIES)}>"
+            )
+
+
+def make_context(timeout: float = 20.0, **settings: str) -> RunContext:
+    """A run's context with the development settings (some replaced by `settings`), as the CLI builds it."""
+    stack = load_stack()
+    env = {
+        "LIVEKIT_URL": stack.livekit_ws_url,
+        "LIVEKIT_API_KEY": stack.api_key,
+        "LIVEKIT_API_SECRET": stack.api_secret,
+        **settings,
+    }
+    return RunContext(
+        settings=validate(env),
+        stack=stack,
+        agent_name=stack.agent_name,
+        webhook_host="127.0.0.1",
+        webhook_port=stack.webhook_port,
+        deadline=time.monotonic() + timeout,
+    )
+
+
+def stages_with(**runs: Callable[[RunContext], Awaitable[str]]) -> list[Stage]:
+    """The single run's stages, with some stages' run functions replaced (fault injection): pass the list
+    to runner.run(ctx, stages)."""
+    return [replace(s, run=runs[s.name]) if s.name in runs else s for s in STAGES]
+
+
+def stage_run(name: str) -> Callable[[RunContext], Awaitable[str]]:
+    """The real run function of stage `name`, for a replacement that wraps it."""
+    return next(s.run for s in STAGES if s.name == name)
 
 
 def stack_healthy(stack: Stack) -> bool:
@@ -70,9 +115,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     """After the summary is printed: exit without finalization, as `python -m bootstrap` does, because
     the livekit FFI's threads (used in-process by these tests) can abort while Python tears down."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_exit_status)
+    exit_without_finalization(_exit_status)
 
 
 @pytest.fixture(scope="session")
@@ -80,11 +123,11 @@ def stack() -> Iterator[Stack]:
     settings = load_stack()
     started_here = not stack_healthy(settings)
     if started_here:
-        result = run_module("bootstrap.native", "up")
+        result = run_module("devstack", "up")
         assert result.returncode == 0, f"native stack did not come up:\n{result.stderr}"
     yield settings
     if started_here:
-        run_module("bootstrap.native", "down")
+        run_module("devstack", "down")
 
 
 @pytest.fixture
@@ -104,13 +147,10 @@ def extra_livekit(tmp_path: Path, edit: Callable[[dict[str, Any]], None], offset
     """A second REAL livekit-server (the pinned build) on ports shifted by `offset`, its config the
     project's docker/livekit.yaml changed by `edit`; yields its ws:// URL, stops it on exit."""
     stack = load_stack()
-    config = yaml.safe_load(derive_native(LIVEKIT_YAML.read_text()))
-    config["port"] = stack.livekit_port + offset
-    config["rtc"]["tcp_port"] = stack.rtc_tcp_port + offset
-    config["rtc"]["udp_port"] = stack.rtc_udp_port + offset
+    config = node_config(node_ports(stack.livekit_port + offset))
     edit(config)
     path = tmp_path / "livekit.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(render(config))
     log = (tmp_path / "livekit.log").open("wb")
     binary = install.livekit_server_binary(stack)
     process = subprocess.Popen([str(binary), "--config", str(path), "--bind", "127.0.0.1"], stdout=log, stderr=log)

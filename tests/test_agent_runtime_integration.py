@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ from livekit import api, rtc
 
 from backend.settings import Settings
 from backend.tokens import participant_token
-from bootstrap.stack import REPO_ROOT, Stack
+from devstack.stack_env import REPO_ROOT, Stack
 from tests.conftest import PY
 
 pytestmark = pytest.mark.integration
@@ -40,6 +41,8 @@ def standalone_worker(stack: Stack) -> Iterator[subprocess.Popen[str]]:
             if "registered" in line and "AW_" in line:
                 break
             assert time.monotonic() < deadline, "worker did not register"
+        # Keep reading: a worker whose log pipe fills up blocks on its next log line and stops taking jobs.
+        threading.Thread(target=worker.stdout.read, daemon=True).start()
         yield worker
     finally:
         if worker.poll() is None:
@@ -92,7 +95,9 @@ def test_missing_settings_are_named() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
     result = subprocess.run([PY, "-m", "agent_runtime"], cwd="/", env=env, capture_output=True, text=True)
     assert result.returncode == 2
-    assert "missing LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET" in result.stderr
+    assert "invalid LiveKit settings (set them in agent-runtime/.env, .env)" in result.stderr
+    for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+        assert f"{name} is not set" in result.stderr
 
 
 async def _agent_listed(lk: api.LiveKitAPI, room: str, within: float) -> bool:

@@ -4,7 +4,6 @@ right stage with its cause."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,10 @@ import pytest
 
 from bootstrap import runner
 from bootstrap.context import RunContext
-from bootstrap.result import STAGES, Status
-from bootstrap.stack import Stack
-from tests.conftest import bootstrap_report, extra_livekit, run_module
+from bootstrap.result import Status
+from bootstrap.stages import STAGES
+from devstack.stack_env import Stack
+from tests.conftest import bootstrap_report, extra_livekit, make_context, run_module, stages_with
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def test_full_pass_with_json_and_junit(stack: Stack, tmp_path: Path) -> None:
     code, report = bootstrap_report("--junit", str(junit))
     assert code == 0, report
     assert report["status"] == "pass"
-    assert [(s["name"], s["status"]) for s in report["stages"]] == [(n, "pass") for n in STAGES]
+    assert [(s["name"], s["status"]) for s in report["stages"]] == [(s.name, "pass") for s in STAGES]
     assert stage(report, "worker")["detail"].startswith("registered AW_")
     assert "agent-AJ_" in stage(report, "dispatch")["detail"]
     suite = ET.parse(junit).getroot()
@@ -60,14 +60,12 @@ def test_config_error_exits_2_listing_every_problem(stack: Stack) -> None:
     assert "has no ws://, wss://, http:// or https:// scheme" in result.stderr
 
 
-async def test_worker_not_running_fails_dispatch(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_worker_not_running_fails_dispatch(stack: Stack) -> None:
     async def no_worker(ctx: RunContext) -> str:
         return "worker deliberately not started"
 
-    stages = [replace(s, run=no_worker) if s.name == "worker" else s for s in runner.STAGES]
-    monkeypatch.setattr(runner, "STAGES", stages)
     ctx = make_context(timeout=15)
-    result = await runner.run(ctx)
+    result = await runner.run(ctx, stages_with(worker=no_worker))
     dispatch = next(s for s in result.stages if s.name == "dispatch")
     assert dispatch.status is Status.FAIL
     assert dispatch.cause == f"dispatch of {ctx.agent_name!r} is pending but no worker is running to take it"
@@ -87,27 +85,3 @@ def test_wrong_webhook_url_fails_webhooks(stack: Stack, tmp_path: Path) -> None:
     assert "(:8000 verified 0 event(s) for this room" in webhooks["cause"]
     assert "webhook.urls in docker/livekit.yaml" in webhooks["fix"]
     assert [s["status"] for s in report["stages"][:5]] == ["pass"] * 5
-
-
-def make_context(timeout: float) -> RunContext:
-    import time
-
-    from backend.settings import validate
-    from bootstrap.stack import load_stack
-
-    stack = load_stack()
-    settings = validate(
-        {
-            "LIVEKIT_URL": stack.livekit_ws_url,
-            "LIVEKIT_API_KEY": stack.api_key,
-            "LIVEKIT_API_SECRET": stack.api_secret,
-        }
-    )
-    return RunContext(
-        settings=settings,
-        stack=stack,
-        agent_name=stack.agent_name,
-        webhook_host="127.0.0.1",
-        webhook_port=stack.webhook_port,
-        deadline=time.monotonic() + timeout,
-    )

@@ -7,15 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.chromium import find_chromium
-from bootstrap.frontend_server import CLIENT_JS
-from bootstrap.stack import Stack
+from bootstrap.browser.chromium import find_chromium
+from bootstrap.browser.frontend_server import CLIENT_JS
+from devstack.stack_env import Stack
 from tests.conftest import bootstrap_report
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(find_chromium() is None or not CLIENT_JS.exists(), reason="run `make browser-deps` first"),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def browser_deps() -> None:
+    """`make test` installs Chromium and livekit-client (make browser-deps): missing, they are a failure
+    that says so, never a silent skip."""
+    missing = [what for what, ok in (("chromium", find_chromium()), ("livekit-client", CLIENT_JS.exists())) if not ok]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} missing: run `make browser-deps` (`make test` does)")
 
 
 def browser_run(*args: str) -> tuple[int, dict[str, object]]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.cluster import nodes
-from bootstrap.stack import Stack
+from devstack.nodes import nodes
+from devstack.stack_env import Stack
 from tests.conftest import bootstrap_report, run_module
 
 pytestmark = pytest.mark.integration
@@ -19,10 +19,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def cluster(stack: Stack) -> Iterator[Stack]:
-    up = run_module("bootstrap.native", "cluster-up")
+    up = run_module("devstack", "cluster-up")
     assert up.returncode == 0, up.stderr
     yield stack
-    down = run_module("bootstrap.native", "cluster-down")
+    down = run_module("devstack", "cluster-down")
     assert down.returncode == 0, down.stderr
 
 
@@ -54,12 +54,11 @@ def test_cluster_passes_across_nodes_and_a_killed_node_is_named(cluster: Stack) 
 def test_compose_cluster_flags_run_on_the_real_server(stack: Stack, tmp_path: Path) -> None:
     """The flags the Compose profile passes (--redis-host, --rtc.tcp_port, --udp-port) exist in the pinned
     server: it starts with them and registers in Redis (ports shifted to stay clear of the cluster)."""
-    from bootstrap.install import livekit_server_binary
-    from bootstrap.livekit_config import derive_native
-    from bootstrap.stack import LIVEKIT_YAML
+    from devstack.install import livekit_server_binary
+    from devstack.server_config import node_config, render
 
     config = tmp_path / "livekit.yaml"
-    config.write_text(derive_native(LIVEKIT_YAML.read_text()).replace("port: 7880", "port: 17980"))
+    config.write_text(render(node_config({"port": 17980})))
     server = subprocess.Popen(
         [str(livekit_server_binary(stack)), "--config", str(config), "--bind", "127.0.0.1",
          "--redis-host", f"127.0.0.1:{stack.redis_port}", "--rtc.tcp_port", "17981", "--udp-port", "17982"],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.stack import REPO_ROOT
+from devstack.stack_env import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 COMPOSECHECK = REPO_ROOT / ".tools" / "composecheck"

@@ -8,7 +8,7 @@ import tomllib
 import pytest
 from dotenv import dotenv_values
 
-from bootstrap.stack import REPO_ROOT, STACK_ENV
+from devstack.stack_env import REPO_ROOT, STACK_ENV
 from tests.conftest import run_module
 
 pytestmark = pytest.mark.unit

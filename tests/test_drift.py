@@ -13,7 +13,9 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from bootstrap.stack import LIVEKIT_YAML, REPO_ROOT, Stack, load_stack
+from backend.settings import DEFAULT_AGENT_NAME
+from devstack.nodes import cluster_node_config, nodes
+from devstack.stack_env import LIVEKIT_YAML, REPO_ROOT, Stack, load_stack
 
 pytestmark = pytest.mark.unit
 COMPOSECHECK = REPO_ROOT / ".tools" / "composecheck"
@@ -132,12 +134,24 @@ def test_compose_cluster_profile_matches_stack(stack: Stack) -> None:
         check=True,
     ).stdout
     services = json.loads(out)["services"]
-    for name, port in zip(("livekit-a", "livekit-b"), stack.cluster_ports, strict=True):
-        published = {(p["published"], p["target"], p["protocol"]) for p in services[name]["ports"]}
+    for node in nodes(stack):
+        service = services[node.service]
+        derived = cluster_node_config(stack, node)  # what the native runner gives the same node
+        published = {(p["published"], p["target"], p["protocol"]) for p in service["ports"]}
         assert published == {
-            (str(port), 7880, "tcp"),
-            (str(port + 1), port + 1, "tcp"),
-            (str(port + 2), port + 2, "udp"),
+            (str(derived["port"]), 7880, "tcp"),  # the container keeps 7880; the host sees the node's port
+            (str(derived["rtc"]["tcp_port"]), derived["rtc"]["tcp_port"], "tcp"),
+            (str(derived["rtc"]["udp_port"]), derived["rtc"]["udp_port"], "udp"),
         }
-        assert services[name]["command"][-4:] == ["--rtc.tcp_port", str(port + 1), "--udp-port", str(port + 2)]
-        assert services[name]["profiles"] == ["cluster"]
+        flags = dict(zip(service["command"][4::2], service["command"][5::2], strict=True))
+        assert flags == {
+            "--redis-host": "redis:6379",  # Compose's Redis service, the native node's 127.0.0.1:REDIS_PORT
+            "--rtc.tcp_port": str(derived["rtc"]["tcp_port"]),
+            "--udp-port": str(derived["rtc"]["udp_port"]),
+        }
+        assert derived["redis"] == {"address": f"127.0.0.1:{stack.redis_port}"}
+        assert service["profiles"] == ["cluster"]
+
+
+def test_default_agent_name_matches_stack(stack: Stack) -> None:
+    assert stack.agent_name == DEFAULT_AGENT_NAME

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,25 @@ from typing import Any
 import pytest
 import yaml
 
-from agent_runtime.worker import WorkerOptions, create_worker
-from backend.settings import validate
+from agent_runtime.agent import WorkerConfig, create_worker
 from backend.tokens import participant_token
 from bootstrap import runner
 from bootstrap.context import RunContext
-from bootstrap.livekit_config import ConfigError, load_config
-from bootstrap.ports import port_owner
 from bootstrap.result import RunResult, Status
-from bootstrap.stack import LIVEKIT_YAML, REPO_ROOT, Stack, load_stack
-from tests.conftest import PY, bootstrap_report, extra_livekit, run_module, server_rooms
+from bootstrap.stages import STAGES
+from devstack.ports import port_owner
+from devstack.server_config import ConfigError, load_config
+from devstack.stack_env import LIVEKIT_YAML, REPO_ROOT, Stack
+from tests.conftest import (
+    PY,
+    bootstrap_report,
+    extra_livekit,
+    make_context,
+    run_module,
+    server_rooms,
+    stage_run,
+    stages_with,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -43,34 +51,14 @@ def bootstrap_json(*args: str, env: dict[str, str] | None = None) -> tuple[int, 
 
 
 def failed_stage(report: dict[str, Any]) -> dict[str, Any]:
-    failed = [s for s in report["stages"] if s["status"] == "fail"]
+    failed: list[dict[str, Any]] = [s for s in report["stages"] if s["status"] == "fail"]
     assert len(failed) == 1, report
     return failed[0]
 
 
-def make_context(timeout: float = 20.0, **settings: str) -> RunContext:
-    stack = load_stack()
-    env = {
-        "LIVEKIT_URL": stack.livekit_ws_url,
-        "LIVEKIT_API_KEY": stack.api_key,
-        "LIVEKIT_API_SECRET": stack.api_secret,
-        **settings,
-    }
-    return RunContext(
-        settings=validate(env),
-        stack=stack,
-        agent_name=stack.agent_name,
-        webhook_host="127.0.0.1",
-        webhook_port=stack.webhook_port,
-        deadline=time.monotonic() + timeout,
-    )
-
-
-async def run_with(monkeypatch: pytest.MonkeyPatch, ctx: RunContext, **stage_runs: Any) -> RunResult:
+async def run_with(ctx: RunContext, **stage_runs: Any) -> RunResult:
     """The real runner, with some stages' run functions replaced (fault injection)."""
-    stages = [replace(s, run=stage_runs[s.name]) if s.name in stage_runs else s for s in runner.STAGES]
-    monkeypatch.setattr(runner, "STAGES", stages)
-    return await runner.run(ctx)
+    return await runner.run(ctx, stages_with(**stage_runs))
 
 
 def the_failure(result: RunResult) -> tuple[str, str]:
@@ -89,12 +77,12 @@ def native_service(stack: Stack) -> Iterator[Any]:
     stopped: list[str] = []
 
     def stop(name: str) -> None:
-        assert run_module("bootstrap.native", "down", name).returncode == 0
+        assert run_module("devstack", "down", name).returncode == 0
         stopped.append(name)
 
     yield stop
     for name in stopped:
-        result = run_module("bootstrap.native", "up", name)
+        result = run_module("devstack", "up", name)
         assert result.returncode == 0, result.stderr
 
 
@@ -137,7 +125,7 @@ def test_short_secret_is_warned_in_development_and_refused_otherwise(stack: Stac
     assert "LIVEKIT_API_SECRET is 9 characters" in warned.stderr
 
 
-async def test_expired_token_fails_join(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_expired_token_fails_join(stack: Stack) -> None:
     async def expired_token(ctx: RunContext) -> str:
         ctx.token = participant_token(
             ctx.settings,
@@ -149,20 +137,20 @@ async def test_expired_token_fails_join(stack: Stack, monkeypatch: pytest.Monkey
         return "expired token"
 
     ctx = make_context()
-    name, cause = the_failure(await run_with(monkeypatch, ctx, token=expired_token))
+    name, cause = the_failure(await run_with(ctx, token=expired_token))
     assert name == "join"
     assert cause.startswith(f"the server at {ctx.settings.ws_url} refused the token")
     assert "token is expired" in cause
     assert ctx.token not in cause and ctx.token[:10] + "…" in cause  # the server echoes it: redacted
 
 
-async def test_token_for_another_room_fails_join(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_token_for_another_room_fails_join(stack: Stack) -> None:
     async def other_room(ctx: RunContext) -> str:
         ctx.token = participant_token(ctx.settings, identity=ctx.identity, room=ctx.room_name + "-other")
         return "token for another room"
 
     ctx = make_context()
-    name, cause = the_failure(await run_with(monkeypatch, ctx, token=other_room))
+    name, cause = the_failure(await run_with(ctx, token=other_room))
     assert (name, cause) == (
         "join",
         f"the token joined room {ctx.room_name + '-other'!r}, not this run's room {ctx.room_name!r}",
@@ -194,7 +182,7 @@ def test_webhook_key_not_among_keys_is_caught_and_the_real_server_agrees(stack: 
     # our check names the file and the fix before it would start.
     config["port"], config["rtc"]["tcp_port"], config["rtc"]["udp_port"] = 27880, 27881, 27882
     path.write_text(yaml.safe_dump(config))
-    from bootstrap.install import livekit_server_binary
+    from devstack.install import livekit_server_binary
 
     server = subprocess.run(
         [str(livekit_server_binary(stack)), "--config", str(path), "--bind", "127.0.0.1"],
@@ -205,16 +193,16 @@ def test_webhook_key_not_among_keys_is_caught_and_the_real_server_agrees(stack: 
     assert "api_key is required to use webhooks" in server.stdout + server.stderr
 
 
-async def test_unknown_agent_name_fails_dispatch(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_unknown_agent_name_fails_dispatch(stack: Stack) -> None:
     async def worker_under_another_name(ctx: RunContext) -> str:
-        options = WorkerOptions(ctx.settings.ws_url, ctx.settings.api_key, ctx.settings.api_secret, "someone-else")
+        options = WorkerConfig(ctx.settings.ws_url, ctx.settings.api_key, ctx.settings.api_secret, "someone-else")
         ctx.worker = create_worker(options)
         ctx.worker_task = asyncio.create_task(ctx.worker.run())
         await asyncio.sleep(0.5)
         return "worker registered as someone-else"
 
     ctx = make_context(timeout=14)
-    name, cause = the_failure(await run_with(monkeypatch, ctx, worker=worker_under_another_name))
+    name, cause = the_failure(await run_with(ctx, worker=worker_under_another_name))
     assert name == "dispatch"
     assert cause.startswith("dispatch of 'bootstrap-noop' is pending and no worker registered under that name")
 
@@ -270,10 +258,10 @@ def test_database_down_fails_services(stack: Stack, native_service: Any, service
     assert elapsed <= 8 + 2  # --timeout plus the documented cleanup margin
 
 
-async def test_livekit_killed_mid_run(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_livekit_killed_mid_run(stack: Stack, tmp_path: Path) -> None:
     with extra_livekit(tmp_path, lambda config: None) as url:
         pid = port_owner_pid(int(url.rsplit(":", 1)[1]))
-        original_token = next(s.run for s in runner.STAGES if s.name == "token")
+        original_token = stage_run("token")
 
         async def kill_then_mint(ctx: RunContext) -> str:
             os.kill(pid, signal.SIGKILL)
@@ -281,7 +269,7 @@ async def test_livekit_killed_mid_run(stack: Stack, tmp_path: Path, monkeypatch:
 
         ctx = make_context(timeout=15, LIVEKIT_URL=url)
         started = time.monotonic()
-        result = await run_with(monkeypatch, ctx, token=kill_then_mint)
+        result = await run_with(ctx, token=kill_then_mint)
         elapsed = time.monotonic() - started
     name, cause = the_failure(result)
     assert name == "join"
@@ -290,15 +278,15 @@ async def test_livekit_killed_mid_run(stack: Stack, tmp_path: Path, monkeypatch:
 
 
 def port_owner_pid(port: int) -> int:
-    from bootstrap.ports import owner_pid
+    from devstack.ports import owner_pid
 
     pid = owner_pid(port)
     assert pid is not None
     return pid
 
 
-async def test_worker_crashing_before_dispatch(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    original_worker = next(s.run for s in runner.STAGES if s.name == "worker")
+async def test_worker_crashing_before_dispatch(stack: Stack) -> None:
+    original_worker = stage_run("worker")
 
     async def worker_then_crash(ctx: RunContext) -> str:
         detail = await original_worker(ctx)
@@ -307,7 +295,7 @@ async def test_worker_crashing_before_dispatch(stack: Stack, monkeypatch: pytest
         return detail
 
     ctx = make_context(timeout=14)
-    name, cause = the_failure(await run_with(monkeypatch, ctx, worker=worker_then_crash))
+    name, cause = the_failure(await run_with(ctx, worker=worker_then_crash))
     assert name == "dispatch"
     assert "no worker" in cause
 
@@ -395,7 +383,7 @@ async def test_twenty_runs_in_a_row_all_pass_and_leave_no_room(stack: Stack) -> 
     names = []
     for _ in range(20):
         ctx = make_context(timeout=30)
-        result = await runner.run(ctx)
+        result = await runner.run(ctx, STAGES)
         assert result.passed, result
         names.append(ctx.room_name)
     assert (await server_rooms()).isdisjoint(names)

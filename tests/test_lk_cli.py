@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from dotenv import dotenv_values
 
-from bootstrap.stack import REPO_ROOT, STACK_ENV, Stack
+from devstack.stack_env import REPO_ROOT, STACK_ENV, Stack
 
 pytestmark = pytest.mark.integration
 LK_VERSION = dotenv_values(STACK_ENV)["LIVEKIT_CLI_VERSION"]

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from bootstrap.stack import Stack
+from devstack.stack_env import Stack
 from tests.conftest import run_module, server_rooms
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from bootstrap.ports import port_owner
-from bootstrap.stack import REPO_ROOT, Stack
+from devstack.ports import port_owner
+from devstack.stack_env import REPO_ROOT, Stack
 
 pytestmark = pytest.mark.integration
 

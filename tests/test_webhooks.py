@@ -18,7 +18,7 @@ from livekit import api
 
 from backend.app import create_app
 from backend.settings import validate
-from backend.webhooks import WEBHOOK_PATH
+from backend.webhook_receiver import WEBHOOK_PATH
 
 pytestmark = pytest.mark.unit
 KEY, SECRET = "devkey", "s" * 40

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from bootstrap.stack import REPO_ROOT, STACK_ENV
+from devstack.stack_env import REPO_ROOT, STACK_ENV
 
 pytestmark = pytest.mark.unit
 WORKFLOW = REPO_ROOT / ".github" / "workflows" / "bootstrap.yml"

@@ -1,40 +1,44 @@
-"""`python -m agent_runtime`: run the no-op worker until Ctrl-C, with settings from `.env`."""
+"""`python -m agent_runtime`: run the no-op worker until Ctrl-C, with settings from `.env` (the backend's
+settings loader: every problem listed at once) and the backend's logging set-up."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from pathlib import Path
 
 import structlog
-from dotenv import load_dotenv
 from livekit.agents import AgentServer
 
-from agent_runtime.worker import DEFAULT_AGENT_NAME, WorkerOptions, create_worker
+from agent_runtime.agent import WorkerConfig, create_worker
+from agent_runtime.ffi_exit import exit_without_finalization
+from backend.logging import configure_logging, register_secret
+from backend.settings import SettingsError, load_settings
 
 ENV_FILES = [Path("agent-runtime/.env"), Path(".env")]
-REQUIRED = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
 
 
 def main() -> int:
-    for env_file in ENV_FILES:
-        load_dotenv(env_file)
-    missing = [name for name in REQUIRED if not os.environ.get(name)]
-    if missing:
-        files = " or ".join(str(p) for p in ENV_FILES)
-        print(f"missing {', '.join(missing)}: set them in {files} (see .env.example)", file=sys.stderr)
+    configure_logging()
+    try:
+        settings = load_settings(ENV_FILES)
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    options = WorkerOptions(
-        ws_url=os.environ["LIVEKIT_URL"],
-        api_key=os.environ["LIVEKIT_API_KEY"],
-        api_secret=os.environ["LIVEKIT_API_SECRET"],
-        agent_name=os.environ.get("LIVEKIT_AGENT_NAME", DEFAULT_AGENT_NAME),
+    register_secret(settings.api_secret)
+    log = structlog.get_logger("agent_runtime")
+    for warning in settings.warnings:
+        log.warning(warning)
+    config = WorkerConfig(
+        ws_url=settings.ws_url,
+        api_key=settings.api_key,
+        api_secret=settings.api_secret,
+        agent_name=settings.agent_name,
     )
-    server = create_worker(options)
-    server.on("worker_registered", lambda wid, _info: structlog.get_logger().info("registered", id=wid))
+    server = create_worker(config)
+    server.on("worker_registered", lambda wid, _info: log.info("registered", id=wid, agent_name=settings.agent_name))
     asyncio.run(_run_until_signal(server))
     return 0
 
@@ -57,8 +61,4 @@ async def _run_until_signal(server: AgentServer) -> None:
 
 
 if __name__ == "__main__":
-    code = main()
-    # Skip interpreter finalization: the livekit FFI's threads can abort the process during it.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_without_finalization(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from backend.settings import Settings
-from backend.webhooks import EventHandler, add_webhook_route
+from backend.webhook_receiver import EventHandler, add_webhook_route
 
 
 async def _healthz(_: web.Request) -> web.Response:

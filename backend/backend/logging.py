@@ -41,12 +41,12 @@ def configure_logging(*, verbose: bool = False, json: bool | None = None) -> Non
     """Route structlog and stdlib logging (livekit-agents, aiohttp) to stderr through one renderer:
     JSON lines unless stderr is a terminal."""
     as_json = not sys.stderr.isatty() if json is None else json
-    renderer: structlog.types.Processor = (
+    renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if as_json
         else structlog.dev.ConsoleRenderer(colors="NO_COLOR" not in os.environ and sys.stderr.isatty())
     )
-    shared: list[structlog.types.Processor] = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

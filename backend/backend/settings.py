@@ -16,6 +16,8 @@ from dotenv import dotenv_values
 MIN_SECRET_LENGTH = 32
 URL_SCHEMES = ("ws", "wss", "http", "https")
 REQUIRED = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
+# The agent name a worker registers under when LIVEKIT_AGENT_NAME is unset (tests/test_drift.py: = stack.env's).
+DEFAULT_AGENT_NAME = "bootstrap-noop"
 
 
 class SettingsError(ValueError):
@@ -35,6 +37,7 @@ class Settings:
     api_secret: str
     environment: str = "development"
     warnings: tuple[str, ...] = ()
+    agent_name: str = DEFAULT_AGENT_NAME  # LIVEKIT_AGENT_NAME: what the standalone worker registers as
 
     @property
     def http_url(self) -> str:
@@ -74,7 +77,8 @@ def validate(env: Mapping[str, str], sources: Sequence[Path] = ()) -> Settings:
             problems.append(f"{message} (refused because APP_ENV={environment!r})")
     if problems:
         raise SettingsError(problems, sources)
-    return Settings(url, key, secret, environment, tuple(warnings))
+    agent_name = env.get("LIVEKIT_AGENT_NAME", "").strip() or DEFAULT_AGENT_NAME
+    return Settings(url, key, secret, environment, tuple(warnings), agent_name)
 
 
 def load_settings(env_files: Sequence[Path] | None = None) -> Settings:

@@ -38,6 +38,6 @@ def participant_token(
     return token.to_jwt()
 
 
-def redact(token: str) -> str:
+def shorten_token(token: str) -> str:
     """A token shortened for logs: enough to tell two apart, useless to an attacker."""
     return f"{token[:10]}…({len(token)} chars)"

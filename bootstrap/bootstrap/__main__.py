@@ -9,24 +9,24 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 from urllib.parse import urlparse
 
 import structlog
 
+from agent_runtime.ffi_exit import exit_without_finalization
 from backend.logging import configure_logging, register_secret
 from backend.settings import SettingsError, load_settings
 from bootstrap import report, runner
-from bootstrap.context import RunContext
-from bootstrap.livekit_config import ConfigError, load_config
+from bootstrap.context import BrowserMode, ClusterMode, LoadMode, RunContext
 from bootstrap.result import RunResult
-from bootstrap.stack import LIVEKIT_YAML, load_stack
-from bootstrap.stages import BROWSER, CLUSTER_STAGES, LOAD_STAGES, STAGES, Stage
+from bootstrap.stages import CLUSTER_STAGES, LOAD_STAGES, STAGES, Stage, browser_stage
+from devstack.nodes import nodes
+from devstack.server_config import ConfigError, load_config
+from devstack.stack_env import LIVEKIT_YAML, StackEnvError, load_stack
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_CONCURRENCY = 4
@@ -108,7 +108,7 @@ def select_stages(args: argparse.Namespace) -> list[Stage]:
         return CLUSTER_STAGES
     if args.load:
         return LOAD_STAGES
-    return [*STAGES, BROWSER] if args.browser else STAGES
+    return [*STAGES, browser_stage()] if args.browser else STAGES
 
 
 def build_context(args: argparse.Namespace) -> RunContext:
@@ -130,9 +130,13 @@ def build_context(args: argparse.Namespace) -> RunContext:
         webhook_port=webhook_port,
         deadline=time.monotonic() + args.timeout,
     )
-    if args.frontend_env is not None:
-        ctx.frontend_env = args.frontend_env
-    ctx.load_rooms, ctx.load_concurrency = args.load, args.concurrency
+    if args.load:
+        ctx.load = LoadMode(args.load, args.concurrency)
+    if args.browser:
+        ctx.browser = BrowserMode(args.frontend_env)
+    if args.cluster:
+        node_b = nodes(stack)[1]
+        ctx.cluster = ClusterMode(node_b.name, node_b.ws_url)
     return ctx
 
 
@@ -159,11 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(verbose=args.verbose)
     if not args.verbose:
         # The stage lines already say what arrived; a line per webhook or agent is --verbose detail (--load 50: 350).
-        for chatty in ("backend.webhooks", "agent_runtime"):
+        for chatty in ("backend.webhook_receiver", "agent_runtime"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         ctx = build_context(args)
-    except (SettingsError, ConfigError) as exc:
+    except (SettingsError, ConfigError, StackEnvError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         if args.json:
             print(json.dumps({"status": "error", "seconds": 0.0, "stages": [], "error": str(exc)}))
@@ -173,21 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.junit:
         args.junit.parent.mkdir(parents=True, exist_ok=True)
         args.junit.write_text(report.render_junit(result))
-    if ctx.load_figures is not None:
-        result.extra["load"] = ctx.load_figures.as_dict()
+    if ctx.load is not None and ctx.load.figures is not None:
+        result.extra["load"] = ctx.load.figures.as_dict()
     print(report.render_json(result) if args.json else report.render_text(result), flush=True)
     return 0 if result.passed else 1
 
 
-def exit_now(code: int) -> NoReturn:
-    """Exit without interpreter finalization. The livekit FFI's tokio threads can panic while Python
-    tears down ("panic in a function that cannot unwind", SIGABRT) even after a PASS was printed; by now
-    the runner has cleaned up everything the run created, so there is nothing left to finalize."""
-    sys.stdout.flush()
-    logging.shutdown()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    exit_now(main())
+    exit_without_finalization(main())

@@ -9,15 +9,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from livekit import agents, api, rtc
 
 from backend.settings import Settings
-from bootstrap.chromium import Chromium
-from bootstrap.frontend_server import frontend_env_file
 from bootstrap.load_figures import LoadFigures
-from bootstrap.stack import Stack
+from bootstrap.result import StageFailure
 from bootstrap.webhook_sink import WebhookSink
+from devstack.stack_env import Stack
+
+if TYPE_CHECKING:  # the browser pieces are imported by the browser stage only
+    from bootstrap.browser.chromium import Chromium
 
 
 def fresh_room_name() -> str:
@@ -26,36 +29,73 @@ def fresh_room_name() -> str:
 
 
 @dataclass
+class LoadMode:
+    """--load N: N rooms through the whole path, `concurrency` at a time."""
+
+    rooms: int
+    concurrency: int
+    figures: LoadFigures | None = None  # set by the load stage, read by the report
+
+
+@dataclass
+class BrowserMode:
+    """--browser: headless Chromium joins through frontend/."""
+
+    frontend_env: Path | None = None  # where the page reads NEXT_PUBLIC_LIVEKIT_URL (None: frontend/.env.local)
+    chromium: Chromium | None = None  # set by the browser stage, for its timeout explanation
+
+
+@dataclass
+class ClusterMode:
+    """--cluster: two nodes sharing Redis; the worker registers through node b."""
+
+    worker_node: str  # the node's name ("b")
+    worker_ws_url: str  # where the worker registers
+
+
+@dataclass
 class RunContext:
-    settings: Settings
-    stack: Stack
-    agent_name: str
-    webhook_host: str
-    webhook_port: int
+    settings: Settings  # .env: the server URL and the API key/secret
+    stack: Stack  # stack.env: ports, pinned version
+    agent_name: str  # the agent the token dispatches and the worker registers as
+    webhook_host: str  # the address the in-process webhook receiver binds
+    webhook_port: int  # its port, from webhook.urls in the server config
     deadline: float  # time.monotonic() by which the whole run (cleanup included) must end
-    room_name: str = field(default_factory=fresh_room_name)
-    identity: str = "bootstrap-user"
-    lkapi: api.LiveKitAPI | None = None
-    worker: agents.AgentServer | None = None
-    worker_task: asyncio.Task[None] | None = None
-    worker_id: str = ""
-    worker_ws_url: str = ""  # where the worker registers, when not LIVEKIT_URL (cluster mode: node b)
-    sink: WebhookSink | None = None
-    sink_error: str = ""
-    token: str = ""
-    room: rtc.Room | None = None
-    joined_at: float = 0.0
-    agent_identity: str = ""
+    room_name: str = field(default_factory=fresh_room_name)  # this run's room (load mode: the prefix)
+    identity: str = "bootstrap-user"  # the participant the join stage connects
+    load: LoadMode | None = None  # set in load mode only
+    browser: BrowserMode | None = None  # set in browser mode only
+    cluster: ClusterMode | None = None  # set in cluster mode only
+    # Written by the stages as they go, read by later stages and cleanup:
+    worker: agents.AgentServer | None = None  # the in-process no-op worker (worker stage)
+    worker_task: asyncio.Task[None] | None = None  # its run() task
+    worker_id: str = ""  # the id the server registered it under (AW_…)
+    token: str = ""  # the participant's token (token stage)
+    room: rtc.Room | None = None  # the participant's connection (join stage)
+    joined_at: float = 0.0  # time.monotonic() when the join returned
+    agent_identity: str = ""  # the dispatched agent's identity (dispatch stage)
     rooms_joined: set[str] = field(default_factory=set)  # deleted by cleanup, whatever the outcome
-    frontend_env: Path = field(default_factory=frontend_env_file)
-    browser: Chromium | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run first by cleanup
-    load_rooms: int = 0
-    load_concurrency: int = 1
-    load_figures: LoadFigures | None = None
+    webhook_sink: WebhookSink | None = None  # the receiver, once it listens (runner)
+    sink_error: str = ""  # why it does not, when it does not
+    lkapi: api.LiveKitAPI | None = None  # created on first use by `api`
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
+
+    @property
+    def sink(self) -> WebhookSink:
+        """The running webhook receiver; a stage that needs webhooks fails clearly when there is none."""
+        if self.webhook_sink is None:
+            raise StageFailure(
+                self.sink_error or "the webhook receiver is not running",
+                "free the port (stop that process) or change WEBHOOK_PORT and webhook.urls",
+            )
+        return self.webhook_sink
+
+    @property
+    def worker_ws_url(self) -> str:
+        return self.cluster.worker_ws_url if self.cluster else self.settings.ws_url
 
     @property
     def api(self) -> api.LiveKitAPI:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-STAGES = ("services", "worker", "token", "join", "dispatch", "webhooks")
-
 
 class Status(StrEnum):
     PASS = "pass"

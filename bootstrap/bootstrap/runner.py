@@ -14,10 +14,10 @@ from livekit import api
 from backend.logging import redact
 from bootstrap.context import RunContext
 from bootstrap.diagnosis import diagnose
-from bootstrap.ports import port_owner
 from bootstrap.result import RunResult, StageFailure, StageResult, Status
-from bootstrap.stages import STAGES, Stage
+from bootstrap.stages import Stage
 from bootstrap.webhook_sink import WebhookSink
+from devstack.ports import port_owner
 
 # Seconds kept back from --timeout for explaining a timeout (<= EXPLAIN_TIMEOUT) and cleaning up, so
 # the whole run ends by --timeout; only a cleanup that hangs may overrun, by at most CLEANUP_MIN.
@@ -28,13 +28,13 @@ CLEANUP_MIN = 2.0
 log = structlog.get_logger("bootstrap")
 
 
-async def run(ctx: RunContext, stages: list[Stage] | None = None) -> RunResult:
-    """`stages` (default: the six) in order, each skipped once one fails, then cleanup."""
+async def run(ctx: RunContext, stages: list[Stage]) -> RunResult:
+    """`stages` in order, each skipped once one fails, then cleanup."""
     started = time.monotonic()
     results: list[StageResult] = []
     try:
         await _start_sink(ctx)
-        for stage in STAGES if stages is None else stages:
+        for stage in stages:
             if results and results[-1].status is not Status.PASS:
                 results.append(StageResult(stage.name, Status.SKIPPED))
                 continue
@@ -102,7 +102,7 @@ async def _start_sink(ctx: RunContext) -> None:
         ctx.sink_error = f"cannot listen on {ctx.webhook_host}:{ctx.webhook_port}: {exc}"
         await sink.stop()
         return
-    ctx.sink = sink
+    ctx.webhook_sink = sink
 
 
 async def cleanup(ctx: RunContext) -> None:
@@ -115,7 +115,7 @@ async def cleanup(ctx: RunContext) -> None:
         ("close worker", lambda: ctx.worker.aclose() if ctx.worker else None),
         # Again: a job assigned just before the delete joins after it and auto-creates the room anew.
         ("delete rooms again", lambda: _delete_rooms(ctx) if ctx.worker else None),
-        ("stop receiver", lambda: ctx.sink.stop() if ctx.sink else None),
+        ("stop receiver", lambda: ctx.webhook_sink.stop() if ctx.webhook_sink else None),
         ("close api", lambda: ctx.lkapi.aclose() if ctx.lkapi else None),
     ]
     end = time.monotonic() + max(ctx.remaining(), CLEANUP_MIN)

@@ -1,5 +1,6 @@
-"""The six stages, in order. Each is `async def run(ctx) -> detail`, raising on failure; a stage may
-also define `async def on_timeout(ctx) -> StageFailure` to say what was missing when its time ran out."""
+"""The stages, in order. Each is `async def run(ctx) -> detail`, raising on failure; a stage may also define
+`async def on_timeout(ctx) -> StageFailure` to say what was missing when its time ran out. Stages never
+import each other: what they share lives in bootstrap.lookups."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 from bootstrap.context import RunContext
 from bootstrap.result import StageFailure
-from bootstrap.stages import browser, cluster, dispatch, join, load, services, token, webhooks, worker
+from bootstrap.stages import cluster, dispatch, join, load, services, token, webhooks, worker
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Stage:
     on_timeout: Callable[[RunContext], Awaitable[StageFailure]] | None = None
 
 
+# The single run (`python -m bootstrap`).
 STAGES: list[Stage] = [
     Stage("services", services.run, 30.0, services.on_timeout),
     Stage("worker", worker.run, 15.0),
@@ -28,16 +30,22 @@ STAGES: list[Stage] = [
     Stage("webhooks", webhooks.run, 15.0, webhooks.on_timeout),
 ]
 
-# Opt-in (--browser): headless Chromium joins the same room through frontend/.
-BROWSER = Stage("browser", browser.run, 30.0, browser.on_timeout)
+
+def browser_stage() -> Stage:
+    """Opt-in (--browser): headless Chromium joins the same room through frontend/. Imported here, on
+    demand, so Chromium's driver and the frontend server load only in browser mode."""
+    from bootstrap.stages import browser_join
+
+    return Stage("browser", browser_join.run, 30.0, browser_join.on_timeout)
+
 
 # Load mode (--load N): the stack and the worker, then N rooms through the whole path.
 # Its cap is the run's --timeout (whose load-mode default grows with N): 24 h only means "no cap of its own".
 LOAD_STAGES: list[Stage] = [STAGES[0], STAGES[1], Stage("load", load.run, 86400.0, load.on_timeout)]
 
-# Cluster mode (--cluster): two nodes sharing Redis, checked across nodes.
+# Cluster mode (--cluster): two nodes sharing Redis, checked across nodes; the worker registers on node b.
 CLUSTER_STAGES: list[Stage] = [
     Stage("nodes", cluster.run_nodes, 10.0),
-    Stage("worker", cluster.run_worker_on_b, 15.0),
+    Stage("worker", worker.run, 15.0),
     Stage("cross-node", cluster.run_cross_node, 40.0),
 ]

@@ -2,7 +2,7 @@
 
 nodes       both nodes answer GET / with OK, and each sees the other: both node ids are registered in the
             shared Redis (hash `nodes`).
-worker      the no-op worker registers on node b.
+worker      the no-op worker registers on node b (the worker stage, with ctx.cluster set).
 cross-node  for a room created through each node: Redis says which node hosts it; a participant joins
             through the OTHER node and the host lists it ACTIVE; an API dispatch brings the agent from
             the worker on node b; the room's webhooks (sent by its host) arrive verified.
@@ -16,11 +16,11 @@ import time
 from livekit import api, rtc
 
 from backend.tokens import participant_token
-from bootstrap.cluster import Node, nodes
 from bootstrap.context import RunContext
-from bootstrap.health import probe_livekit
+from bootstrap.lookups import find_active, find_agent, poll_until
 from bootstrap.result import StageFailure
-from bootstrap.stages.dispatch import AGENT_NAME_ATTRIBUTE
+from devstack.health import probe_livekit
+from devstack.nodes import Node, nodes
 
 POLL_INTERVAL = 0.1
 
@@ -57,13 +57,6 @@ async def run_nodes(ctx: RunContext) -> str:
     return f"2 nodes ready and registered in Redis ({ids})"
 
 
-async def run_worker_on_b(ctx: RunContext) -> str:
-    from bootstrap.stages import worker
-
-    ctx.worker_ws_url = nodes(ctx.stack)[1].ws_url
-    return (await worker.run(ctx)) + " on node b"
-
-
 async def run_cross_node(ctx: RunContext) -> str:
     details = []
     for creator in nodes(ctx.stack):
@@ -87,21 +80,12 @@ async def _one_room(ctx: RunContext, creator: Node, name: str) -> str:
         ctx.closers.append(room.disconnect)
         token = participant_token(ctx.settings, identity=f"via-{entry.name}", room=name)
         await room.connect(entry.ws_url, token, rtc.RoomOptions(auto_subscribe=False))
-        await _wait_for(lk, name, lambda p: p.identity == f"via-{entry.name}" and p.state == p.State.ACTIVE)
+        await poll_until(lambda: find_active(ctx, name, f"via-{entry.name}", lk), POLL_INTERVAL)
         started = time.monotonic()
         await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name=ctx.agent_name, room=name))
-        agent = await _wait_for(lk, name, lambda p: p.attributes.get(AGENT_NAME_ATTRIBUTE) == ctx.agent_name)
+        agent = await poll_until(lambda: find_agent(ctx, name, lk), POLL_INTERVAL)
         dispatch_s = time.monotonic() - started
-    assert ctx.sink is not None
     wanted = {("room_started", ""), ("participant_joined", f"via-{entry.name}"), ("participant_joined", agent.identity)}
-    await ctx.sink.wait_until(lambda: wanted <= {(e.event, e.participant.identity) for e in ctx.sink.for_room(name)})  # type: ignore[union-attr]
+    await ctx.sink.wait_until(lambda: wanted <= {(e.event, e.participant.identity) for e in ctx.sink.for_room(name)})
     return (f"room {name[-1]} hosted on {host.name}, joined via {entry.name}, agent from b in {dispatch_s:.2f}s, "
             f"webhooks verified")  # fmt: skip
-
-
-async def _wait_for(lk: api.LiveKitAPI, room: str, match) -> api.ParticipantInfo:  # type: ignore[no-untyped-def]
-    while True:
-        listing = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
-        if found := next((p for p in listing.participants if match(p)), None):
-            return found
-        await asyncio.sleep(POLL_INTERVAL)

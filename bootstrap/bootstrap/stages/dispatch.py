@@ -6,34 +6,18 @@ from __future__ import annotations
 import asyncio
 import time
 
-from livekit import api
-
 from bootstrap.context import RunContext
+from bootstrap.lookups import find_agent, poll_until
 from bootstrap.result import StageFailure
 
 POLL_INTERVAL = 0.1
-AGENT_NAME_ATTRIBUTE = "lk.agent_name"
 
 
 async def run(ctx: RunContext) -> str:
-    while not (agent := await find_agent(ctx, ctx.room_name)):
-        await asyncio.sleep(POLL_INTERVAL)
+    agent = await poll_until(lambda: find_agent(ctx, ctx.room_name), POLL_INTERVAL)
     ctx.agent_identity = agent.identity
     latency = time.monotonic() - ctx.joined_at
     return f"agent {agent.identity} ({ctx.agent_name!r}) in the room {latency:.2f}s after the join"
-
-
-async def find_agent(ctx: RunContext, room: str) -> api.ParticipantInfo | None:
-    """The server's listing of an AGENT participant carrying our agent name in `room`, if any."""
-    listing = await ctx.api.room.list_participants(api.ListParticipantsRequest(room=room))
-    return next(
-        (
-            p
-            for p in listing.participants
-            if p.kind == api.ParticipantInfo.Kind.AGENT and p.attributes.get(AGENT_NAME_ATTRIBUTE) == ctx.agent_name
-        ),
-        None,
-    )
 
 
 async def on_timeout(ctx: RunContext) -> StageFailure:

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
-from livekit import api, rtc
+from livekit import rtc
 
 from bootstrap.context import RunContext
+from bootstrap.lookups import find_active, poll_until
 from bootstrap.result import StageFailure
 
 POLL_INTERVAL = 0.1
@@ -24,14 +24,5 @@ async def run(ctx: RunContext) -> str:
             "mint the token for the room being joined: participant_token(..., room=<that room>)",
         )
     ctx.joined_at = time.monotonic()
-    while True:
-        participant = await _find(ctx)
-        if participant and participant.state == api.ParticipantInfo.State.ACTIVE:
-            break
-        await asyncio.sleep(POLL_INTERVAL)
+    await poll_until(lambda: find_active(ctx, ctx.room_name, ctx.identity), POLL_INTERVAL)
     return f"{ctx.identity} ACTIVE in {ctx.room_name}"
-
-
-async def _find(ctx: RunContext) -> api.ParticipantInfo | None:
-    listing = await ctx.api.room.list_participants(api.ListParticipantsRequest(room=ctx.room_name))
-    return next((p for p in listing.participants if p.identity == ctx.identity), None)

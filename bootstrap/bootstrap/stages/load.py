@@ -1,6 +1,6 @@
 """Load mode (--load N): N rooms through the whole path, `--concurrency` at a time. Each room: a token with
 an explicit dispatch, a participant joined, the agent seen joining (delivered by the SFU, not the worker's
-say-so), its three webhooks verified, then the room deleted. Figures go to ctx.load_figures.
+say-so), its three webhooks verified, then the room deleted. Figures go to ctx.load.figures.
 
 Before the rooms, load mode waits out livekit-server's agent-name refresh (see _settle_server_agent_cache)."""
 
@@ -14,10 +14,10 @@ import structlog
 from livekit import api, rtc
 
 from backend.tokens import participant_token
-from bootstrap.context import RunContext
+from bootstrap.context import LoadMode, RunContext
 from bootstrap.load_figures import LoadFigures, summary
+from bootstrap.lookups import find_agent, poll_until
 from bootstrap.result import StageFailure
-from bootstrap.stages.dispatch import find_agent
 
 log = structlog.get_logger("bootstrap")
 
@@ -38,9 +38,16 @@ REGISTRATION_PUBLISH_GRACE = 0.25
 WARMUP_SECONDS = REGISTRATION_PUBLISH_GRACE + SERVER_AGENT_CHECK_SECONDS + REGISTRATION_PUBLISH_GRACE
 
 
+def _mode(ctx: RunContext) -> LoadMode:
+    if ctx.load is None:
+        raise StageFailure("the load stage ran outside load mode", "run it with `python -m bootstrap --load N`")
+    return ctx.load
+
+
 async def run(ctx: RunContext) -> str:
-    figures = ctx.load_figures = LoadFigures(ctx.load_rooms, ctx.load_concurrency)
-    gate = asyncio.Semaphore(ctx.load_concurrency)
+    mode = _mode(ctx)
+    figures = mode.figures = LoadFigures(mode.rooms, mode.concurrency)
+    gate = asyncio.Semaphore(mode.concurrency)
     names = _room_names(ctx)
     figures.warmup_seconds = await _settle_server_agent_cache(ctx)
     figures.started_at = time.monotonic()
@@ -62,9 +69,8 @@ async def run(ctx: RunContext) -> str:
 
 async def on_timeout(ctx: RunContext) -> StageFailure:
     """How far the load got when --timeout ran out, and the --timeout this pace needs."""
-    figures = ctx.load_figures
-    assert figures is not None
-    if not figures.started_at:
+    figures = _mode(ctx).figures
+    if figures is None or not figures.started_at:
         return StageFailure(
             "--timeout ran out while waiting out livekit-server's agent-name refresh, before any room",
             f"raise --timeout (load mode first waits {WARMUP_SECONDS:.1f} s)",
@@ -81,7 +87,7 @@ async def on_timeout(ctx: RunContext) -> StageFailure:
 
 
 def _room_names(ctx: RunContext) -> list[str]:
-    return [f"{ctx.room_name}-{i:03d}" for i in range(ctx.load_rooms)]
+    return [f"{ctx.room_name}-{i:03d}" for i in range(_mode(ctx).rooms)]
 
 
 async def _settle_server_agent_cache(ctx: RunContext) -> float:
@@ -126,11 +132,9 @@ async def _one_room(ctx: RunContext, name: str, gate: asyncio.Semaphore, figures
                 figures.join_latency.append(joined - begun)
                 # The server's view, as in the single run's dispatch stage (the SDK's participant_connected
                 # event was measured arriving ~2.5 s after the server already listed the agent).
-                while not await find_agent(ctx, name):
-                    await asyncio.sleep(POLL_INTERVAL)
+                await poll_until(lambda: find_agent(ctx, name), POLL_INTERVAL)
                 figures.dispatched += 1
                 figures.dispatch_latency.append(time.monotonic() - joined)
-                assert ctx.sink is not None
                 await ctx.sink.wait_until(lambda: _verified(ctx, name) >= WEBHOOKS_PER_ROOM)
             finished_cleanly = True
         except Exception as exc:
@@ -148,13 +152,11 @@ async def _one_room(ctx: RunContext, name: str, gate: asyncio.Semaphore, figures
 
 
 def _verified(ctx: RunContext, room: str) -> int:
-    assert ctx.sink is not None
     wanted = {"room_started", "participant_joined"}
     return sum(1 for e in ctx.sink.for_room(room) if e.event in wanted)
 
 
 def _count_webhooks(ctx: RunContext, names: list[str], figures: LoadFigures) -> None:
-    assert ctx.sink is not None
     figures.webhooks_expected = WEBHOOKS_PER_ROOM * len(names)
     figures.webhooks_verified = sum(min(_verified(ctx, name), WEBHOOKS_PER_ROOM) for name in names)
     figures.webhooks_received = ctx.sink.received

@@ -9,9 +9,9 @@ from urllib.parse import urlparse
 import structlog
 
 from bootstrap.context import RunContext
-from bootstrap.health import check_all
-from bootstrap.ports import port_owner
 from bootstrap.result import StageFailure
+from devstack.health import check_all
+from devstack.ports import port_owner
 
 POLL_INTERVAL = 0.5
 PROGRESS_EVERY = 3.0

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from livekit import api
 
-from backend.tokens import participant_token, redact
+from backend.tokens import participant_token, shorten_token
 from bootstrap.context import RunContext
 from bootstrap.result import StageFailure
 
@@ -26,4 +26,4 @@ async def run(ctx: RunContext) -> str:
             f"agents={dispatched})",
             "check backend/backend/tokens.py: participant_token must grant room_join for the room and add the dispatch",
         )
-    return f"{redact(ctx.token)} for {ctx.identity}, dispatch {ctx.agent_name!r}"
+    return f"{shorten_token(ctx.token)} for {ctx.identity}, dispatch {ctx.agent_name!r}"

@@ -6,7 +6,7 @@ import asyncio
 
 from livekit import agents, api
 
-from agent_runtime.worker import WorkerOptions, create_worker
+from agent_runtime.agent import WorkerConfig, create_worker
 from bootstrap.context import RunContext
 from bootstrap.result import StageFailure
 
@@ -14,8 +14,8 @@ from bootstrap.result import StageFailure
 async def run(ctx: RunContext) -> str:
     # An authenticated API call first: the worker's own retries would hide a 401 behind "failed to connect".
     await ctx.api.room.list_rooms(api.ListRoomsRequest())
-    options = WorkerOptions(
-        ws_url=ctx.worker_ws_url or ctx.settings.ws_url,
+    config = WorkerConfig(
+        ws_url=ctx.worker_ws_url,
         api_key=ctx.settings.api_key,
         api_secret=ctx.settings.api_secret,
         agent_name=ctx.agent_name,
@@ -24,9 +24,9 @@ async def run(ctx: RunContext) -> str:
         # process ~25 s later. Rooms are deleted only once their agent has joined, except on a failure,
         # and a single run exits long before; a long --load run that loses a room mid-join could be cut.
         job_executor=agents.JobExecutorType.THREAD,
-        idle_runners=ctx.load_concurrency if ctx.load_rooms else 0,
+        idle_runners=ctx.load.concurrency if ctx.load else 0,
     )
-    ctx.worker = create_worker(options)
+    ctx.worker = create_worker(config)
     registered: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def on_registered(worker_id: str, _info: object) -> None:
@@ -40,8 +40,9 @@ async def run(ctx: RunContext) -> str:
     if not registered.done():
         error = ctx.worker_task.exception() if ctx.worker_task.done() else None
         raise StageFailure(
-            f"the worker stopped before registering at {ctx.settings.ws_url}/agent: {error}",
+            f"the worker stopped before registering at {ctx.worker_ws_url}/agent: {error}",
             "check LIVEKIT_URL in .env points at the server (`make status`), and `make logs` for the server side",
         )
     ctx.worker_id = registered.result()
-    return f"registered {ctx.worker_id} as agent {ctx.agent_name!r}"
+    where = f" on node {ctx.cluster.worker_node}" if ctx.cluster else ""
+    return f"registered {ctx.worker_id} as agent {ctx.agent_name!r}{where}"

@@ -8,7 +8,7 @@ from pathlib import Path
 from aiohttp import web
 from dotenv import dotenv_values
 
-from bootstrap.stack import REPO_ROOT
+from devstack.stack_env import REPO_ROOT
 
 FRONTEND = REPO_ROOT / "frontend"
 CLIENT_JS = FRONTEND / "node_modules" / "livekit-client" / "dist" / "livekit-client.esm.mjs"

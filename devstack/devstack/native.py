@@ -1,14 +1,12 @@
 """The native stack (no Docker): livekit-server, Redis and PostgreSQL as local processes bound to
 127.0.0.1 on the ports from stack.env, with pid files, data and logs under .runtime/.
+`python -m devstack` runs it when no Docker engine answers.
 
-    python -m bootstrap.native up|down|status|logs
-
-`down` stops exactly the processes whose pid files `up` wrote (checked against their command line).
+`down` stops exactly the processes whose pid files `up` wrote (checked against their start time).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import pwd
@@ -20,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bootstrap import cluster, install
-from bootstrap.health import check_all, probe_livekit
-from bootstrap.livekit_config import ConfigError, derive_native, load_config, short_secrets
-from bootstrap.ports import port_owner
-from bootstrap.stack import LIVEKIT_YAML, RUNTIME_DIR, Stack, load_stack
+from devstack import install, nodes
+from devstack.health import check_all, probe_livekit
+from devstack.ports import port_owner
+from devstack.server_config import load_config, node_config, render, short_secrets
+from devstack.stack_env import LIVEKIT_YAML, RUNTIME_DIR, Stack
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -140,9 +138,9 @@ def cluster_services(stack: Stack) -> list[Service]:
             command=lambda node=node: [  # type: ignore[misc]
                 str(install.livekit_server_binary(stack)), "--config", str(node.config_path), "--bind", "127.0.0.1",
             ],
-            prepare=lambda node=node: node.config_path.write_text(cluster.node_config(stack, node)),  # type: ignore[misc]
+            prepare=lambda node=node: node.config_path.write_text(render(nodes.cluster_node_config(stack, node))),  # type: ignore[misc]
         )
-        for node in cluster.nodes(stack)
+        for node in nodes.nodes(stack)
     ]  # fmt: skip
 
 
@@ -150,7 +148,7 @@ def _prepare_livekit(lk_dir: Path) -> None:
     config = load_config(LIVEKIT_YAML)
     for key in short_secrets(config):
         print(f"! {LIVEKIT_YAML}: the secret of key {key!r} is under 32 characters", file=sys.stderr)
-    (lk_dir / "livekit.yaml").write_text(derive_native(LIVEKIT_YAML.read_text()))
+    (lk_dir / "livekit.yaml").write_text(render(node_config()))
 
 
 def _prepare_postgres(stack: Stack, pg_bin: Path, pg_dir: Path) -> None:
@@ -296,7 +294,7 @@ def cluster_up(stack: Stack) -> None:
     up(stack, ["redis"])
     _start_missing(cluster_services(stack))
     deadline = time.monotonic() + START_TIMEOUT
-    for node, service in zip(cluster.nodes(stack), cluster_services(stack), strict=True):
+    for node, service in zip(nodes.nodes(stack), cluster_services(stack), strict=True):
         while not asyncio.run(probe_livekit("127.0.0.1", node.port)).up:
             if not service.running_pid():
                 raise StackError(f"{service.name} exited during start-up; last log lines:\n{_tail(service, 15)}")
@@ -358,44 +356,3 @@ def _tail(service: Service, lines: int) -> str:
 def logs(stack: Stack, lines: int = 40) -> None:
     for service in services(stack):
         print(f"==> {service.log_file} <==\n{_tail(service, lines)}\n")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bootstrap.native",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "command", choices=["up", "down", "status", "logs", "check-config", "cluster-up", "cluster-down"]
-    )
-    parser.add_argument("services", nargs="*", help="limit up/down to these: postgres, redis, livekit")
-    args = parser.parse_args(argv)
-    stack = load_stack()
-    known = [s.name for s in services(stack)]
-    if unknown := set(args.services) - set(known):
-        parser.error(f"unknown service(s) {', '.join(sorted(unknown))}; choose from {', '.join(known)}")
-    try:
-        if args.command == "up":
-            up(stack, args.services)
-        elif args.command == "down":
-            down(stack, args.services)
-        elif args.command == "cluster-up":
-            cluster_up(stack)
-        elif args.command == "cluster-down":
-            cluster_down(stack)
-        elif args.command == "status":
-            return status(stack)
-        elif args.command == "logs":
-            logs(stack)
-        else:
-            load_config(LIVEKIT_YAML)
-            print(f"✓ {LIVEKIT_YAML} is valid")
-    except (StackError, ConfigError, install.InstallError) as exc:
-        print(f"✗ {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

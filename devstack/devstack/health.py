@@ -2,20 +2,19 @@
 readiness): Redis answers PING with PONG, PostgreSQL answers an SSLRequest, LiveKit answers GET / with
 200 "OK" (406 "Not Ready" while its node stats are stale).
 
-`python -m bootstrap.health` (what `make health` runs) prints one line per service; exit 0 only if all up.
+`python -m devstack health` (what `make health` runs) prints one line per service; exit 0 only if all up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 
-from bootstrap.stack import Stack, load_stack
+from devstack.stack_env import Stack
 
 CHECK_TIMEOUT = 2.0
 # PostgreSQL's SSLRequest: length 8, code 80877103; a live server replies with one byte, 'S' or 'N'.
@@ -105,12 +104,9 @@ async def check_all(stack: Stack, livekit: tuple[str, int] | None = None) -> lis
     )
 
 
-def main() -> int:
-    results = asyncio.run(check_all(load_stack()))
+def print_health(stack: Stack) -> int:
+    """One line per service; 0 only if all are up (`python -m devstack health`)."""
+    results = asyncio.run(check_all(stack))
     for result in results:
         print(result.line())
     return 0 if all(r.up for r in results) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

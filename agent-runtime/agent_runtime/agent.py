@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from livekit import agents
 
-log = structlog.get_logger("agent_runtime")
+from backend.settings import DEFAULT_AGENT_NAME
 
-DEFAULT_AGENT_NAME = "bootstrap-noop"
+log = structlog.get_logger("agent_runtime")
 
 
 @dataclass(frozen=True)
-class WorkerOptions:
+class WorkerConfig:
+    """How create_worker builds the AgentServer (named apart from livekit-agents' own WorkerOptions)."""
+
     ws_url: str
     api_key: str
-    api_secret: str
+    api_secret: str = field(repr=False)
     agent_name: str = DEFAULT_AGENT_NAME
     # Bounded: livekit-agents' default (16 retries, up to 10 s apart) can stall for minutes.
     max_retry: int = 2
@@ -43,7 +45,7 @@ async def noop_session(ctx: agents.JobContext) -> None:
 os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
 
 
-def create_worker(options: WorkerOptions) -> agents.AgentServer:
+def create_worker(options: WorkerConfig) -> agents.AgentServer:
     """An AgentServer with `options`' executor and warm runners, an ephemeral health port and a constant
     load, so CPU spikes on a 2-core box never refuse a job."""
     server = agents.AgentServer(
@@ -61,4 +63,4 @@ def create_worker(options: WorkerOptions) -> agents.AgentServer:
     return server
 
 
-__all__ = ["DEFAULT_AGENT_NAME", "WorkerOptions", "create_worker", "noop_session"]
+__all__ = ["WorkerConfig", "create_worker", "noop_session"]

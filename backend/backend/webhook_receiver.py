@@ -20,7 +20,7 @@ EventHandler = Callable[[api.WebhookEvent], Awaitable[None]]
 HANDLERS_KEY = web.AppKey("webhook_handlers", list[EventHandler])
 RECEIVER_KEY = web.AppKey("webhook_receiver", api.WebhookReceiver)
 
-log = structlog.get_logger("backend.webhooks")
+log = structlog.get_logger("backend.webhook_receiver")
 
 
 def add_webhook_route(app: web.Application, settings: Settings) -> list[EventHandler]:

@@ -13,9 +13,10 @@ from typing import Any
 from livekit import api
 
 from backend.tokens import participant_token
-from bootstrap.chromium import Chromium
-from bootstrap.context import RunContext
-from bootstrap.frontend_server import CLIENT_JS, URL_SETTING, FrontendServer
+from bootstrap.browser.chromium import Chromium
+from bootstrap.browser.frontend_server import CLIENT_JS, URL_SETTING, FrontendServer, frontend_env_file
+from bootstrap.context import BrowserMode, RunContext
+from bootstrap.lookups import find_active
 from bootstrap.result import StageFailure
 
 IDENTITY = "bootstrap-browser"
@@ -23,15 +24,21 @@ POLL_INTERVAL = 0.2
 SCREENSHOT = Path("reports") / "browser-failure.png"
 
 
+def _mode(ctx: RunContext) -> BrowserMode:
+    if ctx.browser is None:
+        raise StageFailure("the browser stage ran outside browser mode", "run `python -m bootstrap --browser`")
+    return ctx.browser
+
+
 async def run(ctx: RunContext) -> str:
     if not CLIENT_JS.exists():
         raise StageFailure("frontend/node_modules has no livekit-client", "run `make browser-deps` (npm ci)")
-    server = FrontendServer(ctx.frontend_env)
+    mode = _mode(ctx)
+    server = FrontendServer(mode.frontend_env or frontend_env_file())
     await server.start()
     ctx.closers.append(server.stop)
-    browser = Chromium()
+    browser = mode.chromium = Chromium()
     ctx.closers.append(browser.close)
-    ctx.browser = browser
     await browser.start()
     token = participant_token(ctx.settings, identity=IDENTITY, room=ctx.room_name)
     await browser.open(f"{server.url}#token={token}")
@@ -60,28 +67,25 @@ def _fix(error: str) -> str:
 async def _server_confirms(ctx: RunContext) -> bool:
     """The server lists the browser ACTIVE with an audio track, a verified webhook says it was published,
     and the page lists the agent among the participants it sees."""
-    listing = await ctx.api.room.list_participants(api.ListParticipantsRequest(room=ctx.room_name))
-    browser = next((p for p in listing.participants if p.identity == IDENTITY), None)
-    if browser is None or browser.state != api.ParticipantInfo.State.ACTIVE:
+    browser = await find_active(ctx, ctx.room_name, IDENTITY)
+    if browser is None or not any(t.type == api.TrackType.AUDIO for t in browser.tracks):
         return False
-    if not any(t.type == api.TrackType.AUDIO for t in browser.tracks):
-        return False
-    assert ctx.sink is not None
     published = any(
         e.event == "track_published" and e.participant.identity == IDENTITY for e in ctx.sink.for_room(ctx.room_name)
     )
-    assert ctx.browser is not None
-    seen = {p["identity"] for p in (await page_state(ctx.browser)).get("participants", [])}
+    chromium = _mode(ctx).chromium
+    assert chromium is not None  # started by run() before it polls
+    seen = {p["identity"] for p in (await page_state(chromium)).get("participants", [])}
     return published and ctx.agent_identity in seen
 
 
 async def on_timeout(ctx: RunContext) -> StageFailure:
     page: dict[str, Any] = {}
     shot = ""
-    if ctx.browser is not None:
+    if (chromium := _mode(ctx).chromium) is not None:
         try:
-            page = await page_state(ctx.browser)
-            shot = f"; screenshot: {await ctx.browser.screenshot(SCREENSHOT)}"
+            page = await page_state(chromium)
+            shot = f"; screenshot: {await chromium.screenshot(SCREENSHOT)}"
         except Exception as exc:
             shot = f"; no screenshot ({exc})"
     return StageFailure(

@@ -1,4 +1,5 @@
-"""The stack's settings, read from `stack.env` at the repository root (the one source of truth)."""
+"""The stack's settings, read from `stack.env` at the repository root (the one source of truth for versions,
+ports and development keys)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ STACK_ENV = REPO_ROOT / "stack.env"
 LIVEKIT_YAML = REPO_ROOT / "docker" / "livekit.yaml"
 RUNTIME_DIR = REPO_ROOT / ".runtime"
 TOOLS_DIR = REPO_ROOT / ".tools"
+
+
+class StackEnvError(ValueError):
+    """stack.env is broken (a key missing or not a number); the message names the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -51,23 +56,29 @@ def load_stack(path: Path = STACK_ENV) -> Stack:
     def get(key: str) -> str:
         value = values.get(key)
         if not value:
-            raise RuntimeError(f"{path}: {key} is missing; restore it from git (`git checkout stack.env`)")
+            raise StackEnvError(f"{path}: {key} is missing; restore it from git (`git checkout stack.env`)")
         return value
+
+    def port(key: str) -> int:
+        value = get(key)
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise StackEnvError(f"{path}: {key}={value!r} is not a port (1-65535); restore it from git")
+        return int(value)
 
     return Stack(
         livekit_version=get("LIVEKIT_VERSION"),
         livekit_cli_version=get("LIVEKIT_CLI_VERSION"),
-        livekit_port=int(get("LIVEKIT_PORT")),
-        rtc_tcp_port=int(get("LIVEKIT_RTC_TCP_PORT")),
-        rtc_udp_port=int(get("LIVEKIT_RTC_UDP_PORT")),
-        redis_port=int(get("REDIS_PORT")),
-        postgres_port=int(get("POSTGRES_PORT")),
-        webhook_port=int(get("WEBHOOK_PORT")),
+        livekit_port=port("LIVEKIT_PORT"),
+        rtc_tcp_port=port("LIVEKIT_RTC_TCP_PORT"),
+        rtc_udp_port=port("LIVEKIT_RTC_UDP_PORT"),
+        redis_port=port("REDIS_PORT"),
+        postgres_port=port("POSTGRES_PORT"),
+        webhook_port=port("WEBHOOK_PORT"),
         api_key=get("LIVEKIT_DEV_API_KEY"),
         api_secret=get("LIVEKIT_DEV_API_SECRET"),
         agent_name=get("LIVEKIT_AGENT_NAME"),
         postgres_user=get("POSTGRES_USER"),
         postgres_password=get("POSTGRES_PASSWORD"),
         postgres_db=get("POSTGRES_DB"),
-        cluster_ports=(int(get("CLUSTER_NODE_A_PORT")), int(get("CLUSTER_NODE_B_PORT"))),
+        cluster_ports=(port("CLUSTER_NODE_A_PORT"), port("CLUSTER_NODE_B_PORT")),
     )

@@ -1,0 +1,115 @@
+"""`python -m devstack VERB`: bring the development stack (livekit-server, Redis, PostgreSQL) up and down and
+tell its health. Docker Compose runs it when a Docker engine answers (`docker info`), native processes
+otherwise (`--runner` overrides the choice). The Makefile's up, down, status, logs, health, check-config,
+cluster-up and cluster-down targets call this.
+
+Exit codes: 0 done (health/status: everything up), 1 failed or a service down, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from devstack import compose, native
+from devstack.health import print_health
+from devstack.install import InstallError
+from devstack.native import StackError
+from devstack.server_config import ConfigError, load_config
+from devstack.stack_env import LIVEKIT_YAML, StackEnvError, load_stack
+
+VERBS = {
+    "up": "install what is missing, then start the stack (or the named services) and wait until healthy",
+    "down": "stop exactly what `up` started (or the named services)",
+    "status": "each service's state and health",
+    "logs": "the last lines of each service's log",
+    "health": "PostgreSQL, Redis and LiveKit readiness, one line each",
+    "check-config": "check docker/livekit.yaml (YAML, keys, webhook key) before any server starts",
+    "cluster-up": "two livekit-server nodes sharing Redis (then `python -m bootstrap --cluster`)",
+    "cluster-down": "stop the two cluster nodes",
+}
+SERVICES = ("postgres", "redis", "livekit")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    verbs = "\n".join(f"  {verb:<13} {text}" for verb, text in VERBS.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack",
+        description=__doc__,
+        epilog=f"verbs:\n{verbs}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("verb", choices=VERBS, metavar="VERB", help="one of: " + ", ".join(VERBS))
+    parser.add_argument("services", nargs="*", help=f"limit up/down to these: {', '.join(SERVICES)}")
+    parser.add_argument(
+        "--runner",
+        choices=["auto", "compose", "native"],
+        default="auto",
+        help="auto (default): Compose when a Docker engine answers, else native",
+    )
+    args = parser.parse_args(argv)
+    if unknown := set(args.services) - set(SERVICES):
+        parser.error(f"unknown service(s) {', '.join(sorted(unknown))}; choose from {', '.join(SERVICES)}")
+    if args.services and args.verb not in ("up", "down"):
+        parser.error(f"only up and down take service names, not {args.verb}")
+    return args
+
+
+def check_config() -> int:
+    load_config(LIVEKIT_YAML)
+    print(f"✓ {LIVEKIT_YAML} is valid")
+    return 0
+
+
+def compose_verbs(args: argparse.Namespace) -> dict[str, Callable[[], int]]:
+    return {
+        "up": lambda: check_config() or compose.up(args.services),
+        "down": lambda: compose.down(args.services),
+        "status": lambda: compose.status() or print_health(load_stack()),
+        "logs": compose.logs,
+        "cluster-up": compose.cluster_up,
+        "cluster-down": compose.cluster_down,
+    }
+
+
+def native_verbs(args: argparse.Namespace) -> dict[str, Callable[[], int | None]]:
+    stack = load_stack()
+    return {
+        "up": lambda: native.up(stack, args.services),
+        "down": lambda: native.down(stack, args.services),
+        "status": lambda: native.status(stack),
+        "logs": lambda: native.logs(stack),
+        "cluster-up": lambda: native.cluster_up(stack),
+        "cluster-down": lambda: native.cluster_down(stack),
+    }
+
+
+def use_compose(runner: str, verb: str) -> bool:
+    if runner != "auto":
+        return runner == "compose"
+    answers = compose.engine_answers()
+    if not answers and verb == "up":
+        print("No Docker engine answered (docker info): running the stack natively.", file=sys.stderr)
+    return answers
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.verb == "health":
+            return print_health(load_stack())
+        if args.verb == "check-config":
+            return check_config()
+        verbs = compose_verbs(args) if use_compose(args.runner, args.verb) else native_verbs(args)
+        return verbs[args.verb]() or 0
+    except (ConfigError, StackEnvError) as exc:
+        print(f"✗ configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (StackError, InstallError) as exc:
+        print(f"✗ {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
