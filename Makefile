@@ -83,7 +83,7 @@ backend: install env ## Serve the backend (webhook receiver + /healthz) on port 
 worker: install env ## Run the no-op agent worker until Ctrl-C
 	$(PY) -m agent_runtime
 
-test: install tools browser-deps ## Lint, type-check, then run every test (starts the real stack when it is down)
+test: install tools browser-deps ## Lint, type-check, then every test (starts the real stack when down; installs Chromium for the browser tests)
 	$(UV) run --locked --no-sync ruff check .
 	$(UV) run --locked --no-sync ruff format --check .
 	$(UV) run --locked --no-sync mypy

@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StackError, InstallError) as exc:
         print(f"✗ {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `python -m devstack logs | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
