@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -104,3 +105,25 @@ def _wait(process: subprocess.Popen[bytes], seconds: float) -> int | None:
 
 def _progress(message: str) -> None:
     print(f"… {message}", file=sys.stderr, flush=True)
+
+
+def ensure_service_user(name: str) -> str:
+    """A system account (no login, no home) for a service that must not run as root; created when missing.
+    Returns the name. Only called as root: an ordinary user runs every service as themself."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        command = [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+        ]
+        result = subprocess.run([*command, name], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise InstallError(f"could not create the system user {name!r}: {result.stderr.strip()}") from None
+        _progress(f"created the system user {name!r} (no login) to run a service without root")
+    return name
