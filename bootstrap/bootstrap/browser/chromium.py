@@ -1,5 +1,8 @@
 """Just enough of the Chrome DevTools Protocol to drive Debian's headless Chromium: open a page,
-evaluate JavaScript, take a screenshot. No browser download: it runs the system `chromium`."""
+evaluate JavaScript, take a screenshot. No browser download: it runs the system `chromium`.
+
+DevTools runs over a pipe (`--remote-debugging-pipe`), never a TCP port: a port on loopback would let
+any local process drive the browser. As root, Chromium runs as an unprivileged system user."""
 
 from __future__ import annotations
 
@@ -9,23 +12,31 @@ import contextlib
 import itertools
 import json
 import os
-import re
+import pwd
 import shutil
 import signal
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+from devstack.install import ensure_service_user
 
 FLAGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--remote-debugging-port=0",
+    # No --no-sandbox: Chromium never runs as root (see _account), and as an ordinary user its namespace
+    # and seccomp sandbox works (tested here: renderers get their own user/pid namespaces, seccomp mode 2).
+    "--headless=new", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run", "--remote-debugging-pipe",
     # The page plays an oscillator without a user gesture, and offers its real loopback candidates.
     "--autoplay-policy=no-user-gesture-required", "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]  # fmt: skip
-DEVTOOLS_LINE = re.compile(r"DevTools listening on (ws://\S+)")
+# Chromium reads CDP from fd 3 and writes to fd 4. Popen places our pipe ends on stdin/stdout (it handles
+# any fd numbers safely); this shell moves them to 3 and 4 and gives Chromium /dev/null instead.
+PIPE_WRAPPER = ["sh", "-c", 'exec "$0" "$@" 3<&0 4>&1 </dev/null >/dev/null']
+BROWSER_USER = "livekit-browser"
+KEPT_ENV = {"PATH", "LANG", "LC_ALL", "TZ"}
 START_TIMEOUT = 15.0
+LOG = "chromium-stderr.log"  # in the profile: read when Chromium dies early
+MAX_MESSAGE = 1 << 28  # a full-page PNG screenshot, base64, fits many times over
 
 
 class ChromiumError(RuntimeError):
@@ -37,55 +48,107 @@ def find_chromium() -> str | None:
 
 
 class Chromium:
-    """One headless Chromium process with one page, driven over a flattened CDP session."""
+    """One headless Chromium process with one page, driven over a flattened CDP session on a pipe."""
 
     def __init__(self) -> None:
         self._process: asyncio.subprocess.Process | None = None
         self._profile = Path(tempfile.mkdtemp(prefix="bootstrap-chromium-"))
-        self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._pipes: tuple[asyncio.ReadTransport, asyncio.WriteTransport] | None = None  # DevTools, our ends
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._session = ""
 
+    @property
+    def pid(self) -> int | None:
+        """The launched process, which leads Chromium's process group."""
+        return None if self._process is None else self._process.pid
+
+    @property
+    def profile(self) -> Path:
+        return self._profile
+
     async def start(self) -> None:
         binary = find_chromium()
         if binary is None:
             raise ChromiumError("chromium is not installed: run `make browser-deps` (Debian package chromium)")
-        self._process = await asyncio.create_subprocess_exec(
-            binary, *FLAGS, f"--user-data-dir={self._profile}", "about:blank",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group: close() ends the renderers too
-        )  # fmt: skip
+        to_chromium, from_chromium = os.pipe(), os.pipe()  # (read, write) each; not inherited by default
+        await self._connect(to_chromium[1], from_chromium[0])  # our ends: close() closes them, whatever happens
+        try:
+            with (self._profile / LOG).open("wb") as log:
+                self._process = await asyncio.create_subprocess_exec(
+                    *PIPE_WRAPPER, binary, *FLAGS, f"--user-data-dir={self._profile}", "about:blank",
+                    stdin=to_chromium[0], stdout=from_chromium[1], stderr=log,
+                    env=self._env(), start_new_session=True,  # own process group: close() ends the renderers too
+                    **self._account(),
+                )  # fmt: skip
+        finally:
+            os.close(to_chromium[0])  # the child's ends: with them closed here, EOF means Chromium is gone
+            os.close(from_chromium[1])
         async with asyncio.timeout(START_TIMEOUT):
-            url = await self._devtools_url()
-        self._http = aiohttp.ClientSession()
-        self._ws = await self._http.ws_connect(url, max_msg_size=0)
-        self._reader = asyncio.create_task(self._read())
+            await self.send("Browser.getVersion", page=False)  # answered once DevTools is up
 
-    async def _devtools_url(self) -> str:
-        assert self._process is not None and self._process.stderr is not None
-        while line := await self._process.stderr.readline():
-            if match := DEVTOOLS_LINE.search(line.decode(errors="replace")):
-                return match.group(1)
-        raise ChromiumError(f"chromium exited (code {await self._process.wait()}) before DevTools started")
+    def _account(self) -> dict[str, Any]:
+        """As root: the unprivileged browser user, with no supplementary groups (root's would be kept),
+        owning the profile. As anyone else: nothing changes."""
+        if os.geteuid() != 0:
+            return {}
+        account = pwd.getpwnam(ensure_service_user(BROWSER_USER))
+        os.chown(self._profile, account.pw_uid, account.pw_gid)  # mkdtemp made it 0700
+        return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
-    async def _read(self) -> None:
-        assert self._ws is not None
-        async for message in self._ws:
-            data = json.loads(message.data)
-            if (future := self._pending.pop(data.get("id", -1), None)) and not future.done():
-                future.set_result(data)
+    def _env(self) -> dict[str, str]:
+        """A minimal environment, so none of our secrets or root's runtime dirs reach the browser, with
+        HOME and XDG dirs inside the profile: the service user has no home, and root's is not ours."""
+        home = str(self._profile)
+        xdg = {f"XDG_{kind}_HOME": f"{home}/.{kind.lower()}" for kind in ("CONFIG", "CACHE", "DATA", "STATE")}
+        kept = {name: value for name, value in os.environ.items() if name in KEPT_ENV}
+        return {**kept, "HOME": home, "TMPDIR": home, **xdg}
+
+    async def _connect(self, write_fd: int, read_fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_MESSAGE)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        incoming, _ = await loop.connect_read_pipe(lambda: protocol, os.fdopen(read_fd, "rb", 0))
+        outgoing, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(write_fd, "wb", 0))
+        self._pipes = (incoming, outgoing)
+        self._reader = asyncio.create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        """Routes replies to their senders until the pipe ends; then fails whoever waits rather than hang."""
+        try:
+            while True:
+                data = json.loads((await reader.readuntil(b"\0"))[:-1])
+                if (future := self._pending.pop(data.get("id", -1), None)) and not future.done():
+                    future.set_result(data)
+        except asyncio.IncompleteReadError:  # EOF: every writer, Chromium, is gone
+            error = ChromiumError(f"chromium exited (code {await self._exit_code()}): {self._log_tail()}")
+        except (ValueError, asyncio.LimitOverrunError) as exc:
+            error = ChromiumError(f"unreadable DevTools message: {exc}")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+
+    async def _exit_code(self) -> int | None:
+        return None if self._process is None else await self._process.wait()
+
+    def _log_tail(self) -> str:
+        """Chromium's last stderr lines: why it stopped (e.g. "No usable sandbox!")."""
+        with contextlib.suppress(OSError):
+            lines = (self._profile / LOG).read_text(errors="replace").splitlines()
+            return " | ".join(lines[-3:]) or "no output"
+        return "no log"
 
     async def send(self, method: str, params: dict[str, Any] | None = None, *, page: bool = True) -> dict[str, Any]:
-        assert self._ws is not None
+        if self._pipes is None or self._reader is None or self._reader.done():
+            raise ChromiumError(f"{method}: chromium is not running")
         message: dict[str, Any] = {"id": next(self._ids), "method": method, "params": params or {}}
         if page:
             message["sessionId"] = self._session
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[message["id"]] = future
-        await self._ws.send_str(json.dumps(message))
+        self._pipes[1].write(json.dumps(message).encode() + b"\0")  # CDP over a pipe: NUL-terminated JSON
         reply = await future
         if "error" in reply:
             raise ChromiumError(f"{method}: {reply['error'].get('message')}")
@@ -110,10 +173,8 @@ class Chromium:
     async def close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
-        if self._ws is not None:
-            await self._ws.close()
-        if self._http is not None:
-            await self._http.close()
+        for pipe in self._pipes or ():
+            pipe.close()
         if self._process is not None and self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
