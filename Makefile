@@ -53,8 +53,8 @@ browser-deps: frontend/node_modules/.package-lock.json ## Chromium (Debian packa
 
 tools: $(COMPOSECHECK) $(ACTIONLINT) ## Build the Go checkers the tests use (Compose's parser, actionlint)
 
-env: ## Create missing .env files from the examples (never overwrites)
-	@scripts/env.sh
+env: install ## Create missing .env files (0600) from the examples and generate dev passwords (never overwrites)
+	@$(DEVSTACK) env
 
 up: install env ## Start the stack: Docker Compose if an engine answers, else natively
 	@$(DEVSTACK) up

@@ -51,7 +51,9 @@ def spread(values: list[float]) -> str:
 
 
 def lk_args(lk: str) -> list[str]:
-    return [lk, "--url", STACK.livekit_http_url, "--api-key", STACK.api_key, "--api-secret", STACK.api_secret]
+    """lk takes the key pair from LIVEKIT_API_KEY / LIVEKIT_API_SECRET in its environment (set by main): a
+    secret on a command line is visible to every local user in `ps`."""
+    return [lk, "--url", STACK.livekit_http_url]
 
 
 def bench_load(rooms: int, lk: str | None) -> None:
@@ -158,6 +160,7 @@ def main() -> int:
     parser.add_argument("--rooms", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
+    os.environ.update(LIVEKIT_API_KEY=STACK.api_key, LIVEKIT_API_SECRET=STACK.api_secret)  # for lk, see lk_args
     lk = find_lk()
     print(f"livekit-server {STACK.livekit_version} at {STACK.livekit_http_url}; lk: {lk or 'not available'}")
     bench_load(args.rooms, lk)

@@ -33,5 +33,7 @@ if [ -z "$lk" ]; then
   exit 2
 fi
 
-exec "$lk" token create --api-key "$LIVEKIT_API_KEY" --api-secret "$LIVEKIT_API_SECRET" \
+# lk reads LIVEKIT_API_KEY / LIVEKIT_API_SECRET from its environment: never the secret on a command line (ps).
+export LIVEKIT_API_KEY LIVEKIT_API_SECRET
+exec "$lk" token create \
   --join --room "$room" --identity "$identity" --valid-for 24h --token-only

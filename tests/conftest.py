@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -32,6 +33,27 @@ from devstack.stack_env import REPO_ROOT, Stack, load_stack
 
 PY = sys.executable
 CATEGORIES = ("unit", "integration", "faults")
+COMPOSECHECK = REPO_ROOT / ".tools" / "composecheck"
+# Stand-ins for .env.secrets when Compose's own parser resolves docker-compose.yml: recognisable in its output.
+TEST_SECRETS = {
+    "POSTGRES_PASSWORD": "test-app-password",
+    "POSTGRES_ADMIN_PASSWORD": "test-admin-password",
+    "REDIS_PASSWORD": "test-redis-password",
+}
+
+
+def composecheck(compose_file: Path, profile: str = "", *, secrets: bool = True) -> subprocess.CompletedProcess[str]:
+    """compose-go (`make tools`) resolving `compose_file` as `docker compose --env-file stack.env --env-file
+    .env.secrets` would, with TEST_SECRETS standing in for the generated passwords (none with secrets=False)."""
+    if not COMPOSECHECK.exists():
+        pytest.fail("run `make tools` first (make test does)")
+    env_files = [str(REPO_ROOT / "stack.env")]
+    if secrets:
+        path = Path(tempfile.mkdtemp()) / ".env.secrets"
+        path.write_text("".join(f"{k}={v}\n" for k, v in TEST_SECRETS.items()))
+        env_files.append(str(path))
+    command = [str(COMPOSECHECK), str(compose_file), ",".join(env_files), *([profile] if profile else [])]
+    return subprocess.run(command, capture_output=True, text=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -53,7 +53,9 @@ def test_cluster_passes_across_nodes_and_a_killed_node_is_named(cluster: Stack) 
 
 def test_compose_cluster_flags_run_on_the_real_server(stack: Stack, tmp_path: Path) -> None:
     """The flags the Compose profile passes (--redis-host, --rtc.tcp_port, --udp-port) exist in the pinned
-    server: it starts with them and registers in Redis (ports shifted to stay clear of the cluster)."""
+    server, and it takes Redis's password from REDIS_PASSWORD in its environment as the Compose nodes do: it
+    starts with them and registers in Redis (ports shifted to stay clear of the cluster)."""
+    from devstack.credentials import load_credentials
     from devstack.install import livekit_server_binary
     from devstack.server_config import node_config, render
 
@@ -63,6 +65,7 @@ def test_compose_cluster_flags_run_on_the_real_server(stack: Stack, tmp_path: Pa
         [str(livekit_server_binary(stack)), "--config", str(config), "--bind", "127.0.0.1",
          "--redis-host", f"127.0.0.1:{stack.redis_port}", "--rtc.tcp_port", "17981", "--udp-port", "17982"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "REDIS_PASSWORD": load_credentials().redis_password},
     )  # fmt: skip
     try:
         assert server.stdout is not None

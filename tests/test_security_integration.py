@@ -169,7 +169,6 @@ def start_time(pid: int) -> str:
 # ---------------------------------------------------------------- local path to root
 
 
-@pytest.mark.xfail(strict=True, reason="#13: up chowns through a postgres-planted `run` symlink")
 def test_planted_run_symlink_cannot_give_postgres_a_root_directory(stack: Stack) -> None:
     victim = victim_dir()
     try:
@@ -185,7 +184,6 @@ def test_planted_run_symlink_cannot_give_postgres_a_root_directory(stack: Stack)
         shutil.rmtree(victim, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason="#13: the first up writes initdb.pw through a postgres-planted symlink")
 def test_planted_password_file_symlink_cannot_overwrite_a_root_file(stack: Stack, fresh_postgres_data: None) -> None:
     victim = victim_dir() / "precious"
     victim.write_text("original\n")
@@ -201,7 +199,6 @@ def test_planted_password_file_symlink_cannot_overwrite_a_root_file(stack: Stack
 # ---------------------------------------------------------------- down kills only its own
 
 
-@pytest.mark.xfail(strict=True, reason="#13: postgres can replace its pid file and get any process killed")
 def test_pid_file_planted_by_postgres_cannot_get_a_stranger_killed(stack: Stack, stranger: int) -> None:
     pid = stranger
     with postgres_restored(stack):
@@ -211,7 +208,6 @@ def test_pid_file_planted_by_postgres_cannot_get_a_stranger_killed(stack: Stack,
     assert survived, "make down killed a process it never started"
 
 
-@pytest.mark.xfail(strict=True, reason="#13: down checks pid and start time only, not what the process is")
 def test_down_checks_the_executable_not_just_pid_and_start_time(stack: Stack, stranger: int) -> None:
     """Root writes the pid file here (a check of `down`'s logic, not an attack): a recorded pid whose start
     time matches but whose executable and owner are not what `up` started must not be signalled."""
@@ -227,7 +223,6 @@ def test_down_checks_the_executable_not_just_pid_and_start_time(stack: Stack, st
 # ---------------------------------------------------------------- open doors
 
 
-@pytest.mark.xfail(strict=True, reason="#13: trust auth on a 0777 socket, and `app` is a superuser")
 def test_no_local_user_reaches_postgres_through_its_socket(stack: Stack) -> None:
     result = as_user(
         "nobody",
@@ -247,7 +242,6 @@ def test_no_local_user_reaches_postgres_through_its_socket(stack: Stack) -> None
     assert result.returncode != 0, "a local user opened a session through the socket"
 
 
-@pytest.mark.xfail(strict=True, reason="#13: the committed password opens the app role, a superuser")
 def test_app_role_uses_the_generated_password_and_is_no_superuser(stack: Stack) -> None:
     query = [
         "-h",
@@ -269,7 +263,6 @@ def test_app_role_uses_the_generated_password_and_is_no_superuser(stack: Stack) 
     assert generated.stdout.strip() == "f"
 
 
-@pytest.mark.xfail(strict=True, reason="#13: Redis answers anyone without a password")
 def test_redis_refuses_clients_without_the_password(stack: Stack) -> None:
     def ask(payload: bytes) -> bytes:
         with socket.create_connection(("127.0.0.1", stack.redis_port), timeout=2) as conn:
@@ -282,7 +275,6 @@ def test_redis_refuses_clients_without_the_password(stack: Stack) -> None:
     assert ask(b"AUTH " + password + b"\r\nPING\r\n") == b"+OK\r\n+PONG\r\n"
 
 
-@pytest.mark.xfail(strict=True, reason="#13: Redis and livekit-server run as root")
 def test_no_native_service_runs_as_root(stack: Stack) -> None:
     owners = {}
     for name, port in (("postgres", stack.postgres_port), ("redis", stack.redis_port), ("livekit", stack.livekit_port)):
@@ -292,21 +284,18 @@ def test_no_native_service_runs_as_root(stack: Stack) -> None:
     assert all(uid != 0 for uid in owners.values()), owners
 
 
-@pytest.mark.xfail(strict=True, reason="#13: the ICE UDP port listens on every interface")
 def test_ice_udp_port_listens_on_loopback_only(stack: Stack) -> None:
     listing = subprocess.run(["ss", "-ulnH", f"sport = :{stack.rtc_udp_port}"], capture_output=True, text=True).stdout
     addresses = {line.split()[3].rsplit(":", 1)[0] for line in listing.splitlines()}
     assert addresses == {"127.0.0.1"}, listing
 
 
-@pytest.mark.xfail(strict=True, reason="#13: the bootstrap's webhook receiver binds 0.0.0.0 by default")
 def test_webhook_receiver_binds_loopback_by_default_on_the_native_stack() -> None:
     from bootstrap.__main__ import build_context, parse_args
 
     assert build_context(parse_args([])).webhook_host == "127.0.0.1"
 
 
-@pytest.mark.xfail(strict=True, reason="#13: .env copies and derived configs are created world-readable")
 def test_no_runtime_or_env_file_is_readable_by_others(stack: Stack) -> None:
     candidates = [p for p in RUNTIME_DIR.rglob("*") if p.is_file() and not p.is_symlink()]
     candidates += [REPO_ROOT / name for name in (".env", "backend/.env", "agent-runtime/.env", ".env.secrets")]
@@ -327,7 +316,6 @@ def test_no_command_line_shows_a_secret(stack: Stack) -> None:
 # ---------------------------------------------------------------- shutdown and restarts
 
 
-@pytest.mark.xfail(strict=True, reason="#13: SIGTERM waits for clients; only SIGKILL after 10 s ends it")
 def test_postgres_stops_fast_with_a_client_connected(stack: Stack) -> None:
     with postgres_restored(stack):
         client = subprocess.Popen(
@@ -361,7 +349,6 @@ def test_postgres_stops_fast_with_a_client_connected(stack: Stack) -> None:
     assert took < 5.0, f"down took {took:.1f} s with one client connected"
 
 
-@pytest.mark.xfail(strict=True, reason="#13: the database is created only when postgres started in the same up")
 def test_every_up_creates_the_database_if_it_is_missing(stack: Stack) -> None:
     dropped = postgres_sql(f"drop database if exists {stack.postgres_db} with (force);")  # as an interrupted first up
     assert dropped.returncode == 0, dropped.stderr

@@ -82,6 +82,7 @@ def test_rendered_config_round_trips_and_says_where_it_came_from() -> None:
 def test_cluster_nodes_share_the_stacks_redis_on_their_own_ports() -> None:
     stack = load_stack()
     for node in nodes(stack):
-        config = cluster_node_config(stack, node)
-        assert config == node_config({**node_ports(node.port), "redis": {"address": f"127.0.0.1:{stack.redis_port}"}})
+        config = cluster_node_config(stack, node, "a-redis-password")
+        redis = {"address": f"127.0.0.1:{stack.redis_port}", "password": "a-redis-password"}
+        assert config == node_config({**node_ports(node.port), "redis": redis})
         assert (node.rtc_tcp_port, node.rtc_udp_port) == (node.port + 1, node.port + 2)

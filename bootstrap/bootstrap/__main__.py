@@ -24,6 +24,7 @@ from bootstrap import report, runner
 from bootstrap.context import BrowserMode, ClusterMode, LoadMode, RunContext
 from bootstrap.result import RunResult
 from bootstrap.stages import CLUSTER_STAGES, LOAD_STAGES, STAGES, Stage, browser_stage
+from devstack.compose import webhook_bind_address
 from devstack.nodes import nodes
 from devstack.server_config import ConfigError, load_config
 from devstack.stack_env import LIVEKIT_YAML, StackEnvError, load_stack
@@ -69,8 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--webhook-host",
-        default="0.0.0.0",
-        help="address the receiver binds (default all: a Compose server reaches it via host-gateway)",
+        default=None,
+        help="address the receiver binds (default: 127.0.0.1 natively, the Docker bridge's gateway under Compose)",
     )
     parser.add_argument(
         "--load",
@@ -126,7 +127,7 @@ def build_context(args: argparse.Namespace) -> RunContext:
         settings=settings,
         stack=stack,
         agent_name=stack.agent_name,
-        webhook_host=args.webhook_host,
+        webhook_host=args.webhook_host or webhook_bind_address(),
         webhook_port=webhook_port,
         deadline=time.monotonic() + args.timeout,
     )

@@ -1,7 +1,7 @@
 """`python -m devstack VERB`: bring the development stack (livekit-server, Redis, PostgreSQL) up and down and
 tell its health. Docker Compose runs it when a Docker engine answers (`docker info`), native processes
-otherwise (`--runner` overrides the choice). The Makefile's up, down, status, logs, health, check-config,
-cluster-up and cluster-down targets call this.
+otherwise (`--runner` overrides the choice). The Makefile's env, up, down, status, logs, health,
+check-config, cluster-up and cluster-down targets call this.
 
 Exit codes: 0 done (health/status: everything up), 1 failed or a service down, 2 usage or configuration error.
 """
@@ -13,13 +13,18 @@ import sys
 from collections.abc import Callable
 
 from devstack import compose, native
+from devstack.credentials import CredentialsError
+from devstack.env_files import create_env_files
 from devstack.health import print_health
 from devstack.install import InstallError
 from devstack.native import StackError
+from devstack.postgres import PostgresError
+from devstack.safe_files import UnsafePathError
 from devstack.server_config import ConfigError, load_config
 from devstack.stack_env import LIVEKIT_YAML, StackEnvError, load_stack
 
 VERBS = {
+    "env": "create missing .env files (0600) from the examples and generate the development passwords",
     "up": "install what is missing, then start the stack (or the named services) and wait until healthy",
     "down": "stop exactly what `up` started (or the named services)",
     "status": "each service's state and health",
@@ -97,16 +102,18 @@ def use_compose(runner: str, verb: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.verb == "env":
+            return create_env_files()
         if args.verb == "health":
             return print_health(load_stack())
         if args.verb == "check-config":
             return check_config()
         verbs = compose_verbs(args) if use_compose(args.runner, args.verb) else native_verbs(args)
         return verbs[args.verb]() or 0
-    except (ConfigError, StackEnvError) as exc:
+    except (ConfigError, StackEnvError, CredentialsError) as exc:
         print(f"✗ configuration error: {exc}", file=sys.stderr)
         return 2
-    except (StackError, InstallError) as exc:
+    except (StackError, InstallError, PostgresError, UnsafePathError) as exc:
         print(f"✗ {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `python -m devstack logs | head`: the reader has what it wanted

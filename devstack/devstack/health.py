@@ -1,6 +1,6 @@
 """Readiness checks for the three services, speaking each one's own protocol (an open port is not
-readiness): Redis answers PING with PONG, PostgreSQL answers an SSLRequest, LiveKit answers GET / with
-200 "OK" (406 "Not Ready" while its node stats are stale).
+readiness): Redis answers PING with PONG (after AUTH with the generated password), PostgreSQL answers an
+SSLRequest, LiveKit answers GET / with 200 "OK" (406 "Not Ready" while its node stats are stale).
 
 `python -m devstack health` (what `make health` runs) prints one line per service; exit 0 only if all up.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from devstack.credentials import CredentialsError, load_credentials
 from devstack.stack_env import Stack
 
 CHECK_TIMEOUT = 2.0
@@ -44,9 +45,33 @@ async def _exchange(host: str, port: int, payload: bytes, size: int) -> bytes:
         writer.close()
 
 
+async def redis_command(host: str, port: int, password: str, *args: str) -> bytes:
+    """One command over RESP after AUTH; returns the raw first reply line of the command (a bulk string's
+    value). Redis here always wants its password (.env.secrets)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        for command in (("AUTH", password), args):
+            writer.write(f"*{len(command)}\r\n".encode() + b"".join(f"${len(a)}\r\n{a}\r\n".encode() for a in command))
+        await writer.drain()
+        if not (auth := await reader.readline()).startswith(b"+OK"):
+            return auth.rstrip(b"\r\n")
+        line = await reader.readline()
+        if line.startswith(b"$") and int(line[1:]) >= 0:
+            return (await reader.readline()).rstrip(b"\r\n")
+        return line.rstrip(b"\r\n")
+    finally:
+        writer.close()
+
+
 async def check_redis(host: str, port: int) -> str:
-    reply = await _exchange(host, port, b"PING\r\n", 64)
-    if not reply.startswith(b"+PONG"):
+    try:
+        password = load_credentials().redis_password
+    except CredentialsError as exc:
+        return str(exc)
+    reply = await redis_command(host, port, password, "PING")
+    if reply.startswith(b"-WRONGPASS") or reply.startswith(b"-ERR AUTH"):
+        return f"Redis refused the password in .env.secrets ({reply[:40]!r}): restart it with `make down && make up`"
+    if reply != b"+PONG":
         return f"PING answered {reply[:40]!r}, expected +PONG"
     return ""
 

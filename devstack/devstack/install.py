@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from devstack.safe_files import ensure_dir, open_private_log, read_private
 from devstack.stack_env import RUNTIME_DIR, TOOLS_DIR, Stack
 
 INSTALL_LOG = RUNTIME_DIR / "install.log"
@@ -82,16 +83,18 @@ def _run_logged(command: list[str], what: str, env: dict[str, str]) -> None:
     """Run `command` with its output appended to INSTALL_LOG; say what it is, say it is still going every
     PROGRESS_EVERY seconds, and on failure raise with the log's last lines."""
     _progress(f"{what}; log: {INSTALL_LOG}")
-    INSTALL_LOG.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(RUNTIME_DIR, mode=0o755, uid=os.geteuid(), gid=os.getegid())
     started = time.monotonic()
-    with INSTALL_LOG.open("ab") as log:
-        log.write(f"\n$ {' '.join(command)}\n".encode())
-        log.flush()
+    log = open_private_log(INSTALL_LOG)
+    try:
+        os.write(log, f"\n$ {' '.join(command)}\n".encode())
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
         while (code := _wait(process, PROGRESS_EVERY)) is None:
             _progress(f"still {what.split(' (')[0]} ({time.monotonic() - started:.0f} s)")
+    finally:
+        os.close(log)
     if code != 0:
-        tail = "\n".join(INSTALL_LOG.read_text(errors="replace").splitlines()[-FAILURE_TAIL:])
+        tail = "\n".join((read_private(INSTALL_LOG) or "").splitlines()[-FAILURE_TAIL:])
         raise InstallError(f"`{' '.join(command)}` failed (exit {code}); last lines of {INSTALL_LOG}:\n{tail}")
     _progress(f"done in {time.monotonic() - started:.0f} s")
 

@@ -1,8 +1,10 @@
-"""The native stack (no Docker): livekit-server, Redis and PostgreSQL as local processes bound to
-127.0.0.1 on the ports from stack.env, with pid files, data and logs under .runtime/.
-`python -m devstack` runs it when no Docker engine answers.
+"""The native stack (no Docker): livekit-server, Redis and PostgreSQL as local processes bound to 127.0.0.1 on
+the ports from stack.env, each under its own unprivileged account when we are root (postgres, redis, livekit),
+with data, logs and pid files under .runtime/. `python -m devstack` runs it when no Docker engine answers.
 
-`down` stops exactly the processes whose pid files `up` wrote (checked against their start time).
+Layout (as root): .runtime/ and each .runtime/<service>/ are ours (root), the service's group may read (0750);
+configs are 0640, logs and pid files 0600; only data and socket directories belong to the service account.
+`down` stops exactly the processes `up` started (pid, start time, owner and executable all checked).
 """
 
 from __future__ import annotations
@@ -10,22 +12,24 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack import install, nodes
+from devstack import install, nodes, postgres, processes
+from devstack.credentials import load_credentials
 from devstack.health import check_all, probe_livekit
 from devstack.ports import port_owner
+from devstack.processes import Account
+from devstack.safe_files import drop_others_access, ensure_dir, read_private, write_private
 from devstack.server_config import load_config, node_config, render, short_secrets
 from devstack.stack_env import LIVEKIT_YAML, RUNTIME_DIR, Stack
 
 START_TIMEOUT = 60.0
-STOP_TIMEOUT = 10.0
 
 
 class StackError(RuntimeError):
@@ -36,9 +40,10 @@ class StackError(RuntimeError):
 class Service:
     name: str
     ports: list[tuple[int, bool]]  # (port, is_udp)
+    account_name: str  # the system account it runs as when we are root
     command: Callable[[], list[str]] = field(repr=False)
-    prepare: Callable[[], None] = field(default=lambda: None, repr=False)
-    user: str | None = None
+    prepare: Callable[[Account], None] = field(default=lambda _: None, repr=False)
+    stop_signal: signal.Signals = signal.SIGTERM
 
     @property
     def dir(self) -> Path:
@@ -52,163 +57,66 @@ class Service:
     def log_file(self) -> Path:
         return self.dir / f"{self.name}.log"
 
+    def account(self) -> Account:
+        if os.geteuid() != 0:
+            return Account(None, os.getuid(), os.getgid())
+        name = install.ensure_service_user(self.account_name)
+        entry = pwd.getpwnam(name)
+        return Account(name, entry.pw_uid, entry.pw_gid)
+
     def running_pid(self) -> int | None:
-        """Our process's pid if it is alive and still the process we started, else None.
-
-        The pid file holds "pid start-time": a recycled pid has another start time, so `down` can never
-        signal a process that `up` did not start."""
-        try:
-            pid, started = self.pid_file.read_text().split()
-            alive = _start_time(int(pid)) == started and not _is_zombie(int(pid))
-        except (FileNotFoundError, ValueError):
-            return None
-        return int(pid) if alive else None
-
-
-def _start_time(pid: int) -> str:
-    """Field 22 of /proc/PID/stat: the process's start time in clock ticks since boot."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-
-
-def _unprivileged_user() -> str | None:
-    """PostgreSQL refuses to run as root: run it as Debian's `postgres` user then."""
-    return "postgres" if os.geteuid() == 0 else None
+        """Our process's pid if it is alive and still exactly what `up` started, else None."""
+        return processes.running(self.pid_file, self.command()[0], self.account())
 
 
 def services(stack: Stack) -> list[Service]:
-    pg_bin = install.postgres_bin_dir() or Path("/usr/lib/postgresql/15/bin")
-    pg_dir = RUNTIME_DIR / "postgres"
-    lk_dir = RUNTIME_DIR / "livekit"
     return [
-        Service(
-            "postgres",
-            [(stack.postgres_port, False)],
-            command=lambda: [
-                str(pg_bin / "postgres"),
-                "-D",
-                str(pg_dir / "data"),
-                "-p",
-                str(stack.postgres_port),
-                "-k",
-                str(pg_dir / "run"),
-                "-c",
-                "listen_addresses=127.0.0.1",
-            ],
-            prepare=lambda: _prepare_postgres(stack, pg_bin, pg_dir),
-            user=_unprivileged_user(),
-        ),
-        Service(
-            "redis",
-            [(stack.redis_port, False)],
-            command=lambda: [
-                "redis-server",
-                "--port",
-                str(stack.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(RUNTIME_DIR / "redis"),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-        ),
-        Service(
-            "livekit",
-            [(stack.livekit_port, False), (stack.rtc_tcp_port, False), (stack.rtc_udp_port, True)],
-            command=lambda: [
-                str(install.livekit_server_binary(stack)),
-                "--config",
-                str(lk_dir / "livekit.yaml"),
-                "--bind",
-                "127.0.0.1",
-            ],
-            prepare=lambda: _prepare_livekit(lk_dir),
-        ),
-    ]
+        Service("postgres", [(stack.postgres_port, False)], "postgres", lambda: postgres.command(stack),
+                prepare=lambda _account: postgres.prepare(_account),
+                stop_signal=signal.SIGINT),  # fast shutdown: ends client sessions instead of waiting for them
+        Service("redis", [(stack.redis_port, False)], "redis",
+                lambda: [shutil.which("redis-server") or "redis-server", str(RUNTIME_DIR / "redis" / "redis.conf")],
+                prepare=lambda account: _prepare_redis(stack, account)),
+        Service("livekit", _livekit_ports(stack.livekit_port), "livekit",
+                lambda: _livekit_command(stack, RUNTIME_DIR / "livekit" / "livekit.yaml"),
+                prepare=lambda account: _prepare_livekit(RUNTIME_DIR / "livekit", node_config(), account)),
+    ]  # fmt: skip
 
 
 def cluster_services(stack: Stack) -> list[Service]:
     """The two cluster nodes, as services the same up/down/status machinery runs."""
     return [
-        Service(
-            node.service,
-            [(node.port, False), (node.rtc_tcp_port, False), (node.rtc_udp_port, True)],
-            command=lambda node=node: [  # type: ignore[misc]
-                str(install.livekit_server_binary(stack)), "--config", str(node.config_path), "--bind", "127.0.0.1",
-            ],
-            prepare=lambda node=node: node.config_path.write_text(render(nodes.cluster_node_config(stack, node))),  # type: ignore[misc]
-        )
+        Service(node.service, _livekit_ports(node.port), "livekit",
+                lambda node=node: _livekit_command(stack, node.config_path),  # type: ignore[misc]
+                prepare=lambda account, node=node: _prepare_livekit(  # type: ignore[misc]
+                    node.dir, nodes.cluster_node_config(stack, node, load_credentials().redis_password), account))
         for node in nodes.nodes(stack)
     ]  # fmt: skip
 
 
-def _prepare_livekit(lk_dir: Path) -> None:
-    config = load_config(LIVEKIT_YAML)
-    for key in short_secrets(config):
+def _livekit_ports(port: int) -> list[tuple[int, bool]]:
+    return [(port, False), (port + 1, False), (port + 2, True)]
+
+
+def _livekit_command(stack: Stack, config: Path) -> list[str]:
+    return [str(install.livekit_server_binary(stack)), "--config", str(config), "--bind", "127.0.0.1"]
+
+
+def _prepare_livekit(directory: Path, config: dict[str, object], account: Account) -> None:
+    for key in short_secrets(load_config(LIVEKIT_YAML)):
         print(f"! {LIVEKIT_YAML}: the secret of key {key!r} is under 32 characters", file=sys.stderr)
-    (lk_dir / "livekit.yaml").write_text(render(node_config()))
+    write_private(directory / "livekit.yaml", render(config), mode=0o640, gid=account.gid)
 
 
-def _prepare_postgres(stack: Stack, pg_bin: Path, pg_dir: Path) -> None:
-    """First start only: a cluster whose superuser is POSTGRES_USER, like the official image makes."""
-    user = _unprivileged_user()
-    (pg_dir / "run").mkdir(parents=True, exist_ok=True)
-    if user:
-        entry = pwd.getpwnam(user)
-        for path in (pg_dir, pg_dir / "run"):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-    if (pg_dir / "data" / "PG_VERSION").exists():
-        return
-    password_file = pg_dir / "initdb.pw"
-    password_file.write_text(stack.postgres_password + "\n")
-    if user:
-        os.chown(password_file, pwd.getpwnam(user).pw_uid, -1)
-    try:
-        subprocess.run(
-            [
-                str(pg_bin / "initdb"),
-                "-D",
-                str(pg_dir / "data"),
-                "-U",
-                stack.postgres_user,
-                f"--pwfile={password_file}",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "-E",
-                "UTF8",
-                "--no-instructions",
-            ],
-            check=True,
-            user=user,
-            stdout=subprocess.DEVNULL,
-        )
-    finally:
-        password_file.unlink()
-
-
-def _create_database(stack: Stack) -> None:
-    pg_dir = RUNTIME_DIR / "postgres"
-    marker = pg_dir / "data" / ".app-db-created"
-    if marker.exists():
-        return
-    pg_bin = install.postgres_bin_dir() or Path("/usr/lib/postgresql/15/bin")
-    subprocess.run(
-        [
-            str(pg_bin.parent / "bin" / "createdb"),
-            "-h",
-            str(pg_dir / "run"),
-            "-p",
-            str(stack.postgres_port),
-            "-U",
-            stack.postgres_user,
-            stack.postgres_db,
-        ],
-        check=True,
-        user=_unprivileged_user(),
-    )
-    marker.touch()
+def _prepare_redis(stack: Stack, account: Account) -> None:
+    """Redis reads its password from a config file only it (through its group) and we can read."""
+    data = ensure_dir(RUNTIME_DIR / "redis" / "data", mode=0o700, uid=account.uid, gid=account.gid)
+    lines = [
+        "# Generated by devstack.native: do not edit.", f"port {stack.redis_port}", "bind 127.0.0.1",
+        "protected-mode yes", f"requirepass {load_credentials().redis_password}", f"dir {data}",
+        'save ""', "appendonly no", "daemonize no",
+    ]  # fmt: skip
+    write_private(RUNTIME_DIR / "redis" / "redis.conf", "\n".join(lines) + "\n", mode=0o640, gid=account.gid)
 
 
 def _check_ports_free(to_start: list[Service]) -> None:
@@ -223,21 +131,32 @@ def _check_ports_free(to_start: list[Service]) -> None:
         raise StackError("; ".join(taken) + ". Stop that process, or change the port in stack.env")
 
 
+def _check_reachable(path: Path, account: Account) -> None:
+    """A service account must be able to enter every directory above its files: a clone under /root (0700)
+    would fail later with a bare "permission denied" from the service itself."""
+    if account.name is None:
+        return
+    for directory in reversed(path.resolve().parents):
+        info = directory.stat()
+        searchable = info.st_mode & 0o001 or (info.st_gid == account.gid and info.st_mode & 0o010)
+        if not (searchable or info.st_uid == account.uid):
+            raise StackError(
+                f"the {account.name} account cannot enter {directory} (mode {info.st_mode & 0o777:o}), so it cannot "
+                f"reach {path}: clone the repository where other users may enter (e.g. /srv or /opt), or "
+                f"`chmod o+x {directory}`"
+            )
+
+
 def _start(service: Service) -> int:
-    service.dir.mkdir(parents=True, exist_ok=True)
-    service.prepare()
-    with service.log_file.open("ab") as log:
-        process = subprocess.Popen(
-            service.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            user=service.user,
-            cwd=service.dir,
-        )
-    service.pid_file.write_text(f"{process.pid} {_start_time(process.pid)}")
-    return process.pid
+    account = service.account()
+    _check_reachable(Path(service.command()[0]), account)
+    _check_reachable(service.dir, account)
+    group_may_read = 0o750 if account.name else 0o700
+    ensure_dir(service.dir, mode=group_may_read, uid=os.geteuid(), gid=account.gid)
+    service.prepare(account)
+    record = processes.start(service.command(), account, log=service.log_file, pid_file=service.pid_file,
+                             cwd=service.dir)  # fmt: skip
+    return record.pid
 
 
 def _select(stack: Stack, names: list[str]) -> list[Service]:
@@ -246,6 +165,8 @@ def _select(stack: Stack, names: list[str]) -> list[Service]:
 
 def _start_missing(selected: list[Service]) -> list[Service]:
     """Start those of `selected` not already running (all ports checked first); returns the started."""
+    ensure_dir(RUNTIME_DIR, mode=0o755, uid=os.geteuid(), gid=os.getegid())
+    drop_others_access(RUNTIME_DIR)
     to_start = []
     for service in selected:
         if pid := service.running_pid():
@@ -262,10 +183,13 @@ def _start_missing(selected: list[Service]) -> list[Service]:
 def up(stack: Stack, names: list[str] | None = None) -> None:
     install.ensure_packages()
     install.ensure_livekit_server(stack)
-    to_start = _start_missing(_select(stack, names or []))
-    _wait_healthy(stack, {s.name for s in _select(stack, names or [])})
-    if any(s.name == "postgres" for s in to_start):
-        _create_database(stack)
+    credentials = load_credentials()
+    selected = _select(stack, names or [])
+    _start_missing(selected)
+    _wait_healthy(stack, {s.name for s in selected})
+    if postgres_service := next((s for s in selected if s.name == "postgres"), None):
+        # Every up, not only the one that started it: an interrupted first up must not leave it missing.
+        postgres.ensure_app_database(stack, postgres_service.account(), credentials.postgres_password)
 
 
 def _wait_healthy(stack: Stack, names: set[str]) -> None:
@@ -276,7 +200,7 @@ def _wait_healthy(stack: Stack, names: set[str]) -> None:
         if not down:
             return
         for service in services(stack):
-            if service.pid_file.exists() and not service.running_pid():
+            if service.name in names and service.pid_file.exists() and not service.running_pid():
                 raise StackError(f"{service.name} exited during start-up; last log lines:\n{_tail(service, 15)}")
         if time.monotonic() > deadline:
             lines = "\n".join(r.line() for r in down)
@@ -311,30 +235,13 @@ def _stop_services(selected: list[Service]) -> None:
     for service in reversed(selected):
         pid = service.running_pid()
         if pid is None:
-            service.pid_file.unlink(missing_ok=True)
+            if service.pid_file.exists() and service.dir.is_dir():
+                service.pid_file.unlink()  # stale: its process is gone, or is not one we started
             print(f"  {service.name:<9} not running", file=sys.stderr)
             continue
-        _stop(pid)
+        processes.stop(pid, service.stop_signal)
         service.pid_file.unlink(missing_ok=True)
         print(f"  {service.name:<9} stopped (pid {pid})", file=sys.stderr)
-
-
-def _stop(pid: int) -> None:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT: a clean shutdown first, never a leftover."""
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
-            return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def status(stack: Stack) -> int:
@@ -347,10 +254,8 @@ def status(stack: Stack) -> int:
 
 
 def _tail(service: Service, lines: int) -> str:
-    try:
-        return "\n".join(service.log_file.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log yet)"
+    text = read_private(service.log_file)
+    return "(no log yet)" if text is None else "\n".join(text.splitlines()[-lines:])
 
 
 def logs(stack: Stack, lines: int = 40) -> None:

@@ -65,6 +65,7 @@ def nodes(stack: Stack) -> list[Node]:
     return [Node(name, port) for name, port in zip("ab", stack.cluster_ports, strict=True)]
 
 
-def cluster_node_config(stack: Stack, node: Node) -> dict[str, Any]:
+def cluster_node_config(stack: Stack, node: Node, redis_password: str) -> dict[str, Any]:
     # Shared Redis turns on distributed mode: room placement, signal relay and agent dispatch across nodes.
-    return node_config({**node_ports(node.port), "redis": {"address": f"127.0.0.1:{stack.redis_port}"}})
+    redis = {"address": f"127.0.0.1:{stack.redis_port}", "password": redis_password}
+    return node_config({**node_ports(node.port), "redis": redis})

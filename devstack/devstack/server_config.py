@@ -81,11 +81,18 @@ def node_ports(port: int) -> dict[str, Any]:
     return {"port": port, "rtc": {"tcp_port": port + 1, "udp_port": port + 2}}
 
 
+# A native node's ICE/UDP sockets on loopback only (without it the pinned server binds its UDP port on every
+# interface's address). Its ICE/TCP port cannot be limited: the pinned server listens on every address
+# (mediatransportutil rtcconfig/webrtc_config.go, net.ListenTCP with no IP); docs/livekit-setup.md says so.
+NATIVE = {"rtc": {"ips": {"includes": ["127.0.0.1/32"]}}}
+
+
 def node_config(overrides: Mapping[str, Any] | None = None, *, source: Path = LIVEKIT_YAML) -> dict[str, Any]:
     """The config a native node runs: `source` with the webhook host made plain loopback (the server runs on
-    the host itself, not in a container), then `overrides` merged in, nested mappings key by key."""
+    the host itself, not in a container) and ICE on loopback (NATIVE), then `overrides` merged in, nested
+    mappings key by key (a list, such as rtc.ips.includes, is replaced whole)."""
     config = yaml.safe_load(source.read_text().replace(DOCKER_HOST, "127.0.0.1"))
-    return _merged(config, overrides or {})
+    return _merged(_merged(config, NATIVE), overrides or {})
 
 
 def _merged(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,6 @@ class Stack:
     api_secret: str
     agent_name: str
     postgres_user: str
-    postgres_password: str
     postgres_db: str
     cluster_ports: tuple[int, int] = (7980, 7990)
     host: str = "127.0.0.1"
@@ -78,7 +77,6 @@ def load_stack(path: Path = STACK_ENV) -> Stack:
         api_secret=get("LIVEKIT_DEV_API_SECRET"),
         agent_name=get("LIVEKIT_AGENT_NAME"),
         postgres_user=get("POSTGRES_USER"),
-        postgres_password=get("POSTGRES_PASSWORD"),
         postgres_db=get("POSTGRES_DB"),
         cluster_ports=(port("CLUSTER_NODE_A_PORT"), port("CLUSTER_NODE_B_PORT")),
     )

@@ -1,8 +1,9 @@
 // composecheck validates docker-compose.yml with compose-go, the parser Docker Compose itself uses,
-// interpolating from stack.env exactly as `docker compose --env-file stack.env` does. It prints the
-// resolved services as JSON so tests can assert on them. Used where the Compose plugin is absent.
+// interpolating from the env files exactly as `docker compose --env-file stack.env --env-file .env.secrets`
+// does. It prints the resolved services as JSON so tests can assert on them. Used where the Compose plugin
+// is absent.
 //
-// Usage: composecheck <compose file> <env file> [profile,...]
+// Usage: composecheck <compose file> <env file>[,<env file>...] [profile,...]
 package main
 
 import (
@@ -18,7 +19,7 @@ import (
 
 func main() {
 	if len(os.Args) < 3 || len(os.Args) > 4 {
-		fmt.Fprintln(os.Stderr, "usage: composecheck <compose file> <env file> [profile,...]")
+		fmt.Fprintln(os.Stderr, "usage: composecheck <compose file> <env file>[,<env file>...] [profile,...]")
 		os.Exit(2)
 	}
 	file, envFile := os.Args[1], os.Args[2]
@@ -29,7 +30,7 @@ func main() {
 	options, err := cli.NewProjectOptions(
 		[]string{file},
 		cli.WithWorkingDirectory(filepath.Dir(file)),
-		cli.WithEnvFiles(envFile),
+		cli.WithEnvFiles(strings.Split(envFile, ",")...),
 		cli.WithDotEnv,
 		cli.WithName("livekit-infra"),
 		cli.WithProfiles(profiles),

@@ -19,24 +19,18 @@ from backend.tokens import participant_token
 from bootstrap.context import RunContext
 from bootstrap.lookups import find_active, find_agent, poll_until
 from bootstrap.result import StageFailure
+from devstack.credentials import load_credentials
 from devstack.health import probe_livekit
+from devstack.health import redis_command as devstack_redis_command
 from devstack.nodes import Node, nodes
 
 POLL_INTERVAL = 0.1
 
 
 async def redis_command(ctx: RunContext, *args: str) -> bytes:
-    """One command over RESP to the stack's Redis; returns the raw first reply line."""
-    reader, writer = await asyncio.open_connection(ctx.stack.host, ctx.stack.redis_port)
-    try:
-        writer.write(f"*{len(args)}\r\n".encode() + b"".join(f"${len(a)}\r\n{a}\r\n".encode() for a in args))
-        await writer.drain()
-        line = await reader.readline()
-        if line.startswith(b"$") and int(line[1:]) >= 0:
-            return (await reader.readline()).rstrip(b"\r\n")
-        return line.rstrip(b"\r\n")
-    finally:
-        writer.close()
+    """One command to the stack's Redis, authenticated with the generated password."""
+    password = load_credentials().redis_password
+    return await devstack_redis_command(ctx.stack.host, ctx.stack.redis_port, password, *args)
 
 
 async def run_nodes(ctx: RunContext) -> str:
