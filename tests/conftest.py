@@ -100,14 +100,17 @@ def stack_healthy(stack: Stack) -> bool:
 
 
 def run_module(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run `python -m ...` from the repo root, as a user would, capturing both streams."""
+    """Run `python -m ...` from the repo root, as a user would, capturing both streams. LIVEKIT_* variables
+    come only from `env` and the .env files: livekit-agents exports LIVEKIT_URL into this process once an
+    in-process worker ran, and a user's shell would not have it."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
     return subprocess.run(
         [PY, "-m", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**inherited, **(env or {})},
     )
 
 

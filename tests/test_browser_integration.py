@@ -9,6 +9,7 @@ import pytest
 
 from bootstrap.browser.chromium import find_chromium
 from bootstrap.browser.frontend_server import CLIENT_JS
+from bootstrap.stages import STAGES
 from devstack.stack_env import Stack
 from tests.conftest import bootstrap_report
 
@@ -33,7 +34,7 @@ def test_browser_stage_passes_with_seven_stages(stack: Stack) -> None:
     assert code == 0, report
     stages = report["stages"]
     assert isinstance(stages, list)
-    assert [s["name"] for s in stages] == ["services", "worker", "token", "join", "dispatch", "webhooks", "browser"]
+    assert [s["name"] for s in stages] == [*(s.name for s in STAGES), "browser"]
     assert all(s["status"] == "pass" for s in stages)
     assert "track_published verified" in stages[-1]["detail"]
 

@@ -1,13 +1,16 @@
-"""The no-op agent: a livekit-agents worker whose session joins the room and stays until it ends."""
+"""The agent worker: a livekit-agents AgentServer whose session is the echo agent (agent_runtime.echo): no model
+and no outside service, but it echoes audio and data and answers RPCs, so the data plane can be proven."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
 from livekit import agents
 
+from agent_runtime.echo import EchoAgent
 from backend.settings import DEFAULT_AGENT_NAME
 
 log = structlog.get_logger("agent_runtime")
@@ -33,9 +36,17 @@ class WorkerConfig:
     idle_runners: int = 1
 
 
-async def noop_session(ctx: agents.JobContext) -> None:
-    """Join the room and return: livekit-agents keeps the job alive until the room ends."""
-    await ctx.connect(auto_subscribe=agents.AutoSubscribe.SUBSCRIBE_NONE)
+Session = Callable[[agents.JobContext], Awaitable[None]]
+
+
+async def echo_session(ctx: agents.JobContext) -> None:
+    """Join the room as the echo agent and return: livekit-agents keeps the job alive until the room ends."""
+    agent = EchoAgent(ctx.room)
+    agent.attach_audio_echo()
+    agent.attach_data_echo()
+    await ctx.connect(auto_subscribe=agents.AutoSubscribe.AUDIO_ONLY)
+    agent.serve_ping()
+    agent.serve_hearing()
     log.info("agent joined", room=ctx.room.name, identity=ctx.room.local_participant.identity)
 
 
@@ -45,9 +56,9 @@ async def noop_session(ctx: agents.JobContext) -> None:
 os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
 
 
-def create_worker(options: WorkerConfig) -> agents.AgentServer:
-    """An AgentServer with `options`' executor and warm runners, an ephemeral health port and a constant
-    load, so CPU spikes on a 2-core box never refuse a job."""
+def create_worker(options: WorkerConfig, session: Session = echo_session) -> agents.AgentServer:
+    """An AgentServer running `session` for each job, with `options`' executor and warm runners, an
+    ephemeral health port and a constant load, so CPU spikes on a 2-core box never refuse a job."""
     server = agents.AgentServer(
         ws_url=options.ws_url,
         api_key=options.api_key,
@@ -59,8 +70,8 @@ def create_worker(options: WorkerConfig) -> agents.AgentServer:
         load_fnc=lambda: 0.0,
         max_retry=options.max_retry,
     )
-    server.rtc_session(noop_session, agent_name=options.agent_name)
+    server.rtc_session(session, agent_name=options.agent_name)
     return server
 
 
-__all__ = ["WorkerConfig", "create_worker", "noop_session"]
+__all__ = ["Session", "WorkerConfig", "create_worker", "echo_session"]

@@ -180,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         args.junit.write_text(report.render_junit(result))
     if ctx.load is not None and ctx.load.figures is not None:
         result.extra["load"] = ctx.load.figures.as_dict()
+    if ctx.audio is not None or ctx.data is not None:
+        result.extra["media"] = {
+            "audio": ctx.audio.as_dict() if ctx.audio else None,
+            "data": ctx.data.as_dict() if ctx.data else None,
+        }
     print(report.render_json(result) if args.json else report.render_text(result), flush=True)
     return 0 if result.passed else 1
 

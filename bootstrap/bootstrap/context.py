@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from livekit import agents, api, rtc
 
 from backend.settings import Settings
+from bootstrap.audio_probe import AudioFigures
+from bootstrap.data_probe import DataFigures
 from bootstrap.load_figures import LoadFigures
 from bootstrap.result import StageFailure
 from bootstrap.webhook_sink import WebhookSink
@@ -74,6 +76,8 @@ class RunContext:
     room: rtc.Room | None = None  # the participant's connection (join stage)
     joined_at: float = 0.0  # time.monotonic() when the join returned
     agent_identity: str = ""  # the dispatched agent's identity (dispatch stage)
+    data: DataFigures | None = None  # reliable packets and RPC round trips (data stage)
+    audio: AudioFigures | None = None  # audio markers' round trips (media stage)
     rooms_joined: set[str] = field(default_factory=set)  # deleted by cleanup, whatever the outcome
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run first by cleanup
     webhook_sink: WebhookSink | None = None  # the receiver, once it listens (runner)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from bootstrap.context import RunContext
 from bootstrap.result import StageFailure
-from bootstrap.stages import cluster, dispatch, join, load, services, token, webhooks, worker
+from bootstrap.stages import cluster, data, dispatch, join, load, media, services, token, webhooks, worker
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ STAGES: list[Stage] = [
     Stage("token", token.run, 5.0),
     Stage("join", join.run, 15.0),
     Stage("dispatch", dispatch.run, 15.0, dispatch.on_timeout),
+    Stage("data", data.run, 8.0),
+    Stage("media", media.run, 8.0),
     Stage("webhooks", webhooks.run, 15.0, webhooks.on_timeout),
 ]
 

@@ -1,0 +1,137 @@
+"""The echo agent's parts: no model, no outside service, but it answers, so the bootstrap can prove that media
+and data cross the SFU both ways. Everything it reports travels over the SFU (an RPC reply), never through
+shared Python state, so the checks pass the same against a separate `python -m agent_runtime`.
+
+- audio: each participant's microphone track is measured (what it heard) and echoed back on a track of the
+  agent's own named `echo-<identity>`, so each participant hears only its own echo;
+- RPC: PING_METHOD returns its payload; HEARD_METHOD returns what the agent heard from the caller (JSON);
+- data: reliable packets on DATA_TOPIC are sent back to their sender, unchanged and in order.
+
+Handlers that receive (tracks, data) are attached before the agent connects: an event that arrives before its
+listener exists is dropped by the SDK, and reliable data sent the moment the agent appears would be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import structlog
+from livekit import rtc
+
+log = structlog.get_logger("agent_runtime")
+
+SAMPLE_RATE = 48000
+FRAME_MS = 10
+PING_METHOD = "bootstrap.ping"
+HEARD_METHOD = "bootstrap.heard"
+DATA_TOPIC = "bootstrap.echo"
+ECHO_TRACK_PREFIX = "echo-"
+# Echo latency is bounded by what waits in the two queues: a few frames in the stream, 50 ms in the source.
+STREAM_CAPACITY = 5  # frames
+SOURCE_QUEUE_MS = 50
+
+
+@dataclass
+class Hearing:
+    """What the agent heard from one participant: audio frames, the loudest frame's RMS (int16 units) and that
+    frame's dominant frequency, and reliable packets on DATA_TOPIC."""
+
+    frames: int = 0
+    peak_rms: float = 0.0
+    dominant_hz: float = 0.0
+    packets: int = 0
+
+    def add(self, frame: rtc.AudioFrame) -> None:
+        samples = np.frombuffer(frame.data, dtype=np.int16).astype(np.float32)
+        self.frames += 1
+        rms = float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
+        if rms > self.peak_rms:
+            self.peak_rms = rms
+            self.dominant_hz = dominant_frequency(samples, frame.sample_rate)
+
+    def as_json(self) -> str:
+        figures = {"frames": self.frames, "peak_rms": round(self.peak_rms, 1), "dominant_hz": self.dominant_hz}
+        return json.dumps({**figures, "packets": self.packets})
+
+
+def dominant_frequency(samples: np.ndarray, sample_rate: int) -> float:
+    """The strongest frequency in `samples` (DC excluded), at the FFT's resolution."""
+    spectrum = np.abs(np.fft.rfft(samples))
+    if spectrum.size < 2:
+        return 0.0
+    return float((int(np.argmax(spectrum[1:])) + 1) * sample_rate / samples.size)
+
+
+class EchoAgent:
+    """One job's echo agent in `room`. Call the attach_* methods before connecting, the serve_* after."""
+
+    def __init__(self, room: rtc.Room) -> None:
+        self.room = room
+        self.hearings: dict[str, Hearing] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def attach_audio_echo(self) -> None:
+        """Measure each participant's audio and publish it back on a track of our own."""
+        self._on_audio(echo=True)
+
+    def attach_audio_listener(self) -> None:
+        """Measure each participant's audio, echo nothing (an agent that only listens)."""
+        self._on_audio(echo=False)
+
+    def _on_audio(self, *, echo: bool) -> None:
+        def on_track(track: rtc.Track, _pub: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant) -> None:
+            if isinstance(track, rtc.RemoteAudioTrack):
+                self._spawn(self._listen(track, who.identity, echo))
+
+        self.room.on("track_subscribed", on_track)
+
+    def attach_data_echo(self) -> None:
+        def on_data(packet: rtc.DataPacket) -> None:
+            if packet.topic == DATA_TOPIC and packet.participant is not None:
+                self.hearings.setdefault(packet.participant.identity, Hearing()).packets += 1
+                destination = [packet.participant.identity]
+                self._spawn(self.room.local_participant.publish_data(
+                    packet.data, reliable=True, topic=DATA_TOPIC, destination_identities=destination))  # fmt: skip
+
+        self.room.on("data_received", on_data)
+
+    def serve_ping(self) -> None:
+        self.room.local_participant.register_rpc_method(PING_METHOD, lambda call: call.payload)
+
+    def serve_hearing(self) -> None:
+        def heard(call: rtc.RpcInvocationData) -> str:
+            return self.hearings.get(call.caller_identity, Hearing()).as_json()
+
+        self.room.local_participant.register_rpc_method(HEARD_METHOD, heard)
+
+    async def _listen(self, track: rtc.RemoteAudioTrack, identity: str, echo: bool) -> None:
+        hearing = self.hearings.setdefault(identity, Hearing())
+        source = await self._publish_echo(identity) if echo else None
+        stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1, frame_size_ms=FRAME_MS,
+                                 capacity=STREAM_CAPACITY)  # fmt: skip
+        try:
+            async for event in stream:
+                hearing.add(event.frame)
+                if source is not None:
+                    await source.capture_frame(event.frame)
+        finally:
+            await stream.aclose()
+
+    async def _publish_echo(self, identity: str) -> rtc.AudioSource:
+        source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=SOURCE_QUEUE_MS)
+        track = rtc.LocalAudioTrack.create_audio_track(f"{ECHO_TRACK_PREFIX}{identity}", source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        await self.room.local_participant.publish_track(track, options)
+        log.info("echoing", room=self.room.name, to=identity)
+        return source
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """A task kept referenced until done (the event loop holds tasks only weakly)."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

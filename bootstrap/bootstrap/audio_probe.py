@@ -1,0 +1,201 @@
+"""Audio round trips through the SFU: the participant publishes tone pips (markers), the agent echoes them on
+`echo-<identity>`, and the participant times each marker from its send to its echo. One clock, one process.
+
+Marker m is a PIP_FRAMES-long tone at MARKER_HZ[m % len(MARKER_HZ)], one every PERIOD_FRAMES frames, silence
+between. Each frequency sits on the 100 Hz grid of a 10 ms frame's FFT at 48 kHz, 200 Hz from its neighbours,
+so a received frame names its marker by its dominant frequency; a cycle of all frequencies (800 ms) is far
+longer than a round trip, so the latest send of that frequency is the one echoed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from livekit import rtc
+
+from agent_runtime.echo import ECHO_TRACK_PREFIX, FRAME_MS, HEARD_METHOD, SAMPLE_RATE, dominant_frequency
+from bootstrap.load_figures import summary
+
+MARKER_HZ = tuple(1000 + 200 * k for k in range(16))
+PIP_FRAMES = 3  # 30 ms of tone
+PERIOD_FRAMES = 5  # a marker every 50 ms
+AMPLITUDE = 0.3 * 32767
+SAMPLES_PER_FRAME = SAMPLE_RATE * FRAME_MS // 1000
+# A frame is a marker's echo when it is this loud (int16 RMS) and its dominant frequency is a marker's.
+DETECT_RMS = 500.0
+# The agent heard a signal (not silence) when its loudest frame was this loud.
+HEARD_RMS = 200.0
+# Our source's queue: frames are pushed in real time, so a short queue keeps send time = capture time.
+SOURCE_QUEUE_MS = 50
+STREAM_CAPACITY = 5
+ECHO_WAIT = 1.0  # after the last marker: how long its echo may take before it counts as lost
+
+
+class AudioPathError(Exception):
+    """A direction of the audio path is broken; the message names it."""
+
+
+@dataclass
+class AudioFigures:
+    markers_after_setup: int  # how many markers to time once the first echo arrived
+    published_at: float = 0.0  # time.monotonic() when publish_track returned: the clock's start
+    sent: list[float] = field(default_factory=list)  # marker m's send time
+    echoed: dict[int, float] = field(default_factory=dict)  # marker m -> when its echo was detected
+    heard: dict[str, float] = field(default_factory=dict)  # what the agent reports it heard from us
+
+    @property
+    def first(self) -> int | None:
+        return min(self.echoed) if self.echoed else None
+
+    @property
+    def first_echo_s(self) -> float | None:
+        return None if self.first is None else self.echoed[self.first] - self.published_at
+
+    @property
+    def setup_lost(self) -> int:
+        return 0 if self.first is None else self.first
+
+    @property
+    def lost_after_setup(self) -> list[int]:
+        if self.first is None:
+            return []
+        return [m for m in range(self.first, len(self.sent)) if m not in self.echoed]
+
+    @property
+    def round_trips(self) -> list[float]:
+        return [self.echoed[m] - self.sent[m] for m in sorted(self.echoed)]
+
+    @property
+    def done_sending(self) -> bool:
+        return self.first is not None and len(self.sent) > self.first + self.markers_after_setup
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "first_echo_s": None if self.first_echo_s is None else round(self.first_echo_s, 3),
+            "markers_sent": len(self.sent),
+            "setup_lost": self.setup_lost,
+            "lost_after_setup": len(self.lost_after_setup),
+            "round_trip_s": summary(self.round_trips),
+            "timed_markers": len(self.round_trips),
+            "agent_heard": self.heard,
+        }
+
+
+def marker_frame(index: int, offset: int) -> rtc.AudioFrame:
+    """Frame `offset` of marker `index`'s period: tone for the first PIP_FRAMES frames, then silence. The tone's
+    phase runs on from frame to frame, so a pip has no click inside it."""
+    samples = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
+    if offset < PIP_FRAMES:
+        t = (np.arange(SAMPLES_PER_FRAME) + offset * SAMPLES_PER_FRAME) / SAMPLE_RATE
+        samples = (AMPLITUDE * np.sin(2 * np.pi * MARKER_HZ[index % len(MARKER_HZ)] * t)).astype(np.int16)
+    return rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, SAMPLES_PER_FRAME)
+
+
+def marker_of(frame: rtc.AudioFrame) -> int | None:
+    """Which marker frequency (its index in MARKER_HZ) `frame` carries, if it carries one."""
+    samples = np.frombuffer(frame.data, dtype=np.int16).astype(np.float32)
+    if samples.size == 0 or float(np.sqrt(np.mean(samples**2))) < DETECT_RMS:
+        return None
+    frequency = dominant_frequency(samples, frame.sample_rate)
+    return next((k for k, hz in enumerate(MARKER_HZ) if abs(hz - frequency) <= 50), None)
+
+
+class AudioProbe:
+    """Publishes the markers from `room` and listens for their echo from `agent_identity`."""
+
+    def __init__(self, room: rtc.Room, agent_identity: str, markers_after_setup: int, first_echo_limit: float) -> None:
+        self.room, self.agent = room, agent_identity
+        self.first_echo_limit = first_echo_limit
+        self.figures = AudioFigures(markers_after_setup)
+        self.echo_track_seen = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._track: rtc.LocalAudioTrack | None = None
+
+    async def run(self) -> AudioFigures:
+        """Send markers until enough were echoed after the first echo (or none came within first_echo_limit),
+        then wait out the last ones' echoes."""
+        self._watch_for_echo_track()
+        source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=SOURCE_QUEUE_MS)
+        self._track = rtc.LocalAudioTrack.create_audio_track("bootstrap-markers", source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        await self.room.local_participant.publish_track(self._track, options)
+        self.figures.published_at = time.monotonic()
+        await self._send(source)
+        deadline = time.monotonic() + ECHO_WAIT
+        while self.figures.lost_after_setup and time.monotonic() < deadline:
+            await asyncio.sleep(FRAME_MS / 1000)
+        return self.figures
+
+    async def ask_what_agent_heard(self) -> dict[str, float]:
+        reply = await self.room.local_participant.perform_rpc(
+            destination_identity=self.agent, method=HEARD_METHOD, payload="", response_timeout=2.0
+        )
+        self.figures.heard = json.loads(reply)
+        return self.figures.heard
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self._track is not None:
+            with contextlib.suppress(Exception):
+                await self.room.local_participant.unpublish_track(self._track.sid)
+
+    async def _send(self, source: rtc.AudioSource) -> None:
+        """One frame every FRAME_MS on an absolute schedule (no drift, no backlog in the source's queue), until
+        enough markers were sent after the first echo, or none came back within first_echo_limit."""
+        next_at, frame_no = time.monotonic(), 0
+        give_up = self.figures.published_at + self.first_echo_limit
+        while not self.figures.done_sending and (self.figures.first is not None or time.monotonic() < give_up):
+            marker, offset = divmod(frame_no, PERIOD_FRAMES)
+            if offset == 0:
+                self.figures.sent.append(time.monotonic())
+            await source.capture_frame(marker_frame(marker, offset))
+            frame_no += 1
+            next_at += FRAME_MS / 1000
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    def _watch_for_echo_track(self) -> None:
+        wanted = f"{ECHO_TRACK_PREFIX}{self.room.local_participant.identity}"
+
+        def subscribe(publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
+            if participant.identity == self.agent and publication.name == wanted:
+                publication.set_subscribed(True)
+
+        def on_subscribed(
+            track: rtc.Track, publication: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant
+        ) -> None:
+            if who.identity == self.agent and publication.name == wanted and isinstance(track, rtc.RemoteAudioTrack):
+                self.echo_track_seen.set()
+                self._tasks.append(asyncio.create_task(self._listen(track)))
+
+        self.room.on("track_published", subscribe)
+        self.room.on("track_subscribed", on_subscribed)
+        if (agent := self.room.remote_participants.get(self.agent)) is not None:
+            for publication in agent.track_publications.values():
+                subscribe(publication, agent)
+
+    async def _listen(self, track: rtc.RemoteAudioTrack) -> None:
+        stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1, frame_size_ms=FRAME_MS,
+                                 capacity=STREAM_CAPACITY)  # fmt: skip
+        try:
+            async for event in stream:
+                self._detect(marker_of(event.frame), time.monotonic())
+        finally:
+            await stream.aclose()
+
+    def _detect(self, frequency_index: int | None, now: float) -> None:
+        """Credit the echo to the latest marker sent at that frequency, once."""
+        if frequency_index is None:
+            return
+        sent = self.figures.sent
+        candidates = [m for m in range(len(sent)) if m % len(MARKER_HZ) == frequency_index and sent[m] < now]
+        if candidates and candidates[-1] not in self.figures.echoed:
+            self.figures.echoed[candidates[-1]] = now
