@@ -1,10 +1,13 @@
 // Joins a LiveKit room from a real browser: reads the server URL from NEXT_PUBLIC_LIVEKIT_URL (served as
 // /config.json from frontend/.env.local), takes the token from the page's #token= fragment (never sent to
-// any server but LiveKit), publishes a synthetic audio track (an oscillator) and shows what it sees.
+// any server but LiveKit), publishes a synthetic audio track (an oscillator), listens to the agent's echo of
+// it (a WebAudio analyser: its dominant frequency and level) and shows what it sees.
 // window.lkState mirrors the page for whoever drives the browser.
 import { LocalAudioTrack, Room, RoomEvent } from "/vendor/livekit-client.esm.mjs";
 
-const state = (window.lkState = { connection: "starting", published: false, participants: [], error: "" });
+const state = (window.lkState = {
+  connection: "starting", published: false, participants: [], error: "", echo: { hz: 0, db: -Infinity },
+});
 const show = (id, text, ok) => {
   const el = document.getElementById(id);
   el.textContent = text;
@@ -37,6 +40,30 @@ function trackParticipants(room) {
   update();
 }
 
+// The agent echoes each participant's audio on a track named echo-<identity>: measure ours.
+function listenForEcho(room) {
+  room.on(RoomEvent.TrackSubscribed, (track, publication) => {
+    if (track.kind !== "audio" || publication.trackName !== `echo-${room.localParticipant.identity}`) return;
+    // Chromium feeds WebAudio silence from a remote WebRTC track that no media element plays: attach it too.
+    const element = track.attach();
+    element.muted = true;
+    document.body.appendChild(element);
+    const context = new AudioContext();
+    const analyser = context.createAnalyser();
+    analyser.fftSize = 4096;
+    context.createMediaStreamSource(new MediaStream([track.mediaStreamTrack])).connect(analyser);
+    const bins = new Float32Array(analyser.frequencyBinCount);
+    setInterval(() => {
+      analyser.getFloatFrequencyData(bins);
+      let loudest = 1;
+      for (let i = 2; i < bins.length; i++) if (bins[i] > bins[loudest]) loudest = i;
+      const echo = { hz: (loudest * context.sampleRate) / analyser.fftSize, db: bins[loudest] };
+      if (echo.db > state.echo.db) state.echo = echo; // the loudest frame seen so far
+      show("echo", `${state.echo.hz.toFixed(0)} Hz at ${state.echo.db.toFixed(0)} dB`, state.echo.db > -70);
+    }, 100);
+  });
+}
+
 async function main() {
   const config = await (await fetch("/config.json")).json();
   const url = config.NEXT_PUBLIC_LIVEKIT_URL;
@@ -47,6 +74,7 @@ async function main() {
   const token = new URLSearchParams(location.hash.slice(1)).get("token");
   if (!token) return fail("no token: open this page with #token=<participant token>");
   const room = new Room();
+  listenForEcho(room); // before connecting: a subscription may arrive during connect
   try {
     show("connection", "connecting");
     await room.connect(url, token);

@@ -30,6 +30,7 @@ async def listens_but_never_echoes(ctx: agents.JobContext) -> None:
     await ctx.connect(auto_subscribe=agents.AutoSubscribe.AUDIO_ONLY)
     agent.serve_ping()
     agent.serve_hearing()
+    await agent.announce_ready()
 
 
 async def has_no_ping_method(ctx: agents.JobContext) -> None:
@@ -38,6 +39,7 @@ async def has_no_ping_method(ctx: agents.JobContext) -> None:
     agent.attach_data_echo()
     await ctx.connect(auto_subscribe=agents.AutoSubscribe.AUDIO_ONLY)
     agent.serve_hearing()
+    await agent.announce_ready()
 
 
 def worker_running(session: Session) -> Callable[[RunContext], Awaitable[str]]:

@@ -16,8 +16,12 @@ def test_nearest_rank_percentiles() -> None:
 
 
 def test_complete_needs_every_room_dispatched_every_webhook_and_no_leftovers() -> None:
-    figures = LoadFigures(rooms=2, concurrency=1, dispatched=2, webhooks_expected=6, webhooks_verified=6, rooms_left=0)
+    figures = LoadFigures(rooms=2, concurrency=1, dispatched=2, media_checked=2, webhooks_expected=6,
+                          webhooks_verified=6, rooms_left=0)  # fmt: skip
     assert figures.complete
+    unchecked = LoadFigures(rooms=2, concurrency=1, dispatched=2, media_checked=1, webhooks_expected=6,
+                            webhooks_verified=6, rooms_left=0)  # fmt: skip
+    assert not unchecked.complete, "a room whose media and data were not checked is not done"
     unmeasured = LoadFigures(rooms=2, concurrency=1, dispatched=2, webhooks_expected=6, webhooks_verified=6)
     assert not unmeasured.complete, "rooms left never counted (timed out) is not 0 rooms left"
     assert not LoadFigures(
@@ -26,5 +30,6 @@ def test_complete_needs_every_room_dispatched_every_webhook_and_no_leftovers() -
     assert not LoadFigures(
         rooms=2, concurrency=1, dispatched=2, webhooks_expected=6, webhooks_verified=5, rooms_left=0
     ).complete
-    left = LoadFigures(rooms=2, concurrency=1, dispatched=2, webhooks_expected=6, webhooks_verified=6, rooms_left=1)
+    left = LoadFigures(rooms=2, concurrency=1, dispatched=2, media_checked=2, webhooks_expected=6,
+                       webhooks_verified=6, rooms_left=1)  # fmt: skip
     assert not left.complete

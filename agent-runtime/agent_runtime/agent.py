@@ -3,17 +3,19 @@ and no outside service, but it echoes audio and data and answers RPCs, so the da
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import structlog
 from livekit import agents
 
 from agent_runtime.echo import EchoAgent
 from backend.settings import DEFAULT_AGENT_NAME
 
-log = structlog.get_logger("agent_runtime")
+# stdlib logging, not structlog: jobs may run in processes of their own, where livekit-agents forwards stdlib
+# records to the worker's process (and so to its configured output); structlog's default would print to stdout.
+log = logging.getLogger("agent_runtime")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ async def echo_session(ctx: agents.JobContext) -> None:
     await ctx.connect(auto_subscribe=agents.AutoSubscribe.AUDIO_ONLY)
     agent.serve_ping()
     agent.serve_hearing()
-    log.info("agent joined", room=ctx.room.name, identity=ctx.room.local_participant.identity)
+    await agent.announce_ready()
+    log.info("agent %s joined %s", ctx.room.local_participant.identity, ctx.room.name)
 
 
 # A no-op agent needs no VAD or end-of-turn model; livekit-agents otherwise loads them (~244 MB) into the

@@ -32,7 +32,7 @@ DETECT_RMS = 500.0
 HEARD_RMS = 200.0
 # Our source's queue: frames are pushed in real time, so a short queue keeps send time = capture time.
 SOURCE_QUEUE_MS = 50
-STREAM_CAPACITY = 5
+STREAM_CAPACITY = 0  # unbounded: our reader is never paced, so a backlog drains at once (none is dropped)
 ECHO_WAIT = 1.0  # after the last marker: how long its echo may take before it counts as lost
 
 
@@ -47,6 +47,7 @@ class AudioFigures:
     sent: list[float] = field(default_factory=list)  # marker m's send time
     echoed: dict[int, float] = field(default_factory=dict)  # marker m -> when its echo was detected
     heard: dict[str, float] = field(default_factory=dict)  # what the agent reports it heard from us
+    spurious: int = 0  # pips heard at a frequency no marker then in flight had (reported, not credited)
 
     @property
     def first(self) -> int | None:
@@ -82,6 +83,7 @@ class AudioFigures:
             "lost_after_setup": len(self.lost_after_setup),
             "round_trip_s": summary(self.round_trips),
             "timed_markers": len(self.round_trips),
+            "spurious": self.spurious,
             "agent_heard": self.heard,
         }
 
@@ -105,6 +107,14 @@ def marker_of(frame: rtc.AudioFrame) -> int | None:
     return next((k for k, hz in enumerate(MARKER_HZ) if abs(hz - frequency) <= 50), None)
 
 
+async def agent_hearing(room: rtc.Room, agent: str, about: str = "") -> dict[str, float]:
+    """What the agent says it heard from `about` (default: us), over RPC: frames, peak_rms, dominant_hz."""
+    reply = await room.local_participant.perform_rpc(
+        destination_identity=agent, method=HEARD_METHOD, payload=about, response_timeout=2.0
+    )
+    return dict(json.loads(reply))
+
+
 class AudioProbe:
     """Publishes the markers from `room` and listens for their echo from `agent_identity`."""
 
@@ -113,6 +123,7 @@ class AudioProbe:
         self.first_echo_limit = first_echo_limit
         self.figures = AudioFigures(markers_after_setup)
         self.echo_track_seen = asyncio.Event()
+        self._pending: tuple[int, float] | None = None  # a frame at a marker's frequency, awaiting its second
         self._tasks: list[asyncio.Task[None]] = []
         self._track: rtc.LocalAudioTrack | None = None
 
@@ -132,10 +143,7 @@ class AudioProbe:
         return self.figures
 
     async def ask_what_agent_heard(self) -> dict[str, float]:
-        reply = await self.room.local_participant.perform_rpc(
-            destination_identity=self.agent, method=HEARD_METHOD, payload="", response_timeout=2.0
-        )
-        self.figures.heard = json.loads(reply)
+        self.figures.heard = await agent_hearing(self.room, self.agent)
         return self.figures.heard
 
     async def close(self) -> None:
@@ -149,13 +157,15 @@ class AudioProbe:
                 await self.room.local_participant.unpublish_track(self._track.sid)
 
     async def _send(self, source: rtc.AudioSource) -> None:
-        """One frame every FRAME_MS on an absolute schedule (no drift, no backlog in the source's queue), until
-        enough markers were sent after the first echo, or none came back within first_echo_limit."""
+        """One frame every FRAME_MS on an absolute schedule (no drift, no backlog in the source's queue), whole
+        markers only, until enough were sent after the first echo, or none came back within first_echo_limit."""
         next_at, frame_no = time.monotonic(), 0
         give_up = self.figures.published_at + self.first_echo_limit
-        while not self.figures.done_sending and (self.figures.first is not None or time.monotonic() < give_up):
+        while True:
             marker, offset = divmod(frame_no, PERIOD_FRAMES)
             if offset == 0:
+                if self.figures.done_sending or (self.figures.first is None and time.monotonic() > give_up):
+                    return
                 self.figures.sent.append(time.monotonic())
             await source.capture_frame(marker_frame(marker, offset))
             frame_no += 1
@@ -192,10 +202,20 @@ class AudioProbe:
             await stream.aclose()
 
     def _detect(self, frequency_index: int | None, now: float) -> None:
-        """Credit the echo to the latest marker sent at that frequency, once."""
+        """A marker's echo is two frames in a row at its frequency (one frame can be a codec or catch-up artefact),
+        timed at the first of them, credited to the latest marker sent at that frequency after the last marker
+        echoed: one audio stream is in order, so an echo that would be older than the last one is spurious."""
+        pending, self._pending = self._pending, None
         if frequency_index is None:
             return
-        sent = self.figures.sent
-        candidates = [m for m in range(len(sent)) if m % len(MARKER_HZ) == frequency_index and sent[m] < now]
-        if candidates and candidates[-1] not in self.figures.echoed:
-            self.figures.echoed[candidates[-1]] = now
+        if pending is None or pending[0] != frequency_index:
+            self._pending = (frequency_index, now)
+            return
+        heard_at, sent, last = pending[1], self.figures.sent, max(self.figures.echoed, default=-1)
+        candidates = [
+            m for m in range(last + 1, len(sent)) if m % len(MARKER_HZ) == frequency_index and sent[m] < heard_at
+        ]
+        if candidates:
+            self.figures.echoed[candidates[-1]] = heard_at
+        elif frequency_index != max(self.figures.echoed, default=-1) % len(MARKER_HZ):
+            self.figures.spurious += 1  # not the tail of the marker just credited: a frequency we never sent then

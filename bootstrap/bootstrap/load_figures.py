@@ -37,6 +37,9 @@ class LoadFigures:
     webhooks_expected: int = 0
     webhooks_received: int = 0
     webhooks_verified: int = 0
+    media_checked: int = 0  # rooms whose RPCs and audio markers all came back
+    audio_round_trip: list[float] = field(default_factory=list)  # every timed marker, all rooms
+    rpc_round_trip: list[float] = field(default_factory=list)
     rooms_left: int | None = None  # None: not measured (the run timed out first)
     errors: list[str] = field(default_factory=list)
 
@@ -48,6 +51,7 @@ class LoadFigures:
     def complete(self) -> bool:
         return (
             self.dispatched == self.rooms
+            and self.media_checked == self.rooms
             and self.webhooks_verified >= self.webhooks_expected
             and self.rooms_left == 0
             and not self.errors
@@ -64,6 +68,11 @@ class LoadFigures:
             "dispatched": self.dispatched,
             "join_latency": summary(self.join_latency),
             "dispatch_latency": summary(self.dispatch_latency),
+            "media": {
+                "checked": self.media_checked,
+                "audio_round_trip_s": summary(self.audio_round_trip),
+                "rpc_round_trip_s": summary(self.rpc_round_trip),
+            },
             "webhooks": {
                 "expected": self.webhooks_expected,
                 "received": self.webhooks_received,

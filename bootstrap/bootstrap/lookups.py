@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from livekit import api
 
+from agent_runtime.echo import READY_ATTRIBUTE
 from bootstrap.context import RunContext
 
 AGENT_NAME_ATTRIBUTE = "lk.agent_name"  # set by the server on an agent participant
@@ -53,3 +54,9 @@ def is_our_agent(ctx: RunContext, participant: api.ParticipantInfo) -> bool:
 async def find_agent(ctx: RunContext, room: str, lk: api.LiveKitAPI | None = None) -> api.ParticipantInfo | None:
     """The server's listing of an AGENT participant carrying our agent name in `room`, if any."""
     return next((p for p in await participants(ctx, room, lk) if is_our_agent(ctx, p)), None)
+
+
+async def find_ready_agent(ctx: RunContext, room: str) -> api.ParticipantInfo | None:
+    """Our agent in `room` once it says (READY_ATTRIBUTE) that its RPC methods are registered."""
+    agent = await find_agent(ctx, room)
+    return agent if agent is not None and agent.attributes.get(READY_ATTRIBUTE) == "true" else None

@@ -27,7 +27,7 @@ STAGES: list[Stage] = [
     Stage("token", token.run, 5.0),
     Stage("join", join.run, 15.0),
     Stage("dispatch", dispatch.run, 15.0, dispatch.on_timeout),
-    Stage("data", data.run, 8.0),
+    Stage("data", data.run, 8.0, data.on_timeout),
     Stage("media", media.run, 8.0),
     Stage("webhooks", webhooks.run, 15.0, webhooks.on_timeout),
 ]

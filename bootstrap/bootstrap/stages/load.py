@@ -1,6 +1,7 @@
 """Load mode (--load N): N rooms through the whole path, `--concurrency` at a time. Each room: a token with
 an explicit dispatch, a participant joined, the agent seen joining (delivered by the SFU, not the worker's
-say-so), its three webhooks verified, then the room deleted. Figures go to ctx.load.figures.
+say-so), a few RPC round trips and audio markers echoed by the agent, its three webhooks verified, then the
+room deleted. Figures go to ctx.load.figures.
 
 Before the rooms, load mode waits out livekit-server's agent-name refresh (see _settle_server_agent_cache)."""
 
@@ -14,9 +15,11 @@ import structlog
 from livekit import api, rtc
 
 from backend.tokens import participant_token
+from bootstrap.audio_probe import AudioPathError, AudioProbe
 from bootstrap.context import LoadMode, RunContext
+from bootstrap.data_probe import DataFigures, ping
 from bootstrap.load_figures import LoadFigures, summary
-from bootstrap.lookups import find_agent, poll_until
+from bootstrap.lookups import find_agent, find_ready_agent, poll_until
 from bootstrap.result import StageFailure
 
 log = structlog.get_logger("bootstrap")
@@ -24,6 +27,9 @@ log = structlog.get_logger("bootstrap")
 ROOM_TIMEOUT = 15.0
 POLL_INTERVAL = 0.05
 PROGRESS_EVERY = 10  # rooms between progress lines
+LOAD_PINGS = 3  # RPC round trips per room
+LOAD_MARKERS = 3  # audio markers timed per room after the first echo
+FIRST_ECHO_LIMIT = 5.0
 WEBHOOKS_PER_ROOM = 3  # room_started, participant_joined (user), participant_joined (agent)
 
 # livekit-server (pkg/agent/client.go) caches which agent names have workers. A worker registering under a
@@ -57,10 +63,12 @@ async def run(ctx: RunContext) -> str:
     rooms = await ctx.api.room.list_rooms(api.ListRoomsRequest(names=names))
     figures.rooms_left = len(rooms.rooms)
     p95 = summary(figures.dispatch_latency)["p95"]
+    audio_p95 = summary(figures.audio_round_trip)["p95"]
     detail = (
         f"{figures.dispatched}/{figures.rooms} rooms dispatched at {figures.rooms_per_second:.1f} rooms/s, "
         f"webhooks {figures.webhooks_verified}/{figures.webhooks_expected} verified, dispatch p95 "
-        f"{p95:.2f}s, {figures.rooms_left} rooms left"
+        f"{p95:.2f}s, media and data checked in {figures.media_checked}/{figures.rooms} (audio round trip p95 "
+        f"{audio_p95 * 1000:.0f} ms), {figures.rooms_left} rooms left"
     )
     if not figures.complete:
         raise StageFailure(f"load incomplete: {detail}; first errors: {figures.errors[:3]}", _fix(figures))
@@ -109,6 +117,8 @@ async def _settle_server_agent_cache(ctx: RunContext) -> float:
 def _fix(figures: LoadFigures) -> str:
     if figures.dispatched < figures.rooms:
         return "lower --concurrency, or raise the worker's capacity (load_fnc / load_threshold); see `make logs`"
+    if figures.media_checked < figures.rooms:
+        return "the echo agent's audio or RPC failed in some rooms (first errors above): lower --concurrency"
     if figures.webhooks_verified < figures.webhooks_expected:
         return "the server drops webhooks queued > 30 s or > 200 deep: lower --concurrency; see `make logs`"
     return "rooms were left behind: see `make logs` for failed DeleteRoom calls"
@@ -130,11 +140,13 @@ async def _one_room(ctx: RunContext, name: str, gate: asyncio.Semaphore, figures
                 joined = time.monotonic()
                 figures.joined += 1
                 figures.join_latency.append(joined - begun)
-                # The server's view, as in the single run's dispatch stage (the SDK's participant_connected
-                # event was measured arriving ~2.5 s after the server already listed the agent).
-                await poll_until(lambda: find_agent(ctx, name), POLL_INTERVAL)
+                # The server's view, as in the single run's dispatch stage (the SDK hears of an agent that
+                # publishes nothing only in the server's 3-second batch of participant updates).
+                agent = await poll_until(lambda: find_agent(ctx, name), POLL_INTERVAL)
                 figures.dispatched += 1
                 figures.dispatch_latency.append(time.monotonic() - joined)
+                await poll_until(lambda: find_ready_agent(ctx, name), POLL_INTERVAL)
+                await _check_data_plane(room, agent.identity, figures)
                 await ctx.sink.wait_until(lambda: _verified(ctx, name) >= WEBHOOKS_PER_ROOM)
             finished_cleanly = True
         except Exception as exc:
@@ -149,6 +161,23 @@ async def _one_room(ctx: RunContext, name: str, gate: asyncio.Semaphore, figures
             if figures.finished % PROGRESS_EVERY == 0 or figures.finished == figures.rooms:
                 log.info("load progress", rooms_done=figures.finished, rooms=figures.rooms,
                          dispatched=figures.dispatched, errors=len(figures.errors))  # fmt: skip
+
+
+async def _check_data_plane(room: rtc.Room, agent: str, figures: LoadFigures) -> None:
+    """The single run's data and media checks, short: a few RPCs and audio markers per room."""
+    data = DataFigures()
+    await ping(room, agent, LOAD_PINGS, data)
+    probe = AudioProbe(room, agent, LOAD_MARKERS, FIRST_ECHO_LIMIT)
+    try:
+        audio = await probe.run()
+    finally:
+        await probe.close()
+    if audio.first is None or audio.lost_after_setup:
+        lost = "no echo at all" if audio.first is None else f"markers {audio.lost_after_setup} lost after set-up"
+        raise AudioPathError(f"audio from {agent}: {lost}")
+    figures.rpc_round_trip += data.rpc_round_trips
+    figures.audio_round_trip += audio.round_trips
+    figures.media_checked += 1
 
 
 def _verified(ctx: RunContext, room: str) -> int:

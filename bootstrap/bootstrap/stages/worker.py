@@ -19,11 +19,12 @@ async def run(ctx: RunContext) -> str:
         api_key=ctx.settings.api_key,
         api_secret=ctx.settings.api_secret,
         agent_name=ctx.agent_name,
-        # In-process and short-lived: threads start a job in milliseconds where a process takes seconds.
-        # The price (agent_runtime.worker): a job cut short mid-connect can make the rtc SDK end this
-        # process ~25 s later. Rooms are deleted only once their agent has joined, except on a failure,
-        # and a single run exits long before; a long --load run that loses a room mid-join could be cut.
-        job_executor=agents.JobExecutorType.THREAD,
+        # A single run: threads start its one job in milliseconds where a cold process takes seconds. The price
+        # (agent_runtime.agent): a job cut short mid-connect can make the rtc SDK end this process ~25 s later;
+        # a single run exits long before. Load mode: a process per job, warm ones ready (started during the
+        # warm-up), so agents echoing audio do not share this process's interpreter with the participants:
+        # with threads, 1-2 rooms in 50 lost an audio marker to the contention.
+        job_executor=agents.JobExecutorType.PROCESS if ctx.load else agents.JobExecutorType.THREAD,
         idle_runners=ctx.load.concurrency if ctx.load else 0,
     )
     ctx.worker = create_worker(config)
