@@ -80,7 +80,7 @@ bootstrap: up ## Everything from a fresh clone: install, stack up, then the veri
 backend: install env ## Serve the backend (webhook receiver + /healthz) on port $(WEBHOOK_PORT)
 	$(PY) -m backend --port $(WEBHOOK_PORT)
 
-worker: install env ## Run the no-op agent worker until Ctrl-C
+worker: install env ## Run the echo agent's worker until Ctrl-C
 	$(PY) -m agent_runtime
 
 test: install tools browser-deps ## Lint, type-check, then every test (starts the real stack when down; installs Chromium for the browser tests)
@@ -103,8 +103,8 @@ cluster-up: install env ## Two livekit-server nodes sharing Redis (Compose profi
 cluster-down: install ## Stop the two cluster nodes
 	@$(DEVSTACK) cluster-down
 
-bench: install ## Benchmark against the running stack: load mode vs lk perf, warm verdict vs manual lk (figures)
-	$(PY) bench/bench.py
+bench: install ## Benchmark the running stack: load mode vs lk perf, warm verdict vs manual lk, data-plane figures
+	$(PY) -m bench.bench
 
 clean: down ## Stop the stack and delete runtime data (.runtime/)
 	rm -rf .runtime

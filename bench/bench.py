@@ -1,17 +1,19 @@
 """Benchmark the bootstrap against the running stack and print figures (no pass/fail: figures).
 
-    python bench/bench.py [--rooms 50] [--repeat 5]        (make bench)
+    python -m bench.bench [--rooms 50] [--repeat 5]        (make bench)
 
-1. Load: `python -m bootstrap --load N --json` vs `lk perf agent-load-test --rooms N --agent-name A`
-   (with our no-op worker running), each timed as a whole process; their ratio.
-2. Warm single verdict: `python -m bootstrap --json` (whole process, and its own in-run seconds) vs the
-   manual `lk token create` + `lk room join` + `lk room list` sequence.
+1. Load: `python -m bootstrap --load N --json` (with its per-room audio and RPC round trips) vs
+   `lk perf agent-load-test --rooms N --agent-name A` (with our echo worker registered first), each timed as a
+   whole process; their ratio only when lk's run completed (bench/lk_output.py).
+2. Warm single verdict: `python -m bootstrap --json` (whole process, its own in-run seconds, and its data-plane
+   figures) vs the manual `lk token create` + `lk room join` + `lk room list` sequence.
 `lk` comes from PATH, $LK, or `make lk`; without it the lk half is reported as unavailable.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -19,8 +21,12 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
+from bench.lk_output import parse_agent_load_test, ratio_or_reason
 from bootstrap.load_figures import summary
 from devstack.stack_env import REPO_ROOT as ROOT
 from devstack.stack_env import load_stack
@@ -29,6 +35,20 @@ PY = str(ROOT / ".venv" / "bin" / "python")
 
 STACK = load_stack()
 STEP_TIMEOUT = 20.0  # any single lk command; the sequence is ~0.1 s when it works
+REGISTER_TIMEOUT = 30.0  # our standalone worker, before lk's rooms need it
+
+
+def media_figures(report: dict[str, Any]) -> dict[str, float]:
+    """A single run's data-plane figures, by name, from its --json report."""
+    audio, data = report["media"]["audio"], report["media"]["data"]
+    stages = {s["name"]: s["seconds"] for s in report["stages"]}
+    return {
+        "time to first echo": audio["first_echo_s"],
+        "audio round trip p50": audio["round_trip_s"]["p50"],
+        "audio round trip p95": audio["round_trip_s"]["p95"],
+        "RPC round trip p95": data["rpc_round_trip_s"]["p95"],
+        "data + media stages": stages["data"] + stages["media"],
+    }
 
 
 def find_lk() -> str | None:
@@ -65,47 +85,74 @@ def bench_load(rooms: int, lk: str | None) -> None:
           f"dispatched {load.get('dispatched')}/{rooms}  rooms/s {load.get('rooms_per_second')}  "
           f"join {load.get('join_latency')}  dispatch {load.get('dispatch_latency')}  "
           f"webhooks {load.get('webhooks')}  rooms left {load.get('rooms_left')}")  # fmt: skip
+    media = load.get("media", {})
+    print(f"ours   media checked in {media.get('checked')}/{rooms} rooms: audio round trip "
+          f"{media.get('audio_round_trip_s')}  RPC round trip {media.get('rpc_round_trip_s')}")  # fmt: skip
     if lk is None:
         print("lk     unavailable: no lk binary (make lk / PATH / $LK); no ratio")
         return
     # lk opens its rooms one after another (about 3 s apart here) and runs for a fixed --duration, so
     # give it room: otherwise it stops before opening them all.
     duration = int(rooms * 3.2 + 10)
-    worker = subprocess.Popen(
-        [PY, "-m", "agent_runtime"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "LIVEKIT_URL": STACK.livekit_ws_url},
-    )
-    try:
-        time.sleep(3)  # registration
+    with registered_worker() as registered:
+        if not registered:
+            print(f"lk     skipped: our worker did not register within {REGISTER_TIMEOUT:.0f} s; no ratio")
+            return
         lk_s, result = timed([*lk_args(lk), "perf", "agent-load-test", "--rooms", str(rooms),
                               "--agent-name", STACK.agent_name, "--duration", f"{duration}s"],
                              timeout=duration + 120)  # fmt: skip
+    run = parse_agent_load_test(result.stdout)
+    print(f"lk     {lk_s:6.2f}s whole process (--duration {duration}s)  exit {result.returncode}  "
+          f"rooms opened {run.rooms_opened}/{rooms}  agent joined {run.agents_joined}/{rooms}  "
+          f"agent-join latency {summary(run.join_delays) if run.join_delays else '-'}")  # fmt: skip
+    print(ratio_or_reason(rooms, run, result.returncode, lk_s, ours_s))
+
+
+@contextlib.contextmanager
+def registered_worker() -> Iterator[bool]:
+    """`python -m agent_runtime` for lk's rooms, waited for until it says it registered (its log line), not
+    for a fixed time: lk dispatching before the worker registered opened 1 room of 50 on a slower machine."""
+    worker = subprocess.Popen(
+        [PY, "-m", "agent_runtime"], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env={**os.environ, "LIVEKIT_URL": STACK.livekit_ws_url},
+    )  # fmt: skip
+    try:
+        registered = threading.Event()
+        threading.Thread(target=_watch_for_registration, args=(worker, registered), daemon=True).start()
+        yield registered.wait(REGISTER_TIMEOUT)
     finally:
         worker.send_signal(signal.SIGINT)
-        worker.wait(timeout=30)
-    rows = [line.split("│") for line in result.stdout.splitlines() if line.startswith("│") and "room-" in line]
-    joined = [r for r in rows if "✓" in r[4]]
-    latencies = [float(r[5].strip().rstrip("s")) for r in joined if r[5].strip().endswith("s")]
-    print(f"lk     {lk_s:6.2f}s whole process (--duration {duration}s)  exit {result.returncode}  "
-          f"rooms opened {len(rows)}/{rooms}  agent joined {len(joined)}/{rooms}  "
-          f"agent-join latency {summary(latencies) if latencies else '-'}")  # fmt: skip
-    print(f"ratio  lk / ours (whole process) = {lk_s / ours_s:.2f}x")
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def _watch_for_registration(worker: subprocess.Popen[str], registered: threading.Event) -> None:
+    """Read the worker's output to its end (a full pipe would block it), noting its "registered" line."""
+    assert worker.stdout is not None
+    for line in worker.stdout:
+        if "registered" in line and "AW_" in line:
+            registered.set()
 
 
 def bench_single(repeat: int, lk: str | None) -> None:
     print(f"== warm single verdict, {repeat} runs each")
     whole, inner = [], []
+    media: dict[str, list[float]] = {}
     for _ in range(repeat):
         seconds, result = timed([PY, "-m", "bootstrap", "--json"])
         report = json.loads(result.stdout)
         assert report["status"] == "pass", report
         whole.append(seconds)
         inner.append(report["seconds"])
+        for name, value in media_figures(report).items():
+            media.setdefault(name, []).append(value)
     print(f"ours   whole process: {spread(whole)}")
     print(f"ours   verdict (in-run): {spread(inner)}")
+    for name, values in media.items():
+        print(f"ours   {name}: {spread(values)}")
     if lk is None:
         print("manual unavailable: no lk binary; no ratio")
         return

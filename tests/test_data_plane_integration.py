@@ -5,7 +5,12 @@ and against a participant that publishes silence."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -16,8 +21,8 @@ from agent_runtime.echo import SAMPLE_RATE, EchoAgent
 from bootstrap import audio_probe, runner
 from bootstrap.context import RunContext
 from bootstrap.result import RunResult, Status
-from devstack.stack_env import Stack
-from tests.conftest import make_context, stages_with
+from devstack.stack_env import REPO_ROOT, Stack
+from tests.conftest import PY, make_context, stages_with
 
 pytestmark = pytest.mark.integration
 Session = Callable[[agents.JobContext], Awaitable[None]]
@@ -98,3 +103,43 @@ async def test_a_participant_publishing_silence_is_told_the_agent_heard_no_signa
     name, cause = failure(await runner.run(ctx, stages_with()))
     assert name == "media"
     assert cause.startswith("the agent heard no signal:"), cause
+
+
+@pytest.fixture
+def separate_runtime(stack: Stack) -> Iterator[str]:
+    """`python -m agent_runtime` in a process of its own, registered under a name of its own; its name."""
+    name = f"separate-runtime-{os.getpid()}"
+    env = {**os.environ, "LIVEKIT_URL": stack.livekit_ws_url, "LIVEKIT_API_KEY": stack.api_key,
+           "LIVEKIT_API_SECRET": stack.api_secret, "LIVEKIT_AGENT_NAME": name, "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    worker = subprocess.Popen([PY, "-m", "agent_runtime"], cwd=REPO_ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        assert worker.stdout is not None
+        deadline = time.monotonic() + 30
+        for line in worker.stdout:
+            if "registered" in line and "AW_" in line:
+                break
+            assert time.monotonic() < deadline, "the separate worker did not register"
+        threading.Thread(target=worker.stdout.read, daemon=True).start()  # a full pipe would block it
+        yield name
+    finally:
+        worker.send_signal(signal.SIGINT)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+async def test_the_stages_pass_against_a_separate_agent_runtime(separate_runtime: str) -> None:
+    """Everything the agent reports travels over the SFU: the same stages pass against `python -m agent_runtime`
+    in a process of its own (its own name, so no other worker takes the job)."""
+
+    async def already_running(ctx: RunContext) -> str:
+        return f"python -m agent_runtime registered as {separate_runtime!r}"
+
+    ctx = make_context(timeout=30)
+    ctx.agent_name = separate_runtime
+    result = await runner.run(ctx, stages_with(worker=already_running))
+    assert result.passed, result
+    assert ctx.audio is not None and ctx.audio.heard["peak_rms"] > 0

@@ -1,5 +1,5 @@
 """Load mode against the real stack: every room joined, dispatched and its webhooks verified; none left.
-(Throughput and latency figures are the benchmark's business: bench/bench.py, never asserted here.)"""
+(Throughput and latency figures are the benchmark's business: `make bench` (bench/bench.py), never asserted here.)"""
 
 from __future__ import annotations
 

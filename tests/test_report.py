@@ -10,6 +10,7 @@ from bootstrap.result import RunResult, StageResult, Status
 from bootstrap.stages import STAGES
 
 STAGE_NAMES = [s.name for s in STAGES]
+N = len(STAGE_NAMES)
 
 pytestmark = pytest.mark.unit
 
@@ -29,30 +30,31 @@ def _result(fail_at: str | None = None) -> RunResult:
 
 def test_text_pass() -> None:
     text = render_text(_result())
-    assert text.splitlines()[-1] == "PASS  6/6 stages passed in 2.00s"
-    assert text.count("✓") == 6
+    assert text.splitlines()[-1] == f"PASS  {N}/{N} stages passed in 2.00s"
+    assert text.count("✓") == N
 
 
 def test_text_fail_shows_cause_fix_and_skips() -> None:
     lines = render_text(_result("worker")).splitlines()
-    assert lines[-1] == "FAIL  1/6 stages passed in 2.00s"
+    assert lines[-1] == f"FAIL  1/{N} stages passed in 2.00s"
     worker = next(i for i, line in enumerate(lines) if "✗ worker" in line)
     assert lines[worker + 1].strip() == "cause: HTTP 401 from http://x"
     assert lines[worker + 2].strip() == "fix:   fix the keys"
-    assert sum("skipped" in line for line in lines) == 4
+    assert sum("skipped" in line for line in lines) == N - 2
 
 
 def test_json_shape() -> None:
     data = json.loads(render_json(_result("join")))
     assert data["status"] == "fail"
     assert [s["name"] for s in data["stages"]] == STAGE_NAMES
-    assert [s["status"] for s in data["stages"]] == ["pass", "pass", "pass", "fail", "skipped", "skipped"]
+    assert [s["status"] for s in data["stages"]] == ["pass", "pass", "pass", "fail"] + ["skipped"] * (N - 4)
     assert set(data["stages"][0]) == {"name", "status", "seconds", "detail", "cause", "fix"}
 
 
 def test_junit_counts_and_failure_text() -> None:
     suite = ET.fromstring(render_junit(_result("dispatch")).split("\n", 1)[1])
-    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("6", "1", "1")
+    skipped = N - STAGE_NAMES.index("dispatch") - 1
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == (str(N), "1", str(skipped))
     failure = suite.find("testcase[@name='dispatch']/failure")
     assert failure is not None and failure.get("message") == "HTTP 401 from http://x"
     assert "fix: fix the keys" in (failure.text or "")
