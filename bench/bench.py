@@ -67,7 +67,9 @@ def timed(cmd: list[str], **kwargs: object) -> tuple[float, subprocess.Completed
 
 
 def spread(values: list[float]) -> str:
-    return f"min {min(values):.2f}s  median {statistics.median(values):.2f}s  max {max(values):.2f}s"
+    """min / median / max, in milliseconds when all are under a second (RPCs take a few)."""
+    show = (lambda v: f"{v * 1000:.1f} ms") if max(values) < 1 else (lambda v: f"{v:.2f}s")
+    return f"min {show(min(values))}  median {show(statistics.median(values))}  max {show(max(values))}"
 
 
 def lk_args(lk: str) -> list[str]:
