@@ -68,7 +68,11 @@ def timed(cmd: list[str], **kwargs: object) -> tuple[float, subprocess.Completed
 
 def spread(values: list[float]) -> str:
     """min / median / max, in milliseconds when all are under a second (RPCs take a few)."""
-    show = (lambda v: f"{v * 1000:.1f} ms") if max(values) < 1 else (lambda v: f"{v:.2f}s")
+    in_ms = max(values) < 1
+
+    def show(value: float) -> str:
+        return f"{value * 1000:.1f} ms" if in_ms else f"{value:.2f}s"
+
     return f"min {show(min(values))}  median {show(statistics.median(values))}  max {show(max(values))}"
 
 
