@@ -9,9 +9,11 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -153,6 +155,36 @@ def stack() -> Iterator[Stack]:
     yield settings
     if started_here:
         run_module("devstack", "down")
+
+
+@contextlib.contextmanager
+def agent_runtime_process(stack: Stack, agent_name: str | None = None) -> Iterator[subprocess.Popen[str]]:
+    """`python -m agent_runtime` in a process of its own, registered (under `agent_name`, default its own
+    default); stopped with Ctrl-C afterwards, killed if that does not end it."""
+    env = {**os.environ, "LIVEKIT_URL": stack.livekit_ws_url, "LIVEKIT_API_KEY": stack.api_key,
+           "LIVEKIT_API_SECRET": stack.api_secret, "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    if agent_name:
+        env["LIVEKIT_AGENT_NAME"] = agent_name
+    worker = subprocess.Popen([PY, "-m", "agent_runtime"], cwd=REPO_ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        assert worker.stdout is not None
+        deadline = time.monotonic() + 30
+        for line in worker.stdout:
+            if "registered" in line and "AW_" in line:
+                break
+            assert time.monotonic() < deadline, "python -m agent_runtime did not register"
+        # Keep reading: a worker whose log pipe fills up blocks on its next log line and stops taking jobs.
+        threading.Thread(target=worker.stdout.read, daemon=True).start()
+        yield worker
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGINT)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
 @pytest.fixture

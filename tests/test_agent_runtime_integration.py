@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 
@@ -16,8 +15,8 @@ from livekit import api, rtc
 
 from backend.settings import Settings
 from backend.tokens import participant_token
-from devstack.stack_env import REPO_ROOT, Stack
-from tests.conftest import PY
+from devstack.stack_env import Stack
+from tests.conftest import PY, agent_runtime_process
 
 pytestmark = pytest.mark.integration
 
@@ -29,25 +28,8 @@ FFI_PANIC_DELAY = 35.0
 
 @pytest.fixture
 def standalone_worker(stack: Stack) -> Iterator[subprocess.Popen[str]]:
-    """`python -m agent_runtime`, registered; always stopped afterwards."""
-    env = {**os.environ, "LIVEKIT_URL": stack.livekit_ws_url, "LIVEKIT_API_KEY": stack.api_key,
-           "LIVEKIT_API_SECRET": stack.api_secret, "PYTHONUNBUFFERED": "1"}  # fmt: skip
-    worker = subprocess.Popen([PY, "-m", "agent_runtime"], cwd=REPO_ROOT, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        assert worker.stdout is not None
-        deadline = time.monotonic() + 30
-        for line in worker.stdout:
-            if "registered" in line and "AW_" in line:
-                break
-            assert time.monotonic() < deadline, "worker did not register"
-        # Keep reading: a worker whose log pipe fills up blocks on its next log line and stops taking jobs.
-        threading.Thread(target=worker.stdout.read, daemon=True).start()
+    with agent_runtime_process(stack) as worker:
         yield worker
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        worker.wait()
 
 
 def test_standalone_worker_registers_and_stops_on_ctrl_c(standalone_worker: subprocess.Popen[str]) -> None:

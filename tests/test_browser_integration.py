@@ -29,7 +29,7 @@ def browser_run(*args: str) -> tuple[int, dict[str, object]]:
     return bootstrap_report("--browser", *args)
 
 
-def test_browser_stage_passes_with_seven_stages(stack: Stack) -> None:
+def test_browser_stage_passes_after_the_single_run_stages(stack: Stack) -> None:
     code, report = browser_run()
     assert code == 0, report
     stages = report["stages"]

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 
 import numpy as np
@@ -21,8 +17,8 @@ from agent_runtime.echo import SAMPLE_RATE, EchoAgent
 from bootstrap import audio_probe, runner
 from bootstrap.context import RunContext
 from bootstrap.result import RunResult, Status
-from devstack.stack_env import REPO_ROOT, Stack
-from tests.conftest import PY, make_context, stages_with
+from devstack.stack_env import Stack
+from tests.conftest import agent_runtime_process, make_context, stages_with
 
 pytestmark = pytest.mark.integration
 Session = Callable[[agents.JobContext], Awaitable[None]]
@@ -109,26 +105,8 @@ async def test_a_participant_publishing_silence_is_told_the_agent_heard_no_signa
 def separate_runtime(stack: Stack) -> Iterator[str]:
     """`python -m agent_runtime` in a process of its own, registered under a name of its own; its name."""
     name = f"separate-runtime-{os.getpid()}"
-    env = {**os.environ, "LIVEKIT_URL": stack.livekit_ws_url, "LIVEKIT_API_KEY": stack.api_key,
-           "LIVEKIT_API_SECRET": stack.api_secret, "LIVEKIT_AGENT_NAME": name, "PYTHONUNBUFFERED": "1"}  # fmt: skip
-    worker = subprocess.Popen([PY, "-m", "agent_runtime"], cwd=REPO_ROOT, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        assert worker.stdout is not None
-        deadline = time.monotonic() + 30
-        for line in worker.stdout:
-            if "registered" in line and "AW_" in line:
-                break
-            assert time.monotonic() < deadline, "the separate worker did not register"
-        threading.Thread(target=worker.stdout.read, daemon=True).start()  # a full pipe would block it
+    with agent_runtime_process(stack, name):
         yield name
-    finally:
-        worker.send_signal(signal.SIGINT)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
 
 
 async def test_the_stages_pass_against_a_separate_agent_runtime(separate_runtime: str) -> None:

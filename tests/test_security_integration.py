@@ -223,39 +223,19 @@ def test_down_checks_the_executable_not_just_pid_and_start_time(stack: Stack, st
 # ---------------------------------------------------------------- open doors
 
 
+def app_query(stack: Stack, host: str, sql: str) -> list[str]:
+    """psql's arguments for `sql` as the app role on `host` (a socket directory or an address), no prompt."""
+    return ["-h", host, "-p", str(stack.postgres_port), "-U", stack.postgres_user, "-d", stack.postgres_db,
+            "-w", "-tAc", sql]  # fmt: skip
+
+
 def test_no_local_user_reaches_postgres_through_its_socket(stack: Stack) -> None:
-    result = as_user(
-        "nobody",
-        PSQL,
-        "-h",
-        str(PG_DIR / "run"),
-        "-p",
-        str(stack.postgres_port),
-        "-U",
-        stack.postgres_user,
-        "-d",
-        stack.postgres_db,
-        "-w",
-        "-tAc",
-        "select 1",
-    )
+    result = as_user("nobody", PSQL, *app_query(stack, str(PG_DIR / "run"), "select 1"))
     assert result.returncode != 0, "a local user opened a session through the socket"
 
 
 def test_app_role_uses_the_generated_password_and_is_no_superuser(stack: Stack) -> None:
-    query = [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(stack.postgres_port),
-        "-U",
-        stack.postgres_user,
-        "-d",
-        stack.postgres_db,
-        "-w",
-        "-tAc",
-        "select rolsuper from pg_roles where rolname = current_user",
-    ]
+    query = app_query(stack, "127.0.0.1", "select rolsuper from pg_roles where rolname = current_user")
     committed = as_user("nobody", PSQL, *query, env={"PGPASSWORD": "app-dev-password"})
     assert committed.returncode != 0, "the once-committed password still opens the database"
     generated = as_user("nobody", PSQL, *query, env={"PGPASSWORD": secret("POSTGRES_PASSWORD")})
