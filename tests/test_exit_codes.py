@@ -11,7 +11,7 @@ import pytest
 from devstack.stack_env import LIVEKIT_YAML
 from tests.conftest import run_module
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.faults
 
 
 def error_report(*args: str) -> tuple[int, dict[str, object], str]:
@@ -22,7 +22,6 @@ def error_report(*args: str) -> tuple[int, dict[str, object], str]:
     return result.returncode, json.loads(lines[0]), result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="#15: an out-of-range webhook port is a traceback and exit 1")
 def test_an_out_of_range_webhook_port_exits_2(tmp_path: Path) -> None:
     config = tmp_path / "livekit.yaml"
     config.write_text(LIVEKIT_YAML.read_text().replace("host.docker.internal:8000", "host.docker.internal:70000"))
@@ -31,8 +30,13 @@ def test_an_out_of_range_webhook_port_exits_2(tmp_path: Path) -> None:
     assert "70000" in str(report["error"]) and "1-65535" in stderr
 
 
-@pytest.mark.xfail(strict=True, reason="#15: --junit pointing at a directory exits 1 with no report")
 def test_junit_pointing_at_a_directory_exits_2_before_anything_runs(tmp_path: Path) -> None:
     code, report, stderr = error_report("--junit", str(tmp_path))
     assert (code, report["status"]) == (2, "error")
     assert "is a directory" in stderr
+
+
+def test_a_usage_error_under_json_is_one_json_object_too() -> None:
+    code, report, stderr = error_report("--load", "-1")
+    assert (code, report["status"]) == (2, "error")
+    assert "--load must be >= 0" in str(report["error"]) and "usage:" in stderr

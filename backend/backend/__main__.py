@@ -10,10 +10,11 @@ import structlog
 from aiohttp import web
 
 from backend.app import create_app
-from backend.logging import configure_logging
+from backend.logging import configure_logging, register_secret
 from backend.settings import SettingsError, load_settings
 
 ENV_FILES = [Path("backend/.env"), Path(".env")]
+SHUTDOWN_TIMEOUT = 2.0
 
 
 def main() -> int:
@@ -27,10 +28,12 @@ def main() -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
+    register_secret(settings.api_secret)  # never in a log line, however an error quotes it
     for warning in settings.warnings:
         structlog.get_logger().warning(warning)
     app, _ = create_app(settings)
-    web.run_app(app, host=args.host, port=args.port, print=None)
+    # A short shutdown: a sender stalled mid-body must not hold Ctrl-C / SIGTERM for aiohttp's default 60 s.
+    web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     return 0
 
 

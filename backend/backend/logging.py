@@ -30,10 +30,20 @@ def redact(text: str) -> str:
     return text
 
 
+def _redacted(value: Any) -> Any:
+    """`value` with every string inside it redacted: nested dicts, lists and tuples included."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redacted(item) for item in value)
+    return value
+
+
 def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
-        if isinstance(value, str):
-            event[key] = redact(value)
+        event[key] = _redacted(value)
     return event
 
 
@@ -51,6 +61,8 @@ def configure_logging(*, verbose: bool = False, json: bool | None = None) -> Non
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso"),
+        # Exceptions become text before redaction: a formatted traceback repeats whatever its message held.
+        structlog.processors.format_exc_info,
         _redact_event,
     ]
     structlog.configure(

@@ -13,12 +13,13 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlparse
 
 import structlog
 
 from agent_runtime.ffi_exit import exit_without_finalization
-from backend.logging import configure_logging, register_secret
+from backend.logging import configure_logging, redact, register_secret
 from backend.settings import SettingsError, load_settings
 from bootstrap import report, runner
 from bootstrap.context import BrowserMode, ClusterMode, LoadMode, RunContext
@@ -36,10 +37,26 @@ LOAD_TIMEOUT_BASE = 30.0
 LOAD_TIMEOUT_PER_ROOM = 0.5
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, but a usage error under --json is also the one JSON object the caller parses (exit 2)."""
+
+    json_output = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_output:
+            print(error_json(message), flush=True)
+        super().error(message)
+
+
+def error_json(message: str) -> str:
+    return json.dumps({"status": "error", "seconds": 0.0, "stages": [], "error": redact(message)})
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m bootstrap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.json_output = "--json" in (sys.argv[1:] if argv is None else argv)
     parser.add_argument("--verbose", action="store_true", help="log each stage's progress (stderr)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     parser.add_argument("--junit", type=Path, metavar="PATH", help="also write the report as JUnit XML")
@@ -101,6 +118,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.timeout = max(DEFAULT_TIMEOUT, LOAD_TIMEOUT_BASE + LOAD_TIMEOUT_PER_ROOM * args.load)
     if args.timeout <= runner.CLEANUP_RESERVE:
         parser.error(f"--timeout must be more than {runner.CLEANUP_RESERVE:.0f} seconds")
+    if args.junit is not None and args.junit.is_dir():
+        parser.error(f"--junit {args.junit} is a directory: give the report's file path, e.g. reports/bootstrap.xml")
     return args
 
 
@@ -112,14 +131,27 @@ def select_stages(args: argparse.Namespace) -> list[Stage]:
     return [*STAGES, browser_stage()] if args.browser else STAGES
 
 
+def _webhook_port(path: Path, urls: list[str]) -> int:
+    """The receiver's port, from the first of webhook.urls: explicit and in range, or a ConfigError."""
+    try:
+        port = urlparse(urls[0]).port if urls else None
+    except ValueError:  # urllib: "Port out of range 0-65535", or not a number
+        port = -1
+    if port is None:
+        raise ConfigError(f"{path}: webhook.urls needs a URL with an explicit port, e.g. :8000")
+    if not 0 < port < 65536:
+        raise ConfigError(
+            f"{path}: webhook.urls {urls[0]!r} has a port outside 1-65535; use the receiver's, e.g. :8000"
+        )
+    return port
+
+
 def build_context(args: argparse.Namespace) -> RunContext:
     """Settings and config, validated before anything connects (errors here exit 2)."""
     settings = load_settings([args.env_file])
     config = load_config(args.livekit_config)
     stack = load_stack()
-    webhook_port = urlparse(config.webhook_urls[0]).port if config.webhook_urls else None
-    if webhook_port is None:
-        raise ConfigError(f"{args.livekit_config}: webhook.urls needs a URL with an explicit port, e.g. :8000")
+    webhook_port = _webhook_port(args.livekit_config, config.webhook_urls)
     register_secret(settings.api_secret)
     for warning in settings.warnings:
         structlog.get_logger("bootstrap").warning(warning)
@@ -169,15 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = build_context(args)
     except (SettingsError, ConfigError, StackEnvError) as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(f"configuration error: {redact(str(exc))}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"status": "error", "seconds": 0.0, "stages": [], "error": str(exc)}))
+            print(error_json(str(exc)))
         return 2
     result = asyncio.run(run_with_signals(ctx, select_stages(args)))
     result.context.update(server=ctx.settings.livekit_url, pinned=ctx.stack.livekit_version)
-    if args.junit:
-        args.junit.parent.mkdir(parents=True, exist_ok=True)
-        args.junit.write_text(report.render_junit(result))
     if ctx.load is not None and ctx.load.figures is not None:
         result.extra["load"] = ctx.load.figures.as_dict()
     if ctx.audio is not None or ctx.data is not None:
@@ -186,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
             "data": ctx.data.as_dict() if ctx.data else None,
         }
     print(report.render_json(result) if args.json else report.render_text(result), flush=True)
+    if args.junit:  # after the report: a JUnit file that cannot be written must not cost the verdict
+        try:
+            args.junit.parent.mkdir(parents=True, exist_ok=True)
+            args.junit.write_text(report.render_junit(result))
+        except OSError as exc:
+            print(f"cannot write the JUnit report to {args.junit}: {exc}", file=sys.stderr)
+            return 2
     return 0 if result.passed else 1
 
 

@@ -14,6 +14,7 @@ import time
 import structlog
 from livekit import api, rtc
 
+from backend.logging import redact
 from backend.tokens import participant_token
 from bootstrap.audio_probe import AudioPathError, AudioProbe
 from bootstrap.context import LoadMode, RunContext
@@ -150,7 +151,7 @@ async def _one_room(ctx: RunContext, name: str, gate: asyncio.Semaphore, figures
                 await ctx.sink.wait_until(lambda: _verified(ctx, name) >= WEBHOOKS_PER_ROOM)
             finished_cleanly = True
         except Exception as exc:
-            figures.errors.append(f"{name}: {type(exc).__name__}: {exc}"[:200])
+            figures.errors.append(redact(f"{name}: {type(exc).__name__}: {exc}")[:200])  # they reach the report
         finally:
             await room.disconnect()
             with contextlib.suppress(Exception):

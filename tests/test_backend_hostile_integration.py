@@ -1,0 +1,87 @@
+"""`python -m backend`, the real receiver process, under many stalled senders (#15): /healthz keeps answering
+within a generous bound, the stalled bodies are cut after the read timeout, and SIGTERM stops it at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from backend.webhook_receiver import BODY_READ_TIMEOUT, WEBHOOK_PATH
+from devstack.stack_env import REPO_ROOT, Stack
+from tests.conftest import PY
+
+pytestmark = pytest.mark.faults
+STALLED = 100
+HEALTHZ_BOUND = 1.0  # generous: the benchmark reports the real figure
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def backend(stack: Stack) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    env = {**os.environ, "LIVEKIT_URL": stack.livekit_ws_url, "LIVEKIT_API_KEY": stack.api_key,
+           "LIVEKIT_API_SECRET": stack.api_secret}  # fmt: skip
+    process = subprocess.Popen([PY, "-m", "backend", "--port", str(port)], cwd=REPO_ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while healthz(port) is None:
+            assert process.poll() is None and time.monotonic() < deadline, "python -m backend did not start"
+            time.sleep(0.1)
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def healthz(port: int) -> float | None:
+    """Seconds /healthz took to answer 200, or None."""
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=HEALTHZ_BOUND * 2) as resp:
+            return time.monotonic() - started if resp.status == 200 else None
+    except OSError:
+        return None
+
+
+def stall(port: int) -> socket.socket:
+    """A webhook whose headers promise 100 bytes, of which one arrives."""
+    conn = socket.create_connection(("127.0.0.1", port))
+    conn.sendall(
+        f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: x\r\nContent-Length: 100\r\n\r\n{{".encode()
+    )
+    return conn
+
+
+def test_stalled_senders_neither_starve_healthz_nor_hold_the_receiver(
+    backend: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    process, port = backend
+    stalled = [stall(port) for _ in range(STALLED)]
+    try:
+        answers = [healthz(port) for _ in range(5)]
+        assert all(a is not None and a < HEALTHZ_BOUND for a in answers), answers
+        time.sleep(BODY_READ_TIMEOUT + 1)
+        cut = sum(1 for conn in stalled if conn.recv(64).startswith(b"HTTP/1.1 408"))
+        assert cut == STALLED  # every stalled body was answered 408 once its time ran out
+        stalled.append(stall(port))  # and one more, still mid-body when the stop comes
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        assert time.monotonic() - started < 4.0
+    finally:
+        for conn in stalled:
+            conn.close()
