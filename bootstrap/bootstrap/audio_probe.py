@@ -3,7 +3,7 @@
 
 Marker m is a PIP_FRAMES-long tone at MARKER_HZ[m % len(MARKER_HZ)], one every PERIOD_FRAMES frames, silence
 between. Each frequency sits on the 100 Hz grid of a 10 ms frame's FFT at 48 kHz, 200 Hz from its neighbours,
-so a received frame names its marker by its dominant frequency; a cycle of all frequencies (800 ms) is far
+so a received frame names its marker by its dominant frequency; a cycle of all frequencies (960 ms) is far
 longer than a round trip, so the latest send of that frequency is the one echoed.
 """
 
@@ -22,8 +22,8 @@ from agent_runtime.echo import ECHO_TRACK_PREFIX, FRAME_MS, HEARD_METHOD, SAMPLE
 from bootstrap.load_figures import summary
 
 MARKER_HZ = tuple(1000 + 200 * k for k in range(16))
-PIP_FRAMES = 3  # 30 ms of tone
-PERIOD_FRAMES = 5  # a marker every 50 ms
+PIP_FRAMES = 4  # 40 ms of tone: two whole 10 ms frames survive any alignment and a jitter buffer shortening it
+PERIOD_FRAMES = 6  # a marker every 60 ms
 AMPLITUDE = 0.3 * 32767
 SAMPLES_PER_FRAME = SAMPLE_RATE * FRAME_MS // 1000
 # A frame is a marker's echo when it is this loud (int16 RMS) and its dominant frequency is a marker's.
