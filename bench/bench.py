@@ -7,6 +7,7 @@
    whole process; their ratio only when lk's run completed (bench/lk_output.py).
 2. Warm single verdict: `python -m bootstrap --json` (whole process, its own in-run seconds, and its data-plane
    figures) vs the manual `lk token create` + `lk room join` + `lk room list` sequence.
+3. The webhook receiver (`python -m backend`) under 200 senders stalled mid-body: /healthz latency.
 `lk` comes from PATH, $LK, or `make lk`; without it the lk half is reported as unavailable.
 """
 
@@ -18,11 +19,13 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -208,6 +211,41 @@ def bench_single(repeat: int, lk: str | None) -> None:
     )
 
 
+def bench_receiver(stalled: int, samples: int) -> None:
+    """`python -m backend` under `stalled` senders that never finish their body: /healthz latency meanwhile."""
+    print(f"== webhook receiver: /healthz with {stalled} stalled senders, {samples} samples")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([PY, "-m", "backend", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    conns: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 15
+        while _healthz(port) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        head = "POST /api/webhooks/livekit HTTP/1.1\r\nHost: x\r\nAuthorization: x\r\nContent-Length: 100\r\n\r\n{"
+        for _ in range(stalled):
+            conns.append(socket.create_connection(("127.0.0.1", port)))
+            conns[-1].sendall(head.encode())
+        latencies = [t for _ in range(samples) if (t := _healthz(port)) is not None]
+        print(f"ours   /healthz answered {len(latencies)}/{samples}: {summary(latencies)} s (aim: p95 < 0.1 s)")
+    finally:
+        for conn in conns:
+            conn.close()
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _healthz(port: int) -> float | None:
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return time.monotonic() - started if resp.status == 200 else None
+    except OSError:
+        return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rooms", type=int, default=50)
@@ -218,6 +256,7 @@ def main() -> int:
     print(f"livekit-server {STACK.livekit_version} at {STACK.livekit_http_url}; lk: {lk or 'not available'}")
     bench_load(args.rooms, lk)
     bench_single(args.repeat, lk)
+    bench_receiver(stalled=200, samples=100)
     return 0
 
 

@@ -24,6 +24,9 @@ def test_load_mode_reports_complete_figures(stack: Stack) -> None:
     assert (load["rooms"], load["joined"], load["dispatched"], load["rooms_left"]) == (12, 12, 12, 0)
     assert load["webhooks"]["verified"] == load["webhooks"]["expected"] == 36
     assert load["webhooks"]["received"] >= load["webhooks"]["verified"]
+    latency = load["webhooks"]["latency_s"]["room_started, from the join's start"]
+    assert 0 < latency["p50"] <= latency["max"]  # delivery is measured, on this process's clock
+    assert {"duplicates", "rooms_with_duplicates", "rooms_out_of_order"} <= set(load["webhooks"])
     for figure in ("join_latency", "dispatch_latency"):
         assert 0 < load[figure]["p50"] <= load[figure]["p95"] <= load[figure]["max"]
     # The room that started the server's agent-name refresh was waited on, then deleted too.

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jwt
 import structlog
@@ -48,6 +48,7 @@ class DeliveryStats:
     handled: int = 0
     duplicates: int = 0
     refused: int = 0
+    duplicates_by_room: Counter[str] = field(default_factory=Counter)
 
 
 STATS_KEY = web.AppKey("webhook_stats", DeliveryStats)
@@ -110,6 +111,7 @@ async def _handle_once(request: web.Request, event: api.WebhookEvent) -> web.Res
     stats = request.app[STATS_KEY]
     if not request.app[RECENT_KEY].first_time(event.id, time.monotonic()):
         stats.duplicates += 1
+        stats.duplicates_by_room[event.room.name] += 1
         log.info("webhook duplicate", webhook_event=event.event, id=event.id)
         return web.Response(text="duplicate")  # 200: the sender must not retry it
     stats.handled += 1

@@ -1,8 +1,13 @@
-"""The figures a load run reports: throughput, latency percentiles, webhook completeness, leftovers."""
+"""The figures a load run reports: throughput, latency percentiles, webhook completeness and delivery,
+leftovers. Webhook delivery latency: `WebhookEvent.created_at` has whole-second resolution, so it is measured
+from a local trigger on this process's clock: room_started from the join's start (the join creates the room),
+the user's participant_joined from the join's return."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from livekit import api
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -23,6 +28,48 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 @dataclass
+class RoomTriggers:
+    join_started: float  # time.monotonic() before connect()
+    join_returned: float  # after connect() returned
+    identity: str  # the room's participant
+
+
+@dataclass
+class DeliveryFigures:
+    duplicates: int = 0  # copies of an event already handled (answered 200, not handled again)
+    rooms_with_duplicates: int = 0
+    rooms_out_of_order: int = 0  # a participant_joined verified before its room's room_started
+    room_started_latency: list[float] = field(default_factory=list)
+    participant_joined_latency: list[float] = field(default_factory=list)
+
+    def add_room(self, events: list[api.WebhookEvent], arrived_at: dict[str, float], triggers: RoomTriggers) -> None:
+        """One room's verified events, in arrival order."""
+        kinds = [e.event for e in events]
+        if "room_started" in kinds and "participant_joined" in kinds[: kinds.index("room_started")]:
+            self.rooms_out_of_order += 1
+        for event in events:
+            if event.event == "room_started":
+                self.room_started_latency.append(arrived_at[event.id] - triggers.join_started)
+            elif event.event == "participant_joined" and event.participant.identity == triggers.identity:
+                self.participant_joined_latency.append(arrived_at[event.id] - triggers.join_returned)
+
+    def add_duplicates(self, by_room: dict[str, int], rooms: list[str]) -> None:
+        copies = [by_room.get(room, 0) for room in rooms]
+        self.duplicates, self.rooms_with_duplicates = sum(copies), sum(1 for c in copies if c)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "duplicates": self.duplicates,
+            "rooms_with_duplicates": self.rooms_with_duplicates,
+            "rooms_out_of_order": self.rooms_out_of_order,
+            "latency_s": {
+                "room_started, from the join's start": summary(self.room_started_latency),
+                "participant_joined, from the join's return": summary(self.participant_joined_latency),
+            },
+        }
+
+
+@dataclass
 class LoadFigures:
     rooms: int
     concurrency: int
@@ -40,6 +87,8 @@ class LoadFigures:
     media_checked: int = 0  # rooms whose RPCs and audio markers all came back
     audio_round_trip: list[float] = field(default_factory=list)  # every timed marker, all rooms
     rpc_round_trip: list[float] = field(default_factory=list)
+    delivery: DeliveryFigures = field(default_factory=DeliveryFigures)  # how the webhooks arrived
+    triggers: dict[str, RoomTriggers] = field(default_factory=dict)  # room -> its join's times, for latency
     rooms_left: int | None = None  # None: not measured (the run timed out first)
     errors: list[str] = field(default_factory=list)
 
@@ -77,6 +126,7 @@ class LoadFigures:
                 "expected": self.webhooks_expected,
                 "received": self.webhooks_received,
                 "verified": self.webhooks_verified,
+                **self.delivery.as_dict(),
             },
             "rooms_left": self.rooms_left,
             "errors": self.errors[:5],

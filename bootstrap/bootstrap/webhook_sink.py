@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from livekit import api
 
 from backend.app import create_app
 from backend.settings import Settings
+from backend.webhook_receiver import STATS_KEY
 
 EventPredicate = Callable[[api.WebhookEvent], bool]
 
@@ -21,10 +23,12 @@ class WebhookSink:
     def __init__(self, settings: Settings, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.events: list[api.WebhookEvent] = []
+        self.arrived_at: dict[str, float] = {}  # event id -> time.monotonic() when it was verified here
         self._by_room: dict[str, list[api.WebhookEvent]] = {}  # load mode asks per room, thousands of times
         self.received = 0  # every POST to the receiver, verified or not
         self._changed = asyncio.Condition()
         app, handlers = create_app(settings)
+        self._app = app
         app.middlewares.append(self._count)
         handlers.append(self._record)
         # A short shutdown: the server holds keep-alive connections open, which would stall cleanup.
@@ -38,6 +42,7 @@ class WebhookSink:
 
     async def _record(self, event: api.WebhookEvent) -> None:
         async with self._changed:
+            self.arrived_at[event.id] = time.monotonic()
             self.events.append(event)
             self._by_room.setdefault(event.room.name, []).append(event)
             self._changed.notify_all()
@@ -50,6 +55,11 @@ class WebhookSink:
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+
+    @property
+    def duplicates_by_room(self) -> dict[str, int]:
+        """Copies of an already handled event the receiver answered 200 without handling, per room."""
+        return dict(self._app[STATS_KEY].duplicates_by_room)
 
     def for_room(self, room: str) -> list[api.WebhookEvent]:
         return list(self._by_room.get(room, ()))

@@ -19,7 +19,7 @@ from backend.tokens import participant_token
 from bootstrap.audio_probe import AudioPathError, AudioProbe
 from bootstrap.context import LoadMode, RunContext
 from bootstrap.data_probe import DataFigures, ping
-from bootstrap.load_figures import LoadFigures, summary
+from bootstrap.load_figures import DeliveryFigures, LoadFigures, RoomTriggers, summary
 from bootstrap.lookups import find_agent, find_ready_agent, poll_until
 from bootstrap.result import StageFailure
 
@@ -139,6 +139,7 @@ async def _one_room(ctx: RunContext, name: str, gate: asyncio.Semaphore, figures
                 begun = time.monotonic()
                 await room.connect(ctx.settings.ws_url, token, rtc.RoomOptions(auto_subscribe=False))
                 joined = time.monotonic()
+                figures.triggers[name] = RoomTriggers(begun, joined, identity)
                 figures.joined += 1
                 figures.join_latency.append(joined - begun)
                 # The server's view, as in the single run's dispatch stage (the SDK hears of an agent that
@@ -190,3 +191,7 @@ def _count_webhooks(ctx: RunContext, names: list[str], figures: LoadFigures) -> 
     figures.webhooks_expected = WEBHOOKS_PER_ROOM * len(names)
     figures.webhooks_verified = sum(min(_verified(ctx, name), WEBHOOKS_PER_ROOM) for name in names)
     figures.webhooks_received = ctx.sink.received
+    figures.delivery = DeliveryFigures()
+    for name, triggers in figures.triggers.items():
+        figures.delivery.add_room(ctx.sink.for_room(name), ctx.sink.arrived_at, triggers)
+    figures.delivery.add_duplicates(ctx.sink.duplicates_by_room, names)
