@@ -40,3 +40,18 @@ def test_a_usage_error_under_json_is_one_json_object_too() -> None:
     code, report, stderr = error_report("--load", "-1")
     assert (code, report["status"]) == (2, "error")
     assert "--load must be >= 0" in str(report["error"]) and "usage:" in stderr
+
+
+def test_a_broken_stack_env_exits_2_with_one_json_object(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bootstrap import __main__ as cli
+    from devstack.stack_env import StackEnvError
+
+    def broken() -> None:
+        raise StackEnvError("stack.env: LIVEKIT_PORT='x' is not a port (1-65535); restore it from git")
+
+    monkeypatch.setattr(cli, "load_stack", broken)
+    assert cli.main(["--json"]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and json.loads(out[0])["error"].startswith("stack.env: LIVEKIT_PORT='x' is not a port")

@@ -52,7 +52,7 @@ def test_delivery_latency_is_measured_from_local_triggers_and_order_is_checked()
     arrived = {"a": 10.25, "b": 10.5, "c": 10.9}
     delivery.add_room(in_order, arrived, triggers)
     assert delivery.room_started_latency == pytest.approx([0.25])  # from the join's start
-    assert delivery.participant_joined_latency == pytest.approx([0.3])  # the user's, from the join's return
+    assert delivery.participant_joined_latency == pytest.approx([0.5])  # the user's, from the join's start too
     assert delivery.rooms_out_of_order == 0
     delivery.add_room([in_order[1], in_order[0]], arrived, triggers)
     assert delivery.rooms_out_of_order == 1

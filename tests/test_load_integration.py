@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,18 @@ from tests.conftest import run_module, server_rooms
 pytestmark = pytest.mark.integration
 
 
+def forkservers() -> set[int]:
+    """livekit-agents' forkserver processes on this machine (load mode's job processes come from one)."""
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if b"multiprocessing.forkserver" in cmdline.read_bytes() and b"livekit.agents" in cmdline.read_bytes():
+                found.add(int(cmdline.parent.name))
+    return found
+
+
 def test_load_mode_reports_complete_figures(stack: Stack) -> None:
+    before = forkservers()
     result = run_module("bootstrap", "--load", "12", "--concurrency", "4", "--json", "--timeout", "120", timeout=180)
     report = json.loads(result.stdout)
     load_stage = report["stages"][-1]
@@ -32,6 +45,7 @@ def test_load_mode_reports_complete_figures(stack: Stack) -> None:
     # The room that started the server's agent-name refresh was waited on, then deleted too.
     assert load["warmup_seconds"] > 0
     assert not [name for name in asyncio.run(server_rooms()) if name.endswith("-warmup")]
+    assert forkservers() <= before, "the run left livekit-agents' forkserver (and its job processes) behind"
 
 
 def test_load_and_browser_are_separate_modes() -> None:

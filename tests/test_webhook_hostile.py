@@ -122,3 +122,12 @@ def test_nested_values_and_exceptions_are_redacted(capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert "nested" in err and "boom again" in err
     assert JWT not in err and SECRET not in err, err
+
+
+async def test_non_utf8_and_deeply_nested_bodies_are_refused_cleanly(receiver) -> None:  # type: ignore[no-untyped-def]
+    client, received, _ = receiver
+    binary = b"\xff\xfe" + BODY
+    assert await post(client, binary, sign(binary)) == 400
+    deep = b'{"event": "room_started", "room": ' + b'{"metadata": ' * 3000 + b"1" + b"}" * 3000 + b"}"
+    assert await post(client, deep, sign(deep)) == 400  # a signed body that is no webhook event
+    assert received == []

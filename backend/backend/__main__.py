@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
     configure_logging()
+    _raise_descriptor_limit()
     try:
         settings = load_settings(ENV_FILES)
     except SettingsError as exc:
@@ -35,6 +37,14 @@ def main() -> int:
     # A short shutdown: a sender stalled mid-body must not hold Ctrl-C / SIGTERM for aiohttp's default 60 s.
     web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     return 0
+
+
+def _raise_descriptor_limit() -> None:
+    """Up to the hard limit: each stalled sender holds a descriptor until its read times out, and the common
+    default soft limit (1024, or 256 in some containers) is far below what the kernel allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 if __name__ == "__main__":

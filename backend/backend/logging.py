@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -47,6 +48,29 @@ def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
+class RepeatLimiter(logging.Filter):
+    """One line per `interval` seconds for a message that can repeat without bound: asyncio logs
+    "socket.accept() out of system resource" once per pending connection it cannot accept (and schedules a
+    retry for each), which wrote 29,000 lines in 13 s when stalled senders used up the descriptors."""
+
+    def __init__(self, needle: str, interval: float = 5.0) -> None:
+        super().__init__()
+        self.needle, self.interval = needle, interval
+        self._last, self._suppressed = -interval, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.needle not in record.getMessage():
+            return True
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return False
+        if self._suppressed:
+            record.msg = f"{record.msg} ({self._suppressed} more in the last {self.interval:.0f} s)"
+        self._last, self._suppressed = now, 0
+        return True
+
+
 def configure_logging(*, verbose: bool = False, json: bool | None = None) -> None:
     """Route structlog and stdlib logging (livekit-agents, aiohttp) to stderr through one renderer:
     JSON lines unless stderr is a terminal."""
@@ -81,6 +105,7 @@ def configure_logging(*, verbose: bool = False, json: bool | None = None) -> Non
             ],
         )
     )
+    handler.addFilter(RepeatLimiter("out of system resource"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import structlog
 from livekit import api
@@ -134,6 +137,43 @@ async def cleanup(ctx: RunContext) -> None:
         ctx.worker_task.cancel()
         with contextlib.suppress(BaseException):
             await ctx.worker_task
+    _stop_leftover_job_processes()
+
+
+def _stop_leftover_job_processes() -> None:
+    """Load mode's job processes come from livekit-agents' forkserver, a child of this process. A worker that
+    did not finish closing within its cleanup step leaves them (and the forkserver) behind, since the process
+    then exits without finalization: measured once after a 12-room run. SIGKILL them; nothing of ours else."""
+    children = _children_by_parent()
+    forkservers = [pid for pid in children.get(os.getpid(), []) if b"multiprocessing.forkserver" in _cmdline(pid)]
+    doomed, stack = [], list(forkservers)
+    while stack:
+        pid = stack.pop()
+        doomed.append(pid)
+        stack.extend(children.get(pid, []))
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if doomed:
+        log.debug("stopped leftover job processes", pids=doomed)
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    return children
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 async def _delete_rooms(ctx: RunContext) -> None:
