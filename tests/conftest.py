@@ -16,15 +16,18 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from livekit import api
 
 from agent_runtime.ffi_exit import exit_without_finalization
+from backend.app import create_app
 from backend.settings import validate
 from bootstrap.context import RunContext
 from bootstrap.stages import STAGES, Stage
@@ -185,6 +188,29 @@ def agent_runtime_process(stack: Stack, agent_name: str | None = None) -> Iterat
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+
+
+WebhookClient = TestClient[web.Request, web.Application]
+
+
+@contextlib.asynccontextmanager
+async def running_receiver(key: str, secret: str) -> AsyncIterator[tuple[WebhookClient, list[api.WebhookEvent]]]:
+    """The backend's app (webhook receiver and /healthz) on aiohttp's test server, verifying with `key`/`secret`;
+    the events its handlers got, in order."""
+    settings = validate({"LIVEKIT_URL": "ws://localhost:7880", "LIVEKIT_API_KEY": key, "LIVEKIT_API_SECRET": secret})
+    app, handlers = create_app(settings)
+    received: list[api.WebhookEvent] = []
+
+    async def record(event: api.WebhookEvent) -> None:
+        received.append(event)
+
+    handlers.append(record)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield client, received
+    finally:
+        await client.close()
 
 
 @pytest.fixture

@@ -9,9 +9,12 @@ import resource
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -30,23 +33,45 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def backend(stack: Stack) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+@dataclass
+class Backend:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path  # its stderr: a file, since a pipe nobody reads would block it on a full buffer
+
+
+@contextlib.contextmanager
+def backend_process(stack: Stack, descriptor_limit: int | None = None) -> Iterator[Backend]:
+    """`python -m backend` on a free port, answering /healthz; with `descriptor_limit` as its hard (and soft)
+    open-files limit, which it then cannot raise."""
     port = free_port()
+    log = Path(tempfile.mkdtemp()) / "backend.log"
     env = {**os.environ, "LIVEKIT_URL": stack.livekit_ws_url, "LIVEKIT_API_KEY": stack.api_key,
-           "LIVEKIT_API_SECRET": stack.api_secret}  # fmt: skip
-    process = subprocess.Popen([PY, "-m", "backend", "--port", str(port)], cwd=REPO_ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+           "LIVEKIT_API_SECRET": stack.api_secret, "PYTHONUNBUFFERED": "1"}  # fmt: skip
+
+    def limit() -> None:
+        if descriptor_limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (descriptor_limit, descriptor_limit))
+
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([PY, "-m", "backend", "--port", str(port)], cwd=REPO_ROOT, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=limit)  # fmt: skip
     try:
         deadline = time.monotonic() + 15
         while healthz(port) is None:
             assert process.poll() is None and time.monotonic() < deadline, "python -m backend did not start"
             time.sleep(0.1)
-        yield process, port
+        yield Backend(process, port, log)
     finally:
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+@pytest.fixture
+def backend(stack: Stack) -> Iterator[Backend]:
+    with backend_process(stack) as running:
+        yield running
 
 
 def healthz(port: int) -> float | None:
@@ -68,10 +93,8 @@ def stall(port: int) -> socket.socket:
     return conn
 
 
-def test_stalled_senders_neither_starve_healthz_nor_hold_the_receiver(
-    backend: tuple[subprocess.Popen[bytes], int],
-) -> None:
-    process, port = backend
+def test_stalled_senders_neither_starve_healthz_nor_hold_the_receiver(backend: Backend) -> None:
+    process, port = backend.process, backend.port
     stalled = [stall(port) for _ in range(STALLED)]
     try:
         answers = [healthz(port) for _ in range(5)]
@@ -90,33 +113,14 @@ def test_stalled_senders_neither_starve_healthz_nor_hold_the_receiver(
 
 
 @pytest.fixture
-def backend_with_256_descriptors(stack: Stack) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """`python -m backend` whose hard descriptor limit is 256 (as in some containers): it cannot raise it."""
-    port = free_port()
-    env = {**os.environ, "LIVEKIT_URL": stack.livekit_ws_url, "LIVEKIT_API_KEY": stack.api_key,
-           "LIVEKIT_API_SECRET": stack.api_secret, "PYTHONUNBUFFERED": "1"}  # fmt: skip
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-
-    process = subprocess.Popen([PY, "-m", "backend", "--port", str(port)], cwd=REPO_ROOT, env=env, text=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=limit)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 15
-        while healthz(port) is None:
-            assert process.poll() is None and time.monotonic() < deadline, "python -m backend did not start"
-            time.sleep(0.1)
-        yield process, port
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+def backend_with_256_descriptors(stack: Stack) -> Iterator[Backend]:
+    """As in some containers: a hard limit of 256 open files."""
+    with backend_process(stack, descriptor_limit=256) as running:
+        yield running
 
 
-def test_running_out_of_descriptors_neither_spins_the_log_nor_lasts(
-    backend_with_256_descriptors: tuple[subprocess.Popen[str], int],
-) -> None:
-    process, port = backend_with_256_descriptors
+def test_running_out_of_descriptors_neither_spins_the_log_nor_lasts(backend_with_256_descriptors: Backend) -> None:
+    process, port = backend_with_256_descriptors.process, backend_with_256_descriptors.port
     stalled = []
     try:
         for _ in range(300):  # more than its 256 descriptors
@@ -132,6 +136,6 @@ def test_running_out_of_descriptors_neither_spins_the_log_nor_lasts(
         for conn in stalled:
             conn.close()
         process.terminate()
-    _, err = process.communicate(timeout=10)
-    spins = err.count("out of system resource")
+    process.wait(timeout=10)
+    spins = backend_with_256_descriptors.log.read_text(errors="replace").count("out of system resource")
     assert 1 <= spins <= 5, f"{spins} lines about exhausted descriptors"  # seen at all, and one per 5 s at most

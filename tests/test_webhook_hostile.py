@@ -15,19 +15,16 @@ from datetime import timedelta
 
 import pytest
 import structlog
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from livekit import api
 
-from backend.app import create_app
 from backend.logging import configure_logging, register_secret
-from backend.settings import validate
 from backend.webhook_receiver import WEBHOOK_PATH
+from tests.conftest import WebhookClient, running_receiver
 
 pytestmark = pytest.mark.unit
 KEY, SECRET = "devkey", "hostile-test-secret-" + "s" * 20
 BODY = json.dumps({"event": "room_started", "room": {"name": "r1", "sid": "RM_1"}, "id": "EV_hostile"}).encode()
-Client = TestClient[web.Request, web.Application]
+Client = WebhookClient
 
 
 def sign(body: bytes, ttl: timedelta = timedelta(minutes=5)) -> str:
@@ -36,19 +33,9 @@ def sign(body: bytes, ttl: timedelta = timedelta(minutes=5)) -> str:
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[tuple[Client, list[api.WebhookEvent], web.Application]]:
-    settings = validate({"LIVEKIT_URL": "ws://localhost:7880", "LIVEKIT_API_KEY": KEY, "LIVEKIT_API_SECRET": SECRET})
-    app, handlers = create_app(settings)
-    received: list[api.WebhookEvent] = []
-
-    async def record(event: api.WebhookEvent) -> None:
-        received.append(event)
-
-    handlers.append(record)
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    yield client, received, app
-    await client.close()
+async def receiver() -> AsyncIterator[tuple[WebhookClient, list[api.WebhookEvent]]]:
+    async with running_receiver(KEY, SECRET) as running:
+        yield running
 
 
 async def post(client: Client, body: bytes, auth: str) -> int:
@@ -78,7 +65,7 @@ def head(content_length: int, auth: str) -> bytes:
 
 
 async def test_the_same_signed_event_posted_50_times_is_handled_once(receiver) -> None:  # type: ignore[no-untyped-def]
-    client, received, _ = receiver
+    client, received = receiver
     auth = sign(BODY)
     statuses = [await post(client, BODY, auth) for _ in range(50)]
     assert statuses == [200] * 50  # a duplicate is answered 200: the sender must not retry it
@@ -86,13 +73,13 @@ async def test_the_same_signed_event_posted_50_times_is_handled_once(receiver) -
 
 
 async def test_a_token_valid_for_ten_years_is_refused(receiver) -> None:  # type: ignore[no-untyped-def]
-    client, received, _ = receiver
+    client, received = receiver
     assert await post(client, BODY, sign(BODY, ttl=timedelta(days=3650))) == 401
     assert received == []
 
 
 async def test_a_huge_declared_body_is_refused_at_once(receiver) -> None:  # type: ignore[no-untyped-def]
-    client, _, _ = receiver
+    client, _ = receiver
     started = time.monotonic()
     answer = await raw_request(client, head(100 * 1024 * 1024, sign(BODY)), b"{", wait=3.0)
     assert answer.startswith(b"HTTP/1.1 413"), answer
@@ -100,7 +87,7 @@ async def test_a_huge_declared_body_is_refused_at_once(receiver) -> None:  # typ
 
 
 async def test_a_stalled_body_is_cut_off(receiver) -> None:  # type: ignore[no-untyped-def]
-    client, received, _ = receiver
+    client, received = receiver
     answer = await raw_request(client, head(len(BODY), sign(BODY)), BODY[:10], wait=8.0)
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert received == []
@@ -125,7 +112,7 @@ def test_nested_values_and_exceptions_are_redacted(capsys: pytest.CaptureFixture
 
 
 async def test_non_utf8_and_deeply_nested_bodies_are_refused_cleanly(receiver) -> None:  # type: ignore[no-untyped-def]
-    client, received, _ = receiver
+    client, received = receiver
     binary = b"\xff\xfe" + BODY
     assert await post(client, binary, sign(binary)) == 400
     deep = b'{"event": "room_started", "room": ' + b'{"metadata": ' * 3000 + b"1" + b"}" * 3000 + b"}"

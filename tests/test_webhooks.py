@@ -13,12 +13,11 @@ from datetime import timedelta
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from livekit import api
 
-from backend.app import create_app
-from backend.settings import validate
 from backend.webhook_receiver import WEBHOOK_PATH
+from tests.conftest import WebhookClient, running_receiver
 
 pytestmark = pytest.mark.unit
 KEY, SECRET = "devkey", "s" * 40
@@ -31,19 +30,9 @@ def sign(body: bytes, key: str = KEY, secret: str = SECRET, ttl: timedelta = tim
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[tuple[TestClient[web.Request, web.Application], list[api.WebhookEvent]]]:
-    settings = validate({"LIVEKIT_URL": "ws://localhost:7880", "LIVEKIT_API_KEY": KEY, "LIVEKIT_API_SECRET": SECRET})
-    app, handlers = create_app(settings)
-    received: list[api.WebhookEvent] = []
-
-    async def record(event: api.WebhookEvent) -> None:
-        received.append(event)
-
-    handlers.append(record)
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    yield client, received
-    await client.close()
+async def receiver() -> AsyncIterator[tuple[WebhookClient, list[api.WebhookEvent]]]:
+    async with running_receiver(KEY, SECRET) as running:
+        yield running
 
 
 async def post(client: TestClient[web.Request, web.Application], body: bytes, auth: str | None) -> int:
