@@ -46,7 +46,7 @@ def _event(kind: str, event_id: str, identity: str = "") -> api.WebhookEvent:
 
 def test_delivery_latency_is_measured_from_local_triggers_and_order_is_checked() -> None:
     delivery = DeliveryFigures()
-    triggers = RoomTriggers(join_started=10.0, join_returned=10.2, identity="user")
+    triggers = RoomTriggers(join_started=10.0, identity="user")
     in_order = [_event("room_started", "a"), _event("participant_joined", "b", "user"),
                 _event("participant_joined", "c", "agent-1")]  # fmt: skip
     arrived = {"a": 10.25, "b": 10.5, "c": 10.9}

@@ -20,7 +20,7 @@ import pytest
 from dotenv import dotenv_values
 
 from devstack.ports import owner_pid
-from devstack.stack_env import REPO_ROOT, RUNTIME_DIR, Stack
+from devstack.stack_env import REPO_ROOT, RUNTIME_DIR, Stack, load_stack
 from tests.conftest import run_module
 
 pytestmark = [
@@ -60,48 +60,16 @@ def secret(name: str) -> str:
     return dotenv_values(SECRETS_FILE).get(name) or "" if SECRETS_FILE.exists() else ""
 
 
-def admin_role() -> str:
-    """The superuser the OS user postgres administers the database as: `postgres`, or `app` in a database
-    made before #13 (whose superuser was the app role)."""
-    probe = as_user(
-        "postgres",
-        PSQL,
-        "-h",
-        str(PG_DIR / "run"),
-        "-p",
-        "5433",
-        "-U",
-        "postgres",
-        "-d",
-        "postgres",
-        "-w",
-        "-tAc",
-        "select 1",
-    )
-    return "postgres" if probe.returncode == 0 else "app"
+def superuser_psql(*args: str) -> list[str]:
+    """psql as the superuser `postgres` over the stack's socket, by peer authentication: the OS user postgres
+    administers the database this way (devstack.postgres), no password, no prompt."""
+    port = str(load_stack().postgres_port)
+    return [PSQL, "-h", str(PG_DIR / "run"), "-p", port, "-U", "postgres", "-d", "postgres", "-w", *args]
 
 
 def postgres_sql(sql: str) -> subprocess.CompletedProcess[str]:
     """SQL as the OS user postgres over the stack's socket (the way devstack administers the database)."""
-    return as_user(
-        "postgres",
-        PSQL,
-        "-h",
-        str(PG_DIR / "run"),
-        "-p",
-        "5433",
-        "-U",
-        admin_role(),
-        "-d",
-        "postgres",
-        "-w",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-tA",
-        "-f",
-        "-",
-        stdin=sql,
-    )
+    return as_user("postgres", *superuser_psql("-v", "ON_ERROR_STOP=1", "-tA", "-f", "-"), stdin=sql)
 
 
 def victim_dir() -> Path:
@@ -299,20 +267,7 @@ def test_no_command_line_shows_a_secret(stack: Stack) -> None:
 def test_postgres_stops_fast_with_a_client_connected(stack: Stack) -> None:
     with postgres_restored(stack):
         client = subprocess.Popen(
-            [
-                PSQL,
-                "-h",
-                str(PG_DIR / "run"),
-                "-p",
-                str(stack.postgres_port),
-                "-U",
-                admin_role(),
-                "-d",
-                "postgres",
-                "-w",
-                "-c",
-                "select pg_sleep(60)",
-            ],
+            superuser_psql("-c", "select pg_sleep(60)"),
             user="postgres",
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -5,8 +5,6 @@ with requests signed exactly as livekit-server signs them."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import logging
 import time
@@ -19,17 +17,15 @@ from livekit import api
 
 from backend.logging import configure_logging, register_secret
 from backend.webhook_receiver import WEBHOOK_PATH
-from tests.conftest import WebhookClient, running_receiver
+from tests.conftest import WebhookClient, running_receiver, sign_webhook
 
 pytestmark = pytest.mark.unit
 KEY, SECRET = "devkey", "hostile-test-secret-" + "s" * 20
 BODY = json.dumps({"event": "room_started", "room": {"name": "r1", "sid": "RM_1"}, "id": "EV_hostile"}).encode()
-Client = WebhookClient
 
 
 def sign(body: bytes, ttl: timedelta = timedelta(minutes=5)) -> str:
-    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-    return api.AccessToken(KEY, SECRET).with_sha256(digest).with_ttl(ttl).to_jwt()
+    return sign_webhook(body, KEY, SECRET, ttl)
 
 
 @pytest.fixture
@@ -38,13 +34,13 @@ async def receiver() -> AsyncIterator[tuple[WebhookClient, list[api.WebhookEvent
         yield running
 
 
-async def post(client: Client, body: bytes, auth: str) -> int:
+async def post(client: WebhookClient, body: bytes, auth: str) -> int:
     headers = {"Content-Type": "application/webhook+json", "Authorization": auth}
     async with client.post(WEBHOOK_PATH, data=body, headers=headers) as resp:
         return resp.status
 
 
-async def raw_request(client: Client, head: bytes, body_part: bytes, wait: float) -> bytes:
+async def raw_request(client: WebhookClient, head: bytes, body_part: bytes, wait: float) -> bytes:
     """Send `head` and a first part of the body, then nothing; what the server answers within `wait`."""
     assert client.server.port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)

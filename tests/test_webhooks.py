@@ -5,8 +5,6 @@ Requests are signed with livekit-api's own AccessToken, exactly as livekit-serve
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -17,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from livekit import api
 
 from backend.webhook_receiver import WEBHOOK_PATH
-from tests.conftest import WebhookClient, running_receiver
+from tests.conftest import WebhookClient, running_receiver, sign_webhook
 
 pytestmark = pytest.mark.unit
 KEY, SECRET = "devkey", "s" * 40
@@ -25,8 +23,7 @@ BODY = json.dumps({"event": "room_started", "room": {"name": "r1", "sid": "RM_1"
 
 
 def sign(body: bytes, key: str = KEY, secret: str = SECRET, ttl: timedelta = timedelta(minutes=5)) -> str:
-    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-    return api.AccessToken(key, secret).with_sha256(digest).with_ttl(ttl).to_jwt()
+    return sign_webhook(body, key, secret, ttl)
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ def summary(values: list[float]) -> dict[str, float]:
 @dataclass
 class RoomTriggers:
     join_started: float  # time.monotonic() before connect()
-    join_returned: float  # after connect() returned (kept for the record; not a trigger, see above)
     identity: str  # the room's participant
 
 

@@ -139,7 +139,7 @@ async def _one_room(ctx: RunContext, name: str, gate: asyncio.Semaphore, figures
                 begun = time.monotonic()
                 await room.connect(ctx.settings.ws_url, token, rtc.RoomOptions(auto_subscribe=False))
                 joined = time.monotonic()
-                figures.triggers[name] = RoomTriggers(begun, joined, identity)
+                figures.triggers[name] = RoomTriggers(begun, identity)
                 figures.joined += 1
                 figures.join_latency.append(joined - begun)
                 # The server's view, as in the single run's dispatch stage (the SDK hears of an agent that
