@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
@@ -22,9 +23,10 @@ from agent_runtime.ffi_exit import exit_without_finalization
 from backend.logging import configure_logging, redact, register_secret
 from backend.settings import SettingsError, load_settings
 from bootstrap import report, runner
-from bootstrap.context import BrowserMode, ClusterMode, LoadMode, RunContext
+from bootstrap.context import BrowserMode, ClusterMode, LoadMode, PathsMode, RunContext
+from bootstrap.network_paths import DEFAULT_PATHS, FAULTS, PATHS
 from bootstrap.result import RunResult
-from bootstrap.stages import CLUSTER_STAGES, LOAD_STAGES, STAGES, Stage, browser_stage
+from bootstrap.stages import CLUSTER_STAGES, LOAD_STAGES, STAGES, Stage, browser_stage, paths_stages
 from devstack.compose import webhook_bind_address
 from devstack.nodes import nodes
 from devstack.server_config import ConfigError, load_config
@@ -109,9 +111,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="cluster mode: two nodes sharing Redis (`make cluster-up`), checked across nodes",
     )
+    parser.add_argument(
+        "--paths",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="NAMES",
+        help=f"paths mode: a client on another host (a network namespace; needs root) over each network path: "
+        f"comma-separated, of {', '.join(PATHS)} (default: {','.join(DEFAULT_PATHS)})",
+    )
+    parser.add_argument(
+        "--fault",
+        choices=list(FAULTS),
+        help="with --paths: reproduce a misconfiguration users hit, to see its FAIL and fix ("
+        + "; ".join(f"{f.name}: {f.description}" for f in FAULTS.values())
+        + ")",
+    )
     args = parser.parse_args(argv)
-    if sum([bool(args.load), args.browser, args.cluster]) > 1:
-        parser.error("--load, --browser and --cluster are separate modes: run them one at a time")
+    if sum([bool(args.load), args.browser, args.cluster, args.paths is not None]) > 1:
+        parser.error("--load, --browser, --cluster and --paths are separate modes: run them one at a time")
+    if args.fault and args.paths is None:
+        parser.error("--fault needs --paths: it reproduces a misconfiguration on the paths check's own node")
+    if args.paths is not None:
+        args.paths = _path_names(parser, args.paths, args.fault)
     if args.load < 0 or args.concurrency < 1:
         parser.error("--load must be >= 0 and --concurrency >= 1")
     if args.timeout is None:
@@ -123,7 +145,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _path_names(parser: ArgumentParser, given: str, fault: str | None) -> list[str]:
+    names = [n.strip() for n in given.split(",") if n.strip()]
+    if not names:
+        return list(FAULTS[fault].paths) if fault else list(DEFAULT_PATHS)
+    if unknown := [n for n in names if n not in PATHS]:
+        parser.error(f"--paths: unknown path {', '.join(unknown)}; known: {', '.join(PATHS)}")
+    return list(dict.fromkeys(names))
+
+
 def select_stages(args: argparse.Namespace) -> list[Stage]:
+    if args.paths is not None:
+        return paths_stages(args.paths)
     if args.cluster:
         return CLUSTER_STAGES
     if args.load:
@@ -170,6 +203,10 @@ def build_context(args: argparse.Namespace) -> RunContext:
     if args.cluster:
         node_b = nodes(stack)[1]
         ctx.cluster = ClusterMode(node_b.name, node_b.ws_url)
+    if args.paths is not None:
+        # The run's own node: the worker, the API calls and cleanup all go to it, not to the stack's.
+        ctx.settings = dataclasses.replace(settings, livekit_url=f"ws://127.0.0.1:{stack.paths_node_port}")
+        ctx.paths = PathsMode(args.paths, args.fault)
     return ctx
 
 
@@ -209,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     result.context.update(server=ctx.settings.livekit_url, pinned=ctx.stack.livekit_version)
     if ctx.load is not None and ctx.load.figures is not None:
         result.extra["load"] = ctx.load.figures.as_dict()
+    if ctx.paths is not None:
+        result.extra["paths"] = ctx.paths.figures
     if ctx.audio is not None or ctx.data is not None:
         result.extra["media"] = {
             "audio": ctx.audio.as_dict() if ctx.audio else None,

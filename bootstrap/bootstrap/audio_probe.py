@@ -146,6 +146,28 @@ class AudioProbe:
         self.figures.heard = await agent_hearing(self.room, self.agent)
         return self.figures.heard
 
+    async def verdict(self) -> str | None:
+        """After run(): what failed, naming the direction, or None. Asks the agent what it heard from us (over
+        RPC): an agent that cannot say is itself a finding."""
+        try:
+            await self.ask_what_agent_heard()
+        except Exception as exc:
+            self.figures.heard = {"error": 1.0}
+            return f"the agent did not say what it heard ({type(exc).__name__}: {exc})"
+        figures = self.figures
+        if figures.first is None:
+            return _no_echo(figures, self.echo_track_seen.is_set(), self.agent)
+        if lost := figures.lost_after_setup:
+            return (f"audio markers {lost[:8]} were lost after the path was set up (marker {figures.first} was "
+                    "the first echoed)")  # fmt: skip
+        heard = figures.heard
+        if (
+            heard.get("peak_rms", 0.0) < HEARD_RMS
+            or not MARKER_HZ[0] - 100 <= heard.get("dominant_hz", 0.0) <= MARKER_HZ[-1] + 100
+        ):
+            return f"the agent heard no signal: {_heard(heard)} (publish the markers, a tone, not silence)"
+        return None
+
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -219,3 +241,29 @@ class AudioProbe:
             self.figures.echoed[candidates[-1]] = heard_at
         elif frequency_index != max(self.figures.echoed, default=-1) % len(MARKER_HZ):
             self.figures.spurious += 1  # not the tail of the marker just credited: a frequency we never sent then
+
+
+def describe(figures: AudioFigures) -> str:
+    audio = figures.as_dict()
+    rtt = audio["round_trip_s"]
+    assert isinstance(rtt, dict)
+    return (f"echo after {audio['first_echo_s']} s ({figures.setup_lost} set-up markers lost), "
+            f"round trip p50 {rtt['p50'] * 1000:.0f} ms p95 {rtt['p95'] * 1000:.0f} ms over {audio['timed_markers']} "
+            f"markers; agent heard {figures.heard.get('dominant_hz', 0):.0f} Hz")  # fmt: skip
+
+
+def _no_echo(figures: AudioFigures, echo_track_seen: bool, agent: str) -> str:
+    heard = figures.heard
+    if not heard.get("frames"):
+        return f"participant → agent audio: the agent {agent} received no audio from us ({_heard(heard)})"
+    if heard.get("peak_rms", 0.0) < HEARD_RMS:
+        return f"the agent heard no signal: {_heard(heard)}"
+    if not echo_track_seen:
+        return f"agent → participant audio: no echo: the agent heard us ({_heard(heard)}) but no echo track reached us"
+    sent = len(figures.sent)
+    return f"agent → participant audio: no echo: its echo track arrived but carried none of our {sent} markers"
+
+
+def _heard(heard: dict[str, float]) -> str:
+    return (f"{heard.get('frames', 0):.0f} frames, loudest RMS {heard.get('peak_rms', 0):.0f} at "
+            f"{heard.get('dominant_hz', 0):.0f} Hz")  # fmt: skip

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from livekit import agents, api, rtc
 
@@ -19,6 +19,7 @@ from bootstrap.data_probe import DataFigures
 from bootstrap.load_figures import LoadFigures
 from bootstrap.result import StageFailure
 from bootstrap.webhook_sink import WebhookSink
+from devstack.netns import ClientHost
 from devstack.stack_env import Stack
 
 if TYPE_CHECKING:  # the browser pieces are imported by the browser stage only
@@ -56,6 +57,18 @@ class ClusterMode:
 
 
 @dataclass
+class PathsMode:
+    """--paths: a client host in a network namespace, a node of the run's own, one stage per network path."""
+
+    paths: list[str]  # the paths to prove, in order (bootstrap.network_paths.PATHS)
+    fault: str | None = None  # a misconfiguration reproduced on purpose (bootstrap.network_paths.FAULTS)
+    host: ClientHost | None = None  # the client host, once created (client-host stage)
+    node_config: dict[str, Any] = field(default_factory=dict)  # the config the node runs
+    node_log: Path | None = None  # its log: the server's side of a failure
+    figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # per path, for the report
+
+
+@dataclass
 class RunContext:
     settings: Settings  # .env: the server URL and the API key/secret
     stack: Stack  # stack.env: ports, pinned version
@@ -68,6 +81,7 @@ class RunContext:
     load: LoadMode | None = None  # set in load mode only
     browser: BrowserMode | None = None  # set in browser mode only
     cluster: ClusterMode | None = None  # set in cluster mode only
+    paths: PathsMode | None = None  # set in paths mode only
     # Written by the stages as they go, read by later stages and cleanup:
     worker: agents.AgentServer | None = None  # the in-process no-op worker (worker stage)
     worker_task: asyncio.Task[None] | None = None  # its run() task
@@ -80,6 +94,7 @@ class RunContext:
     audio: AudioFigures | None = None  # audio markers' round trips (media stage)
     rooms_joined: set[str] = field(default_factory=set)  # deleted by cleanup, whatever the outcome
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run first by cleanup
+    finalizers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run last by cleanup
     webhook_sink: WebhookSink | None = None  # the receiver, once it listens (runner)
     sink_error: str = ""  # why it does not, when it does not
     lkapi: api.LiveKitAPI | None = None  # created on first use by `api`

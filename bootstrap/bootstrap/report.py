@@ -18,7 +18,7 @@ def render_text(result: RunResult) -> str:
     width = min(max(width, 20), 80)
     lines = [header]
     for stage in result.stages:
-        detail = stage.detail if stage.status is not Status.SKIPPED else "skipped"
+        detail = stage.detail if stage.status is not Status.SKIPPED else f"skipped: {stage.cause or 'not run'}"
         lines.append(f"  {MARKS[stage.status]} {stage.name:<9} {detail:<{width}} {stage.seconds:6.2f}s")
         if stage.status is Status.FAIL:
             lines.append(f"      cause: {stage.cause}")
@@ -72,7 +72,7 @@ def render_junit(result: RunResult) -> str:
             failure = ET.SubElement(case, "failure", message=stage.cause)
             failure.text = f"{stage.cause}\nfix: {stage.fix}"
         elif stage.status is Status.SKIPPED:
-            ET.SubElement(case, "skipped", message="an earlier stage failed")
+            ET.SubElement(case, "skipped", message=stage.cause or "not run")
         else:
             ET.SubElement(case, "system-out").text = stage.detail
     ET.indent(suite)

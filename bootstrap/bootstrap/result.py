@@ -31,7 +31,10 @@ class RunResult:
 
     @property
     def passed(self) -> bool:
-        return bool(self.stages) and all(s.status is Status.PASS for s in self.stages)
+        """No stage failed and at least one passed: a stage skipped for a reason of its own (a path this machine
+        cannot run) does not fail the run, but a run where nothing passed proves nothing."""
+        statuses = [s.status for s in self.stages]
+        return Status.PASS in statuses and Status.FAIL not in statuses
 
     @property
     def status(self) -> Status:
@@ -45,3 +48,7 @@ class StageFailure(Exception):
         super().__init__(cause)
         self.cause = cause
         self.fix = fix
+
+
+class StageSkipped(Exception):
+    """Raised by a stage that cannot run here for a reason that is no fault of the stack (e.g. not root)."""

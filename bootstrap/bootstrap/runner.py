@@ -17,7 +17,7 @@ from livekit import api
 from backend.logging import redact
 from bootstrap.context import RunContext
 from bootstrap.diagnosis import diagnose
-from bootstrap.result import RunResult, StageFailure, StageResult, Status
+from bootstrap.result import RunResult, StageFailure, StageResult, StageSkipped, Status
 from bootstrap.stages import Stage
 from bootstrap.webhook_sink import WebhookSink
 from devstack.ports import port_owner
@@ -32,19 +32,26 @@ log = structlog.get_logger("bootstrap")
 
 
 async def run(ctx: RunContext, stages: list[Stage]) -> RunResult:
-    """`stages` in order, each skipped once one fails, then cleanup."""
+    """`stages` in order, each skipped once a prerequisite did not pass (any stage before it that is not
+    independent: see Stage), then cleanup."""
     started = time.monotonic()
     results: list[StageResult] = []
     try:
         await _start_sink(ctx)
         for stage in stages:
-            if results and results[-1].status is not Status.PASS:
-                results.append(StageResult(stage.name, Status.SKIPPED))
+            if blocker := _failed_prerequisite(results, stages):
+                results.append(StageResult(stage.name, Status.SKIPPED, cause=f"{blocker.name} did not pass"))
                 continue
             results.append(await _run_stage(ctx, stage))
     finally:
         await cleanup(ctx)
     return RunResult(results, time.monotonic() - started)
+
+
+def _failed_prerequisite(results: list[StageResult], stages: list[Stage]) -> StageResult | None:
+    """The first stage run so far that is a prerequisite (not independent) and did not pass, if any."""
+    done = zip(results, stages[: len(results)], strict=True)
+    return next((r for r, s in done if not s.independent and r.status is not Status.PASS), None)
 
 
 async def _run_stage(ctx: RunContext, stage: Stage) -> StageResult:
@@ -61,6 +68,9 @@ async def _run_stage(ctx: RunContext, stage: Stage) -> StageResult:
         _uncancel()
         failure = StageFailure("interrupted (Ctrl-C or SIGTERM)", "run it again; cleanup has been done")
         return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix)
+    except StageSkipped as skipped:
+        log.info("stage skipped", stage=name, reason=str(skipped))
+        return StageResult(name, Status.SKIPPED, time.monotonic() - started, "", str(skipped))
     except TimeoutError as exc:
         failure = await _explain_timeout(ctx, stage, exc, budget)
         return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix)
@@ -120,6 +130,8 @@ async def cleanup(ctx: RunContext) -> None:
         ("delete rooms again", lambda: _delete_rooms(ctx) if ctx.worker else None),
         ("stop receiver", lambda: ctx.webhook_sink.stop() if ctx.webhook_sink else None),
         ("close api", lambda: ctx.lkapi.aclose() if ctx.lkapi else None),
+        # Last: what the steps above still talk to (a node of the run's own, a client host).
+        *((f"finalize {finalizer.__qualname__}", finalizer) for finalizer in reversed(ctx.finalizers)),
     ]
     end = time.monotonic() + max(ctx.remaining(), CLEANUP_MIN)
     for what, step in steps:

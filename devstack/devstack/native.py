@@ -77,32 +77,32 @@ def services(stack: Stack) -> list[Service]:
         Service("redis", [(stack.redis_port, False)], "redis",
                 lambda: [shutil.which("redis-server") or "redis-server", str(RUNTIME_DIR / "redis" / "redis.conf")],
                 prepare=lambda account: _prepare_redis(stack, account)),
-        Service("livekit", _livekit_ports(stack.livekit_port), "livekit",
-                lambda: _livekit_command(stack, RUNTIME_DIR / "livekit" / "livekit.yaml"),
-                prepare=lambda account: _prepare_livekit(RUNTIME_DIR / "livekit", node_config(), account)),
+        Service("livekit", livekit_ports(stack.livekit_port), "livekit",
+                lambda: livekit_command(stack, RUNTIME_DIR / "livekit" / "livekit.yaml"),
+                prepare=lambda account: prepare_livekit(RUNTIME_DIR / "livekit", node_config(), account)),
     ]  # fmt: skip
 
 
 def cluster_services(stack: Stack) -> list[Service]:
     """The two cluster nodes, as services the same up/down/status machinery runs."""
     return [
-        Service(node.service, _livekit_ports(node.port), "livekit",
-                lambda node=node: _livekit_command(stack, node.config_path),  # type: ignore[misc]
-                prepare=lambda account, node=node: _prepare_livekit(  # type: ignore[misc]
+        Service(node.service, livekit_ports(node.port), "livekit",
+                lambda node=node: livekit_command(stack, node.config_path),  # type: ignore[misc]
+                prepare=lambda account, node=node: prepare_livekit(  # type: ignore[misc]
                     node.dir, nodes.cluster_node_config(stack, node, load_credentials().redis_password), account))
         for node in nodes.nodes(stack)
     ]  # fmt: skip
 
 
-def _livekit_ports(port: int) -> list[tuple[int, bool]]:
+def livekit_ports(port: int) -> list[tuple[int, bool]]:
     return [(port, False), (port + 1, False), (port + 2, True)]
 
 
-def _livekit_command(stack: Stack, config: Path) -> list[str]:
+def livekit_command(stack: Stack, config: Path) -> list[str]:
     return [str(install.livekit_server_binary(stack)), "--config", str(config), "--bind", "127.0.0.1"]
 
 
-def _prepare_livekit(directory: Path, config: dict[str, object], account: Account) -> None:
+def prepare_livekit(directory: Path, config: dict[str, object], account: Account) -> None:
     for key in short_secrets(load_config(LIVEKIT_YAML)):
         print(f"! {LIVEKIT_YAML}: the secret of key {key!r} is under 32 characters", file=sys.stderr)
     write_private(directory / "livekit.yaml", render(config), mode=0o640, gid=account.gid)
@@ -163,20 +163,20 @@ def _select(stack: Stack, names: list[str]) -> list[Service]:
     return [s for s in services(stack) if not names or s.name in names]
 
 
-def _start_missing(selected: list[Service]) -> list[Service]:
+def start_missing(selected: list[Service], *, quiet: bool = False) -> list[Service]:
     """Start those of `selected` not already running (all ports checked first); returns the started."""
     ensure_dir(RUNTIME_DIR, mode=0o755, uid=os.geteuid(), gid=os.getegid())
     drop_others_access(RUNTIME_DIR)
     to_start = []
     for service in selected:
         if pid := service.running_pid():
-            print(f"  {service.name:<9} already running (pid {pid})", file=sys.stderr)
+            _say(quiet, f"  {service.name:<9} already running (pid {pid})")
         else:
             to_start.append(service)
     _check_ports_free(to_start)
     for service in to_start:
         pid = _start(service)
-        print(f"  {service.name:<9} started (pid {pid}), log {service.log_file}", file=sys.stderr)
+        _say(quiet, f"  {service.name:<9} started (pid {pid}), log {service.log_file}")
     return to_start
 
 
@@ -185,7 +185,7 @@ def up(stack: Stack, names: list[str] | None = None) -> None:
     install.ensure_livekit_server(stack)
     credentials = load_credentials()
     selected = _select(stack, names or [])
-    _start_missing(selected)
+    start_missing(selected)
     _wait_healthy(stack, {s.name for s in selected})
     if postgres_service := next((s for s in selected if s.name == "postgres"), None):
         # Every up, not only the one that started it: an interrupted first up must not leave it missing.
@@ -201,7 +201,7 @@ def _wait_healthy(stack: Stack, names: set[str]) -> None:
             return
         for service in services(stack):
             if service.name in names and service.pid_file.exists() and not service.running_pid():
-                raise StackError(f"{service.name} exited during start-up; last log lines:\n{_tail(service, 15)}")
+                raise StackError(f"{service.name} exited during start-up; last log lines:\n{tail(service, 15)}")
         if time.monotonic() > deadline:
             lines = "\n".join(r.line() for r in down)
             raise StackError(f"not healthy after {START_TIMEOUT:.0f}s:\n{lines}")
@@ -210,38 +210,43 @@ def _wait_healthy(stack: Stack, names: set[str]) -> None:
 
 
 def down(stack: Stack, names: list[str] | None = None) -> None:
-    _stop_services(_select(stack, names or []))
+    stop_services(_select(stack, names or []))
 
 
 def cluster_up(stack: Stack) -> None:
     """Redis (shared) first, then both nodes; ready when each answers GET / with 200 OK."""
     up(stack, ["redis"])
-    _start_missing(cluster_services(stack))
+    start_missing(cluster_services(stack))
     deadline = time.monotonic() + START_TIMEOUT
     for node, service in zip(nodes.nodes(stack), cluster_services(stack), strict=True):
         while not asyncio.run(probe_livekit("127.0.0.1", node.port)).up:
             if not service.running_pid():
-                raise StackError(f"{service.name} exited during start-up; last log lines:\n{_tail(service, 15)}")
+                raise StackError(f"{service.name} exited during start-up; last log lines:\n{tail(service, 15)}")
             if time.monotonic() > deadline:
                 raise StackError(f"{service.name} not ready after {START_TIMEOUT:.0f}s; see {service.log_file}")
             time.sleep(0.5)
 
 
 def cluster_down(stack: Stack) -> None:
-    _stop_services(cluster_services(stack))
+    stop_services(cluster_services(stack))
 
 
-def _stop_services(selected: list[Service]) -> None:
+def _say(quiet: bool, line: str) -> None:
+    if not quiet:
+        print(line, file=sys.stderr)
+
+
+def stop_services(selected: list[Service], *, quiet: bool = False) -> None:
     for service in reversed(selected):
         pid = service.running_pid()
         if pid is None:
             if service.pid_file.exists() and service.dir.is_dir():
                 service.pid_file.unlink()  # stale: its process is gone, or is not one we started
-            print(f"  {service.name:<9} not running", file=sys.stderr)
+            _say(quiet, f"  {service.name:<9} not running")
             continue
         processes.stop(pid, service.stop_signal)
         service.pid_file.unlink(missing_ok=True)
-        print(f"  {service.name:<9} stopped (pid {pid})", file=sys.stderr)
+        _say(quiet, f"  {service.name:<9} stopped (pid {pid})")
 
 
 def status(stack: Stack) -> int:
@@ -253,11 +258,11 @@ def status(stack: Stack) -> int:
     return 0 if all(r.up for r in health.values()) else 1
 
 
-def _tail(service: Service, lines: int) -> str:
+def tail(service: Service, lines: int) -> str:
     text = read_private(service.log_file)
     return "(no log yet)" if text is None else "\n".join(text.splitlines()[-lines:])
 
 
 def logs(stack: Stack, lines: int = 40) -> None:
     for service in services(stack):
-        print(f"==> {service.log_file} <==\n{_tail(service, lines)}\n")
+        print(f"==> {service.log_file} <==\n{tail(service, lines)}\n")

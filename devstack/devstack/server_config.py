@@ -92,17 +92,18 @@ def node_config(overrides: Mapping[str, Any] | None = None, *, source: Path = LI
     the host itself, not in a container) and ICE on loopback (NATIVE), then `overrides` merged in, nested
     mappings key by key (a list, such as rtc.ips.includes, is replaced whole)."""
     config = yaml.safe_load(source.read_text().replace(DOCKER_HOST, "127.0.0.1"))
-    return _merged(_merged(config, NATIVE), overrides or {})
+    return merged(merged(config, NATIVE), overrides or {})
 
 
-def _merged(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
+def merged(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` merged in, nested mappings key by key, anything else replaced whole."""
+    result = copy.deepcopy(base)
     for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merged(merged[key], value)
+        if isinstance(value, Mapping) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
         else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+            result[key] = copy.deepcopy(value)
+    return result
 
 
 def render(config: Mapping[str, Any], source: Path = LIVEKIT_YAML) -> str:

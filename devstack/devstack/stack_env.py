@@ -3,6 +3,7 @@ ports and development keys)."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -14,6 +15,9 @@ STACK_ENV = REPO_ROOT / "stack.env"
 LIVEKIT_YAML = REPO_ROOT / "docker" / "livekit.yaml"
 RUNTIME_DIR = REPO_ROOT / ".runtime"
 TOOLS_DIR = REPO_ROOT / ".tools"
+
+
+PATHS_SUBNET = ipaddress.IPv4Network("10.213.70.0/24")  # a dataclass default; stack.env's value wins
 
 
 class StackEnvError(ValueError):
@@ -36,6 +40,8 @@ class Stack:
     postgres_user: str
     postgres_db: str
     cluster_ports: tuple[int, int] = (7980, 7990)
+    paths_subnet: ipaddress.IPv4Network = PATHS_SUBNET  # the client hosts' test range (--paths)
+    paths_node_port: int = 7960
     host: str = "127.0.0.1"
 
     @property
@@ -64,6 +70,16 @@ def load_stack(path: Path = STACK_ENV) -> Stack:
             raise StackEnvError(f"{path}: {key}={value!r} is not a port (1-65535); restore it from git")
         return int(value)
 
+    def subnet(key: str) -> ipaddress.IPv4Network:
+        value = get(key)
+        try:
+            network = ipaddress.IPv4Network(value)
+        except ValueError:
+            raise StackEnvError(f"{path}: {key}={value!r} is not an IPv4 network (e.g. 10.213.70.0/24)") from None
+        if not network.is_private or network.num_addresses < 4:
+            raise StackEnvError(f"{path}: {key}={value!r} must be a private range of 4+ addresses, e.g. 10.213.70.0/24")
+        return network
+
     return Stack(
         livekit_version=get("LIVEKIT_VERSION"),
         livekit_cli_version=get("LIVEKIT_CLI_VERSION"),
@@ -79,4 +95,6 @@ def load_stack(path: Path = STACK_ENV) -> Stack:
         postgres_user=get("POSTGRES_USER"),
         postgres_db=get("POSTGRES_DB"),
         cluster_ports=(port("CLUSTER_NODE_A_PORT"), port("CLUSTER_NODE_B_PORT")),
+        paths_subnet=subnet("PATHS_SUBNET"),
+        paths_node_port=port("PATHS_NODE_PORT"),
     )

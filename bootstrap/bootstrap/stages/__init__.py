@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bootstrap.context import RunContext
+from bootstrap.network_paths import PATHS
 from bootstrap.result import StageFailure
-from bootstrap.stages import cluster, data, dispatch, join, load, media, services, token, webhooks, worker
+from bootstrap.stages import cluster, data, dispatch, join, load, media, paths, services, token, webhooks, worker
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,9 @@ class Stage:
     run: Callable[[RunContext], Awaitable[str]]
     cap: float  # longest it may take on its own; the run's deadline bounds it too
     on_timeout: Callable[[RunContext], Awaitable[StageFailure]] | None = None
+    # Runs even when an earlier independent stage failed (each network path stands alone); still skipped
+    # when a stage before it that is not independent (a prerequisite) did not pass.
+    independent: bool = False
 
 
 # The single run (`python -m bootstrap`).
@@ -51,3 +55,12 @@ CLUSTER_STAGES: list[Stage] = [
     Stage("worker", worker.run, 15.0),
     Stage("cross-node", cluster.run_cross_node, 40.0),
 ]
+
+
+def paths_stages(names: list[str]) -> list[Stage]:
+    """Paths mode (--paths): the client host and the run's own node, the worker, then each path on its own."""
+    return [
+        Stage("client-host", paths.run_client_host, 30.0),
+        Stage("worker", worker.run, 15.0),
+        *(Stage(f"path {name}", paths.path_runner(PATHS[name]), 45.0, independent=True) for name in names),
+    ]

@@ -1,0 +1,198 @@
+"""Hosts on one machine: network namespaces joined to this host by veth pairs, on the project's private test range.
+
+A client host is a namespace with one veth link: the host side takes the range's first address, the client its
+second, and its default route points at the host side (without one, libwebrtc gathers no candidate and ICE never
+connects). Its packet filter (nft table `lkh_guard`, inside the namespace) models a client behind a stateful
+firewall, as every client behind NAT is: only replies come in, so the server cannot open a path the client's own
+ICE checks did not; and nothing leaves for an address outside the test range, so no traffic ever leaves this
+machine. `block_udp` adds the corporate firewall: no UDP out at all.
+
+Everything is named with PREFIX, so `sweep` finds what an earlier run could not remove (SIGKILL cannot be
+trapped). A namespace lives while a process holds it: `remove` kills its processes first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = "lkh-"  # "livekit harness": every namespace and link this project creates starts with it
+GUARD_TABLE = "lkh_guard"
+UDP_BLOCK_TABLE = "lkh_udp_block"
+CAP_NET_ADMIN = 12
+KILL_WAIT = 2.0
+
+
+class NetnsError(RuntimeError):
+    """A namespace could not be set up; the message names the command and its error."""
+
+
+@dataclass(frozen=True)
+class ClientHost:
+    """A host of its own, `name` short (links are named after it and Linux allows 15 characters)."""
+
+    name: str
+    subnet: ipaddress.IPv4Network
+
+    @property
+    def namespace(self) -> str:
+        return f"{PREFIX}{self.name}"
+
+    @property
+    def host_link(self) -> str:
+        return f"{PREFIX}{self.name}-h"
+
+    @property
+    def client_link(self) -> str:
+        return f"{PREFIX}{self.name}-c"
+
+    @property
+    def host_address(self) -> str:
+        """This machine's address on the link: where the client host reaches the server."""
+        return str(self.subnet.network_address + 1)
+
+    @property
+    def client_address(self) -> str:
+        return str(self.subnet.network_address + 2)
+
+    def exec_argv(self, argv: list[str]) -> list[str]:
+        """`argv` run inside the client host."""
+        return ["ip", "netns", "exec", self.namespace, *argv]
+
+
+def missing_capability() -> str | None:
+    """Why this process cannot create hosts (None when it can): namespaces need CAP_NET_ADMIN."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:") and int(line.split()[1], 16) >> CAP_NET_ADMIN & 1:
+            return None
+    return "creating a network namespace needs CAP_NET_ADMIN: run as root (e.g. `sudo make paths`)"
+
+
+def _run(argv: list[str], stdin: str | None = None) -> str:
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=10, check=False)
+    if done.returncode != 0:
+        raise NetnsError(f"`{' '.join(argv)}` failed: {done.stderr.strip() or done.returncode}")
+    return done.stdout
+
+
+def guard_rules(host: ClientHost) -> str:
+    """The client host's stateful firewall, in nft syntax."""
+    return f"""
+table inet {GUARD_TABLE} {{
+  chain output {{
+    type filter hook output priority 0; policy drop;
+    oifname "lo" accept
+    ip daddr {host.subnet} accept
+  }}
+  chain input {{
+    type filter hook input priority 0; policy drop;
+    iifname "lo" accept
+    ct state established,related accept
+  }}
+}}
+"""
+
+
+def create(host: ClientHost) -> None:
+    """The namespace, its link to this host, addresses, default route and firewall; half-made is undone."""
+    prefix = host.subnet.prefixlen
+    steps = [
+        ["ip", "netns", "add", host.namespace],
+        ["ip", "link", "add", host.host_link, "type", "veth", "peer", "name", host.client_link],
+        ["ip", "link", "set", host.client_link, "netns", host.namespace],
+        ["ip", "addr", "add", f"{host.host_address}/{prefix}", "dev", host.host_link],
+        ["ip", "link", "set", host.host_link, "up"],
+        ["ip", "-n", host.namespace, "addr", "add", f"{host.client_address}/{prefix}", "dev", host.client_link],
+        ["ip", "-n", host.namespace, "link", "set", host.client_link, "up"],
+        ["ip", "-n", host.namespace, "link", "set", "lo", "up"],
+        ["ip", "-n", host.namespace, "route", "add", "default", "via", host.host_address],
+    ]
+    try:
+        for step in steps:
+            _run(step)
+        _run(host.exec_argv(["nft", "-f", "-"]), stdin=guard_rules(host))
+    except (NetnsError, subprocess.TimeoutExpired):
+        remove(host)
+        raise
+
+
+def block_udp(host: ClientHost, blocked: bool) -> None:
+    """Drop (or stop dropping) every UDP packet the client host sends out: a firewall that allows TCP only."""
+    with contextlib.suppress(NetnsError):
+        _run(host.exec_argv(["nft", "delete", "table", "inet", UDP_BLOCK_TABLE]))
+    if blocked:
+        rules = f"""
+table inet {UDP_BLOCK_TABLE} {{
+  chain output {{
+    type filter hook output priority -10; policy accept;
+    oifname != "lo" meta l4proto udp drop
+  }}
+}}
+"""
+        _run(host.exec_argv(["nft", "-f", "-"]), stdin=rules)
+
+
+def namespaces() -> list[str]:
+    listing = _run(["ip", "netns", "list"])
+    return [line.split()[0] for line in listing.splitlines() if line.startswith(PREFIX)]
+
+
+def links() -> list[str]:
+    listing = _run(["ip", "-o", "link", "show"])
+    names = (line.split(":")[1].strip().split("@")[0] for line in listing.splitlines() if ":" in line)
+    return [name for name in names if name.startswith(PREFIX)]
+
+
+def _kill_processes_in(namespace: str) -> None:
+    """SIGKILL everything inside `namespace`, and wait until it is gone: until then the namespace lives."""
+    deadline = time.monotonic() + KILL_WAIT
+    while time.monotonic() < deadline:
+        try:
+            pids = [int(p) for p in _run(["ip", "netns", "pids", namespace]).split()]
+        except NetnsError:
+            return  # the namespace is gone already
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def _remove_namespace(namespace: str) -> None:
+    _kill_processes_in(namespace)
+    with contextlib.suppress(NetnsError):
+        _run(["ip", "netns", "delete", namespace])
+    with contextlib.suppress(OSError):  # per-namespace files `ip netns exec` bind-mounts over /etc
+        for leftover in sorted(Path("/etc/netns", namespace).glob("*")):
+            leftover.unlink()
+        Path("/etc/netns", namespace).rmdir()
+
+
+def remove(host: ClientHost) -> None:
+    """The host's processes, namespace (and with it the firewall) and link; whatever exists of them."""
+    _remove_namespace(host.namespace)
+    with contextlib.suppress(NetnsError):  # gone with the namespace, unless it was never moved there
+        _run(["ip", "link", "delete", host.host_link])
+
+
+def sweep(prefix: str = PREFIX) -> list[str]:
+    """Remove every namespace and link named with `prefix` (a run killed by SIGKILL leaves them); returns what
+    was removed."""
+    removed = []
+    for namespace in namespaces():
+        if namespace.startswith(prefix):
+            _remove_namespace(namespace)
+            removed.append(namespace)
+    for link in links():
+        if link.startswith(prefix):
+            with contextlib.suppress(NetnsError):
+                _run(["ip", "link", "delete", link])
+                removed.append(link)
+    return removed
