@@ -12,11 +12,12 @@ export UV_COMPILE_BYTECODE := 1
 DEVSTACK := $(PY) -m devstack
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools lk browser-deps bench cluster-up cluster-down env up down status logs health check-config bootstrap backend worker test lint fmt clean
+.PHONY: help install tools lk browser-deps bench cluster-up cluster-down paths env up down status logs health check-config bootstrap backend worker test lint fmt clean
 
 COMPOSECHECK := .tools/composecheck
 ACTIONLINT := .tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
 BOOTSTRAP_ARGS ?=
+PATHS_ARGS ?=
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -102,6 +103,10 @@ cluster-up: install env ## Two livekit-server nodes sharing Redis (Compose profi
 
 cluster-down: install ## Stop the two cluster nodes
 	@$(DEVSTACK) cluster-down
+
+paths: install env ## A client on another host (network namespace; root) over each network path: udp, turn-udp
+	@$(DEVSTACK) install-native
+	$(PY) -m bootstrap --paths $(PATHS_ARGS)
 
 bench: install ## Benchmark the running stack: load mode vs lk perf, warm verdict vs manual lk, data-plane figures
 	$(PY) -m bench.bench

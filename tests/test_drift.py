@@ -121,6 +121,15 @@ def test_cluster_ports_follow_the_node_rule(stack: Stack) -> None:
         assert int(values[f"CLUSTER_{node}_RTC_UDP_PORT"] or 0) == port + 2
 
 
+def test_paths_node_ports_follow_the_node_rule_and_turn_allows_the_test_range() -> None:
+    values = dotenv_values(REPO_ROOT / "stack.env")
+    port = int(values["PATHS_NODE_PORT"] or 0)
+    assert (int(values["PATHS_RTC_TCP_PORT"] or 0), int(values["PATHS_RTC_UDP_PORT"] or 0)) == (port + 1, port + 2)
+    turn = yaml.safe_load((REPO_ROOT / "docker" / "livekit.yaml").read_text())["turn"]
+    assert turn["allow_restricted_peer_cidrs"] == [values["PATHS_SUBNET"]]
+    assert turn["enabled"] is False, "the local stack's clients are all on this host: TURN stays off there"
+
+
 def test_compose_cluster_profile_matches_stack(stack: Stack) -> None:
     result = composecheck(REPO_ROOT / "docker-compose.yml", "cluster")
     assert result.returncode == 0, result.stderr

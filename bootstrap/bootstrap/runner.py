@@ -28,6 +28,7 @@ CLEANUP_RESERVE = 5.0
 EXPLAIN_TIMEOUT = 2.5  # > health.CHECK_TIMEOUT: explanations re-run the checks
 CLEANUP_STEP = 2.0
 CLEANUP_MIN = 2.0
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
 log = structlog.get_logger("bootstrap")
 
 
@@ -39,6 +40,9 @@ async def run(ctx: RunContext, stages: list[Stage]) -> RunResult:
     try:
         await _start_sink(ctx)
         for stage in stages:
+            if results and results[-1].cause == INTERRUPTED:  # Ctrl-C ends the run, independent stages too
+                results.append(StageResult(stage.name, Status.SKIPPED, cause="the run was interrupted"))
+                continue
             if blocker := _failed_prerequisite(results, stages):
                 results.append(StageResult(stage.name, Status.SKIPPED, cause=f"{blocker.name} did not pass"))
                 continue
@@ -66,7 +70,7 @@ async def _run_stage(ctx: RunContext, stage: Stage) -> StageResult:
             detail = await stage.run(ctx)
     except asyncio.CancelledError:
         _uncancel()
-        failure = StageFailure("interrupted (Ctrl-C or SIGTERM)", "run it again; cleanup has been done")
+        failure = StageFailure(INTERRUPTED, "run it again; cleanup has been done")
         return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix)
     except StageSkipped as skipped:
         log.info("stage skipped", stage=name, reason=str(skipped))

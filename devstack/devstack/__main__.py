@@ -1,7 +1,7 @@
 """`python -m devstack VERB`: bring the development stack (livekit-server, Redis, PostgreSQL) up and down and
 tell its health. Docker Compose runs it when a Docker engine answers (`docker info`), native processes
 otherwise (`--runner` overrides the choice). The Makefile's env, up, down, status, logs, health,
-check-config, cluster-up and cluster-down targets call this.
+check-config, cluster-up, cluster-down and paths targets call this.
 
 Exit codes: 0 done (health/status: everything up), 1 failed or a service down, 2 usage or configuration error.
 """
@@ -9,15 +9,17 @@ Exit codes: 0 done (health/status: everything up), 1 failed or a service down, 2
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Callable
 
-from devstack import compose, native
+from devstack import compose, install, native, netns, paths_node
 from devstack.credentials import CredentialsError
 from devstack.env_files import create_env_files
 from devstack.health import print_health
 from devstack.install import InstallError
 from devstack.native import StackError
+from devstack.netns import ClientHost
 from devstack.postgres import PostgresError
 from devstack.safe_files import UnsafePathError
 from devstack.server_config import ConfigError, load_config
@@ -33,6 +35,8 @@ VERBS = {
     "check-config": "check docker/livekit.yaml (YAML, keys, webhook key) before any server starts",
     "cluster-up": "two livekit-server nodes sharing Redis (then `python -m bootstrap --cluster`)",
     "cluster-down": "stop the two cluster nodes",
+    "install-native": "install what native runs need (Redis, PostgreSQL, nftables, iproute2, the pinned "
+    "livekit-server); start nothing",
 }
 SERVICES = ("postgres", "redis", "livekit")
 
@@ -90,6 +94,15 @@ def native_verbs(args: argparse.Namespace) -> dict[str, Callable[[], int | None]
     }
 
 
+def remove_paths_leftovers() -> None:
+    """What a `bootstrap --paths` run killed by SIGKILL left behind: its node and its client host."""
+    stack = load_stack()
+    paths_node.stop(stack, ClientHost("paths", stack.paths_subnet))
+    if netns.missing_capability() is None and shutil.which("ip"):
+        for removed in netns.sweep():
+            print(f"  removed {removed} (left by a killed `bootstrap --paths` run)", file=sys.stderr)
+
+
 def use_compose(runner: str, verb: str) -> bool:
     if runner != "auto":
         return runner == "compose"
@@ -108,8 +121,15 @@ def main(argv: list[str] | None = None) -> int:
             return print_health(load_stack())
         if args.verb == "check-config":
             return check_config()
+        if args.verb == "install-native":
+            install.ensure_packages()
+            install.ensure_livekit_server(load_stack())
+            return 0
         verbs = compose_verbs(args) if use_compose(args.runner, args.verb) else native_verbs(args)
-        return verbs[args.verb]() or 0
+        status = verbs[args.verb]() or 0
+        if args.verb == "down" and not args.services:
+            remove_paths_leftovers()
+        return status
     except (ConfigError, StackEnvError, CredentialsError) as exc:
         print(f"✗ configuration error: {exc}", file=sys.stderr)
         return 2

@@ -38,6 +38,8 @@ def missing_packages() -> list[str]:
     missing = [] if shutil.which("redis-server") else ["redis-server"]
     if postgres_bin_dir() is None:
         missing.append("postgresql")
+    # The paths check's client hosts: namespaces and links (ip), their firewalls (nft).
+    missing += [package for tool, package in (("ip", "iproute2"), ("nft", "nftables")) if not shutil.which(tool)]
     return missing
 
 

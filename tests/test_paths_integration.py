@@ -1,0 +1,191 @@
+"""`python -m bootstrap --paths`: a participant on another host (a network namespace), over each network path,
+against the run's own real livekit-server node; the misconfigurations users hit, each named; nothing left behind
+however a run ends. The passing run is made once per module and its report read by several tests."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from devstack import netns
+from devstack.__main__ import remove_paths_leftovers
+from devstack.stack_env import REPO_ROOT, RUNTIME_DIR, load_stack
+from tests.conftest import PY, bootstrap_report
+
+pytestmark = [
+    pytest.mark.integration,
+    # The bootstrap itself skips without CAP_NET_ADMIN (tested below); as root, as CI runs, every path must PASS.
+    pytest.mark.skipif(os.geteuid() != 0, reason="client hosts are network namespaces: needs root (as CI runs)"),
+]
+STACK = load_stack()
+CLIENT = str(STACK.paths_subnet.network_address + 2)
+NODE = str(STACK.paths_subnet.network_address + 1)
+UDP_PORT = STACK.paths_node_port + 2
+
+
+def leftovers() -> list[str]:
+    """Namespaces, links and processes of a paths run still on this machine."""
+    found = netns.namespaces() + netns.links()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    found += [line for line in ps.splitlines() if "livekit-paths" in line or "bootstrap.path_client" in line]
+    return found
+
+
+def stage(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in report["stages"] if s["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def passing_run() -> tuple[int, dict[str, Any]]:
+    return bootstrap_report("--paths", timeout=90)
+
+
+def test_every_path_passes(passing_run: tuple[int, dict[str, Any]]) -> None:
+    code, report = passing_run
+    assert (code, report["status"]) == (0, "pass"), json.dumps(report["stages"], indent=1)
+    assert [s["name"] for s in report["stages"]] == ["client-host", "worker", "path udp", "path turn-udp"]
+    assert all(s["status"] == "pass" for s in report["stages"])
+
+
+def test_udp_path_is_a_udp_host_pair_from_the_clients_own_stats(passing_run: tuple[int, dict[str, Any]]) -> None:
+    figures = passing_run[1]["paths"]["udp"]
+    for pair in figures["pairs"].values():
+        assert pair["local"] | {"port": 0} == {"type": "host", "protocol": "udp", "address": CLIENT, "port": 0}
+        assert pair["remote"] == {"type": "host", "protocol": "udp", "address": NODE, "port": UDP_PORT}
+    assert figures["pairs"], "no transport reported a selected pair"
+
+
+def test_turn_udp_path_relays_through_the_nodes_turn(passing_run: tuple[int, dict[str, Any]]) -> None:
+    figures = passing_run[1]["paths"]["turn-udp"]
+    assert figures["relay_forced"] is True
+    for pair in figures["pairs"].values():
+        assert (pair["local"]["type"], pair["local"]["protocol"]) == ("relay", "udp")
+        assert pair["remote"] == {"type": "host", "protocol": "udp", "address": NODE, "port": UDP_PORT}
+    assert figures["pairs"], "no transport reported a selected pair"
+
+
+@pytest.mark.parametrize("path", ["udp", "turn-udp"])
+def test_media_and_data_crossed_each_path(passing_run: tuple[int, dict[str, Any]], path: str) -> None:
+    figures = passing_run[1]["paths"][path]
+    data, audio = figures["data"], figures["audio"]
+    assert (data["reliable_back"], data["reliable_in_order"], data["rpc_calls"]) == (100, True, 20)
+    assert audio["lost_after_setup"] == 0 and audio["timed_markers"] >= 12
+    assert 0 < audio["round_trip_s"]["p50"] <= audio["round_trip_s"]["p95"]
+    assert audio["agent_heard"]["peak_rms"] > 200
+    assert figures["join_s"] > 0
+
+
+def test_a_passing_run_leaves_nothing_and_reports_no_secret(passing_run: tuple[int, dict[str, Any]]) -> None:
+    assert leftovers() == []
+    text = json.dumps(passing_run[1])
+    assert STACK.api_secret not in text and "turn_password" not in text and "eyJ" not in text
+
+
+@pytest.mark.parametrize(
+    ("fault", "path", "in_cause", "in_fix"),
+    [
+        ("node-ip", "udp", ["127.0.0.1:7962", "cannot reach", f"{NODE}:{STACK.paths_node_port}"],
+         ["rtc.node_ip", NODE, "use_external_ip"]),
+        ("udp-blocked", "udp", [f"UDP to the node's candidate {NODE}:{UDP_PORT} is blocked", "no TURN"],
+         [f"open UDP {UDP_PORT}", "enable TURN"]),
+        ("turn-peers", "turn-udp", ["permission denied", "allow_restricted_peer_cidrs", "lists nothing"],
+         ["allow_restricted_peer_cidrs", str(STACK.paths_subnet)]),
+    ],
+)  # fmt: skip
+def test_each_misconfiguration_fails_naming_its_cause(
+    fault: str, path: str, in_cause: list[str], in_fix: list[str]
+) -> None:
+    started = time.monotonic()
+    code, report = bootstrap_report("--paths", "--fault", fault, timeout=60)
+    failed = stage(report, f"path {path}")
+    assert (code, report["status"], failed["status"]) == (1, "fail", "fail"), json.dumps(report["stages"], indent=1)
+    for words in in_cause:
+        assert words in failed["cause"], failed["cause"]
+    for words in in_fix:
+        assert words in failed["fix"], failed["fix"]
+    assert time.monotonic() - started < 20, "a misconfiguration must be named within the ICE bound, not the SDK's 60 s"
+    assert leftovers() == []
+
+
+def start_run(*args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    return subprocess.Popen([PY, "-m", "bootstrap", "--json", "--paths", *args], cwd=REPO_ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def wait_for_client_in_namespace(run: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and run.poll() is None:
+        pids = subprocess.run(["ip", "netns", "pids", "lkh-paths"], capture_output=True, text=True).stdout
+        if pids.strip():
+            return
+        time.sleep(0.05)
+    pytest.fail("the run never started its client inside the client host")
+
+
+def test_ctrl_c_mid_path_ends_the_run_and_removes_everything() -> None:
+    run = start_run()
+    wait_for_client_in_namespace(run)
+    run.send_signal(signal.SIGINT)
+    out, _ = run.communicate(timeout=10)
+    report = json.loads(out)
+    assert run.returncode == 1
+    assert stage(report, "path udp")["cause"].startswith("interrupted")
+    assert stage(report, "path turn-udp") | {"seconds": 0} == {
+        "name": "path turn-udp", "status": "skipped", "seconds": 0, "detail": "", "cause": "the run was interrupted",
+        "fix": "",
+    }  # fmt: skip
+    assert leftovers() == []
+
+
+@pytest.fixture
+def killed_run() -> Iterator[None]:
+    run = start_run()
+    wait_for_client_in_namespace(run)
+    run.kill()  # SIGKILL: nothing of the run's cleanup happens
+    run.wait()
+    yield
+    remove_paths_leftovers()  # whatever the test left: `make down`'s broom, the stack itself untouched
+
+
+def test_a_run_killed_by_sigkill_is_swept_by_the_next(killed_run: None) -> None:
+    assert "lkh-paths" in netns.namespaces(), "the SIGKILLed run should have left its client host"
+    code, report = bootstrap_report("--paths", "udp", timeout=60)
+    assert code == 0, json.dumps(report["stages"], indent=1)
+    assert "swept lkh-paths left by an earlier run" in stage(report, "client-host")["detail"]
+    assert leftovers() == []
+
+
+def test_make_down_removes_what_a_killed_run_left(killed_run: None) -> None:
+    assert leftovers(), "the SIGKILLed run should have left its client host and node"
+    remove_paths_leftovers()  # what `python -m devstack down` (make down) calls after stopping the stack
+    assert leftovers() == []
+
+
+def test_without_cap_net_admin_every_path_is_skipped_and_the_run_is_no_pass() -> None:
+    no_net_admin = ["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", PY, "-m", "bootstrap"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    result = subprocess.run([*no_net_admin, "--json", "--paths"], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, timeout=30)  # fmt: skip
+    report = json.loads(result.stdout)
+    assert (result.returncode, report["status"]) == (1, "fail")
+    assert {s["status"] for s in report["stages"]} == {"skipped"}
+    assert "CAP_NET_ADMIN" in stage(report, "client-host")["cause"]
+    assert stage(report, "path udp")["cause"] == "client-host did not pass"
+
+
+def test_a_second_run_at_once_is_refused_and_touches_nothing() -> None:
+    RUNTIME_DIR.mkdir(exist_ok=True)
+    with open(RUNTIME_DIR / "paths.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, report = bootstrap_report("--paths", timeout=30)
+    assert (code, stage(report, "client-host")["status"]) == (1, "fail")
+    assert "another `python -m bootstrap --paths` run is in progress" in stage(report, "client-host")["cause"]
