@@ -8,6 +8,8 @@ import xml.etree.ElementTree as ET
 from bootstrap.result import RunResult, Status
 
 MARKS = {Status.PASS: "✓", Status.FAIL: "✗", Status.SKIPPED: "-"}
+# Figures whose summary each stage's line already gives (one stage per path): in the JSON only.
+PER_STAGE_EXTRAS = {"paths"}
 
 
 def render_text(result: RunResult) -> str:
@@ -24,7 +26,8 @@ def render_text(result: RunResult) -> str:
             lines.append(f"      cause: {stage.cause}")
             lines.append(f"      fix:   {stage.fix}")
     for name, figures in result.extra.items():
-        lines.append(f"  {name}: " + json.dumps(figures, ensure_ascii=False))
+        if name not in PER_STAGE_EXTRAS:
+            lines.append(f"  {name}: " + json.dumps(figures, ensure_ascii=False))
     passed = sum(s.status is Status.PASS for s in result.stages)
     verdict = "PASS" if result.passed else "FAIL"
     lines.append(f"{verdict}  {passed}/{len(result.stages)} stages passed in {result.seconds:.2f}s")
