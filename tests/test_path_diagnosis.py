@@ -96,7 +96,7 @@ def test_the_expected_pair_passes_and_a_tcp_fallback_names_blocked_udp() -> None
     assert fallback is not None and "10.213.70.1:7962 is blocked" in fallback.cause and "ICE over TCP" in fallback.cause
     assert "open UDP 7962" in fallback.fix
     relay_expected = check_pair(PATHS["turn-udp"], pair(client_udp, NODE_UDP), Offered([NODE_UDP], [TURN]))
-    assert relay_expected is not None and "not the relay udp pair" in relay_expected.cause
+    assert relay_expected is not None and "not the relay udp through TURN over udp pair" in relay_expected.cause
     assert check_pair(PATHS["udp"], {}, Offered()) is not None
 
 

@@ -65,6 +65,8 @@ class PathsMode:
     host: ClientHost | None = None  # the client host, once created (client-host stage)
     node_config: dict[str, Any] = field(default_factory=dict)  # the config the node runs
     node_log: Path | None = None  # its log: the server's side of a failure
+    node_log_start: int = 0  # where this run's part of it starts (earlier runs' lines come before)
+    ca_cert: Path | None = None  # the local CA the clients trust, when a path needs TLS
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # per path, for the report
 
 

@@ -26,9 +26,15 @@ class Candidate:
     protocol: str  # udp or tcp
     address: str
     port: int
+    relay_protocol: str = ""  # a relay candidate's transport to its TURN server: udp, tcp or tls
+
+    @property
+    def udp(self) -> bool:
+        return self.protocol == "udp"
 
     def __str__(self) -> str:
-        return f"{self.type} {self.protocol} {self.address}:{self.port}"
+        via = f" (TURN over {self.relay_protocol})" if self.relay_protocol else ""
+        return f"{self.type} {self.protocol} {self.address}:{self.port}{via}"
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,8 @@ def _enum_name(message: Any, field_name: str) -> str:
 
 def _candidate(stats: Any) -> Candidate:
     kind = _enum_name(stats, "candidate_type").lower()
-    return Candidate(kind, stats.protocol.lower(), stats.address, stats.port)
+    relay = _enum_name(stats, "relay_protocol").lower().removeprefix("transport_") if kind == "relay" else ""
+    return Candidate(kind, stats.protocol.lower(), stats.address, stats.port, relay)
 
 
 def selected_pairs(session: RtcStats) -> dict[str, Pair]:

@@ -1,9 +1,9 @@
 """The network paths `--paths` proves, and the misconfigurations (`--fault`) it reproduces on purpose.
 
-A path is what the client host's network allows and how its client connects; it passes when the client's own
-stats show the expected candidate pair and the data-plane round trips cross it. A fault breaks one thing users
-get wrong; its run must FAIL, with a cause the diagnosis (bootstrap.path_diagnosis) derives from what the client
-was offered and what happened, never from the fault's name.
+A path is what the client host's network allows, which client crosses it and how it connects; it passes when
+the client's own stats show the expected candidate pair and the data plane crosses it with the agent. A fault
+breaks one thing users get wrong; its run must FAIL, with a cause the diagnosis (bootstrap.path_diagnosis)
+derives from what the client was offered and what happened, never from the fault's name.
 """
 
 from __future__ import annotations
@@ -11,28 +11,50 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+SDK = "rtc-sdk"  # the Python rtc SDK (LiveKit's Rust SDK underneath), bootstrap.path_client
+CHROMIUM = "chromium"  # Debian's Chromium running frontend/ (livekit-client), bootstrap.browser.page_client
+
 
 @dataclass(frozen=True)
 class NetworkPath:
     name: str
     description: str
-    relay: bool  # ICE forced through TURN (rtc.IceTransportType.TRANSPORT_RELAY)
-    local_type: str  # the candidate type the client's side of the selected pair must have
-    protocol: str  # and its transport
+    client: str  # SDK or CHROMIUM
+    local_types: tuple[str, ...]  # what the client's side of the selected pair may be
+    protocol: str  # the transport of the client's side of the pair (a relay's: that of the relayed address)
+    relay: bool = False  # ICE forced through TURN (relay-only transport policy)
+    relay_protocol: str = ""  # the transport from client to TURN the relay candidate must use
     block_udp: bool = False  # the client host sends no UDP at all
+    block_turn_tls: bool = False  # nor anything to TURN's TLS front (so TURN/TLS cannot stand in for the path)
+    tls_signal: bool = False  # the signalling URL is wss:// through the TLS front
+
+    @property
+    def needs_tls(self) -> bool:
+        return self.tls_signal or self.relay_protocol == "tls"
+
+    @property
+    def expected(self) -> str:
+        via = f" through TURN over {self.relay_protocol}" if self.relay_protocol else ""
+        return f"{'/'.join(self.local_types)} {self.protocol}{via}"
 
 
 PATHS: dict[str, NetworkPath] = {
     path.name: path
     for path in (
-        NetworkPath("udp", "nothing blocked: UDP host to host", relay=False, local_type="host", protocol="udp"),
-        NetworkPath(
-            "turn-udp", "relay forced through the node's embedded TURN over UDP", relay=True, local_type="relay",
-            protocol="udp",
-        ),
+        NetworkPath("udp", "nothing blocked: UDP host to host", SDK, ("host",), "udp"),
+        NetworkPath("turn-udp", "relay forced through the node's TURN over UDP", SDK, ("relay",), "udp",
+                    relay=True, relay_protocol="udp", block_turn_tls=True),
+        # A browser's ICE/TCP candidate is active (it connects out): its type is host, or prflx when the
+        # node's reply names the connection's address first.
+        NetworkPath("tcp", "UDP and TURN blocked: ICE over TCP to the node's rtc.tcp_port", CHROMIUM,
+                    ("host", "prflx"), "tcp", block_udp=True, block_turn_tls=True),
+        NetworkPath("turn-tls", "UDP blocked, relay forced through TURN over TLS on 443", CHROMIUM, ("relay",),
+                    "udp", relay=True, relay_protocol="tls", block_udp=True),
+        NetworkPath("wss", "signalling over wss:// through a TLS-terminating reverse proxy", SDK, ("host",), "udp",
+                    tls_signal=True),
     )
 }  # fmt: skip
-DEFAULT_PATHS = ["udp", "turn-udp"]
+DEFAULT_PATHS = list(PATHS)
 
 
 @dataclass(frozen=True)

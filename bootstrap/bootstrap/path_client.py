@@ -40,6 +40,7 @@ async def hear() -> dict[str, Any]:
 
 
 async def join(room: rtc.Room, request: dict[str, Any], recorder: OfferRecorder) -> dict[str, Any]:
+    """Connect as asked; what was offered while connecting, and on success the selected pairs."""
     relay = rtc.IceTransportType.TRANSPORT_RELAY if request["relay"] else rtc.IceTransportType.TRANSPORT_ALL
     options = rtc.RoomOptions(auto_subscribe=False, rtc_config=rtc.RtcConfiguration(ice_transport_type=relay))
     started = time.monotonic()

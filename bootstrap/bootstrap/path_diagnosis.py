@@ -27,18 +27,30 @@ def turn_urls(offered: Offered) -> list[str]:
     return [url for url in offered.ice_servers if url.startswith(("turn:", "turns:"))]
 
 
+def _over_udp(url: str) -> bool:
+    return url.startswith("turn:") and "transport=tcp" not in url
+
+
 def _url_host(url: str) -> str:
     """The host of `turn:10.0.0.1:3478?transport=udp` (no //, so urlparse alone does not split it)."""
     return urlparse("//" + url.split(":", 1)[1]).hostname or ""
 
 
 def _reachable(address: str, host: ClientHost) -> bool:
-    """Whether the client host can reach `address`: its one network is the test range (its own loopback is
-    itself, not the node)."""
+    """Whether the client host can reach `address` (a name: as its own /etc/hosts resolves it): its one
+    network is the test range (its own loopback is itself, not the node)."""
     try:
-        return ipaddress.ip_address(address) in host.subnet
+        return ipaddress.ip_address(_resolve(address, host)) in host.subnet
     except ValueError:
-        return False  # a hostname: not resolvable inside the client host
+        return False  # a name the client host cannot resolve
+
+
+def _resolve(name: str, host: ClientHost) -> str:
+    try:
+        lines = host.hosts_file.read_text().splitlines()
+    except OSError:
+        return name
+    return next((line.split()[0] for line in lines if name in line.split()[1:]), name)
 
 
 def _listed(candidates: list[Candidate]) -> str:
@@ -47,25 +59,32 @@ def _listed(candidates: list[Candidate]) -> str:
 
 def explain_no_join(
     path: NetworkPath,
-    offered: Offered,
+    offered: Offered | None,
     error: str,
     host: ClientHost,
     signal: str,
     node_config: Mapping[str, Any],
     node_log: str,
 ) -> StageFailure:
-    """The client reached the signalling at `signal` but its media transport never connected (`error`)."""
+    """The client reached the signalling at `signal` but its media transport never connected (`error`).
+    `offered` is None for a client whose offer cannot be read (a browser): its own error is all there is."""
     node_ip = (node_config.get("rtc") or {}).get("node_ip", "")
+    if offered is None:
+        return StageFailure(f"the {path.client} client did not connect over the {path.name} path: {error}",
+                            f"see the node's log; the path needs {path.expected} to reach the node")  # fmt: skip
     if not offered.candidates:
         return StageFailure(
             f"the client reached the signalling at {signal} but was offered no ICE candidate ({error})",
             "see the node's log for why it could not gather candidates (rtc.ips, rtc.node_ip)",
         )
     turns = turn_urls(offered)
-    usable = [c for c in offered.candidates if _reachable(c.address, host)]
-    usable_turn = [u for u in turns if _reachable(_url_host(u), host)]
-    if not usable and not usable_turn:
+    reachable = [c for c in offered.candidates if _reachable(c.address, host)]
+    reachable_turn = [u for u in turns if _reachable(_url_host(u), host)]
+    if not reachable and not reachable_turn:
         return _unreachable_address(offered, turns, host, signal, node_ip)
+    # Of those, what this path's firewall lets through: no UDP on a path that blocks it.
+    usable = [c for c in reachable if not (path.block_udp and c.udp)]
+    usable_turn = [u for u in reachable_turn if not (path.block_udp and _over_udp(u))]
     if path.relay:
         return _relay_failed(offered, usable_turn or turns, usable, host, node_config, node_log, error)
     udp = [c for c in usable if c.protocol == "udp"]
@@ -125,6 +144,13 @@ def _relay_failed(
             f"turn.allow_restricted_peer_cidrs lists it (it lists {', '.join(allowed) or 'nothing'})",
             f"add the nodes' private range ({host.subnet} here) to turn.allow_restricted_peer_cidrs",
         )
+    if all(url.startswith("turns:") for url in turns):
+        return StageFailure(
+            f"the relay through TURN over TLS ({', '.join(turns)}) never connected ({error})",
+            "TURN/TLS needs a certificate the client trusts for turn.domain, on port 443. LiveKit's Rust SDK (the "
+            "Python, Node and Unity SDKs) verifies TURN's certificate against libwebrtc's built-in roots only "
+            "(webrtc-sys passes no certificate verifier): a private CA cannot work there, use a public one",
+        )
     return StageFailure(
         f"the relay through {', '.join(turns)} never connected ({error})",
         "check that clients reach TURN's port (turn.udp_port, turn.tls_port) and see the node's log",
@@ -151,10 +177,13 @@ def check_pair(
                             "report this: the rtc SDK's stats changed shape")  # fmt: skip
     for side, pair in pairs.items():
         local, remote = pair["local"], pair["remote"]
-        if local["type"] == path.local_type and local["protocol"] == path.protocol:
+        relay_protocol = local.get("relay_protocol") or ""
+        expected = local["type"] in path.local_types and local["protocol"] == path.protocol
+        if expected and relay_protocol == path.relay_protocol:
             continue
-        took = (f"{local['type']} {local['protocol']} {local['address']} → {remote['type']} {remote['protocol']} "
-                f"{remote['address']}:{remote['port']}")  # fmt: skip
+        took = (f"{local['type']} {local['protocol']} {local['address']}"
+                + (f" (TURN over {relay_protocol})" if relay_protocol else "")
+                + f" → {remote['type']} {remote['protocol']} {remote['address']}:{remote['port']}")  # fmt: skip
         udp = [c for c in offered.candidates if c.protocol == "udp"]
         if path.protocol == "udp" and local["protocol"] == "tcp" and udp:
             no_turn = not turn_urls(offered)
@@ -172,8 +201,7 @@ def check_pair(
                 "firewalls that allow only 443 block it too",
             )
         return StageFailure(
-            f"the {side} transport connected over {took}, not the {path.local_type} {path.protocol} pair the "
-            f"{path.name} path needs",
+            f"the {side} transport connected over {took}, not the {path.expected} pair the {path.name} path needs",
             "the client took another path than the one forced: check its firewall and ICE transport policy",
         )
     return None

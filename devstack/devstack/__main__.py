@@ -35,8 +35,8 @@ VERBS = {
     "check-config": "check docker/livekit.yaml (YAML, keys, webhook key) before any server starts",
     "cluster-up": "two livekit-server nodes sharing Redis (then `python -m bootstrap --cluster`)",
     "cluster-down": "stop the two cluster nodes",
-    "install-native": "install what native runs need (Redis, PostgreSQL, nftables, iproute2, the pinned "
-    "livekit-server); start nothing",
+    "install-native": "install what native runs and `make paths` need (Redis, PostgreSQL, iproute2, nftables, "
+    "nginx, libnss3-tools, the pinned livekit-server); start nothing",
 }
 SERVICES = ("postgres", "redis", "livekit")
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "check-config":
             return check_config()
         if args.verb == "install-native":
-            install.ensure_packages()
+            install.ensure_packages(paths=True)
             install.ensure_livekit_server(load_stack())
             return 0
         verbs = compose_verbs(args) if use_compose(args.runner, args.verb) else native_verbs(args)

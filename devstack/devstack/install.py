@@ -38,13 +38,23 @@ def missing_packages() -> list[str]:
     missing = [] if shutil.which("redis-server") else ["redis-server"]
     if postgres_bin_dir() is None:
         missing.append("postgresql")
-    # The paths check's client hosts: namespaces and links (ip), their firewalls (nft).
-    missing += [package for tool, package in (("ip", "iproute2"), ("nft", "nftables")) if not shutil.which(tool)]
     return missing
 
 
-def ensure_packages() -> None:
-    missing = missing_packages()
+# What `make paths` needs besides: the client hosts' namespaces and links (ip) and firewalls (nft), the TLS
+# front (nginx with its stream module) and the browser's per-profile certificate store (certutil).
+PATHS_TOOLS = {"ip": "iproute2", "nft": "nftables", "nginx": "nginx", "certutil": "libnss3-tools"}
+NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+
+
+def missing_paths_packages() -> list[str]:
+    missing = [package for tool, package in PATHS_TOOLS.items() if not shutil.which(tool)]
+    return missing + ([] if NGINX_STREAM_MODULE.exists() else ["libnginx-mod-stream"])
+
+
+def ensure_packages(*, paths: bool = False) -> None:
+    """The native stack's Debian packages (and with `paths`, the paths check's too)."""
+    missing = missing_packages() + (missing_paths_packages() if paths else [])
     if not missing:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 PREFIX = "lkh-"  # "livekit harness": every namespace and link this project creates starts with it
 GUARD_TABLE = "lkh_guard"
-UDP_BLOCK_TABLE = "lkh_udp_block"
+PATH_TABLE = "lkh_path"
 CAP_NET_ADMIN = 12
 KILL_WAIT = 2.0
 
@@ -60,6 +60,17 @@ class ClientHost:
     @property
     def client_address(self) -> str:
         return str(self.subnet.network_address + 2)
+
+    @property
+    def service_address(self) -> str:
+        """A second address of this machine on the link, for a service that needs a port of its own (the TLS
+        front of TURN, on 443 like the signalling's)."""
+        return str(self.subnet.network_address + 3)
+
+    @property
+    def hosts_file(self) -> Path:
+        """What the client host sees as /etc/hosts (`ip netns exec` mounts it there)."""
+        return Path("/etc/netns", self.namespace, "hosts")
 
     def exec_argv(self, argv: list[str]) -> list[str]:
         """`argv` run inside the client host."""
@@ -99,14 +110,16 @@ table inet {GUARD_TABLE} {{
 """
 
 
-def create(host: ClientHost) -> None:
-    """The namespace, its link to this host, addresses, default route and firewall; half-made is undone."""
+def create(host: ClientHost, names: dict[str, str] | None = None) -> None:
+    """The namespace, its link to this host, addresses, default route and firewall, and `names` (name →
+    address) in its own /etc/hosts; half-made is undone."""
     prefix = host.subnet.prefixlen
     steps = [
         ["ip", "netns", "add", host.namespace],
         ["ip", "link", "add", host.host_link, "type", "veth", "peer", "name", host.client_link],
         ["ip", "link", "set", host.client_link, "netns", host.namespace],
         ["ip", "addr", "add", f"{host.host_address}/{prefix}", "dev", host.host_link],
+        ["ip", "addr", "add", f"{host.service_address}/{prefix}", "dev", host.host_link],
         ["ip", "link", "set", host.host_link, "up"],
         ["ip", "-n", host.namespace, "addr", "add", f"{host.client_address}/{prefix}", "dev", host.client_link],
         ["ip", "-n", host.namespace, "link", "set", host.client_link, "up"],
@@ -117,21 +130,28 @@ def create(host: ClientHost) -> None:
         for step in steps:
             _run(step)
         _run(host.exec_argv(["nft", "-f", "-"]), stdin=guard_rules(host))
-    except (NetnsError, subprocess.TimeoutExpired):
+        host.hosts_file.parent.mkdir(parents=True, exist_ok=True)
+        lines = ["127.0.0.1 localhost", *(f"{address} {name}" for name, address in (names or {}).items())]
+        host.hosts_file.write_text("\n".join(lines) + "\n")
+    except (NetnsError, subprocess.TimeoutExpired, OSError):
         remove(host)
         raise
 
 
-def block_udp(host: ClientHost, blocked: bool) -> None:
-    """Drop (or stop dropping) every UDP packet the client host sends out: a firewall that allows TCP only."""
+def restrict(host: ClientHost, *, block_udp: bool = False, unreachable: tuple[str, ...] = ()) -> None:
+    """One path's firewall on top of the guard, replacing the last path's: no UDP out at all (a firewall that
+    allows TCP only), and/or nothing to the `unreachable` addresses."""
     with contextlib.suppress(NetnsError):
-        _run(host.exec_argv(["nft", "delete", "table", "inet", UDP_BLOCK_TABLE]))
-    if blocked:
+        _run(host.exec_argv(["nft", "delete", "table", "inet", PATH_TABLE]))
+    drops = (['oifname != "lo" meta l4proto udp drop'] if block_udp else []) + [
+        f"ip daddr {address} drop" for address in unreachable
+    ]
+    if drops:
         rules = f"""
-table inet {UDP_BLOCK_TABLE} {{
+table inet {PATH_TABLE} {{
   chain output {{
     type filter hook output priority -10; policy accept;
-    oifname != "lo" meta l4proto udp drop
+    {chr(10).join(drops)}
   }}
 }}
 """
@@ -195,4 +215,6 @@ def sweep(prefix: str = PREFIX) -> list[str]:
             with contextlib.suppress(NetnsError):
                 _run(["ip", "link", "delete", link])
                 removed.append(link)
+    for files in Path("/etc/netns").glob(f"{prefix}*"):  # a namespace's /etc files, the namespace gone
+        _remove_namespace(files.name)
     return removed

@@ -5,7 +5,9 @@ cannot share the stack's. Its config is the one derivation (server_config.node_c
   - rtc.node_ip is the host side's address, the one the client host reaches; ICE/UDP and TURN bind it only;
   - turn.enabled: the yaml's commented `turn:` section, switched on;
   - no webhooks (this node proves network paths; the stack's node proves webhooks);
-  - pion's log at info, so a TURN permission refusal ("permission denied for client … to peer …") is in its log.
+  - pion's log at info, so a TURN permission refusal ("permission denied for client … to peer …") is in its log;
+  - with `tls`: TURN over TLS for the domain TURN_NAME, the TLS held by the front (devstack.tls_front) on 443
+    (turn.external_tls), the node speaking plain TURN on PATHS_TURN_TLS_PORT behind it.
 `overrides` (a fault the check reproduces on purpose) merge over all of that.
 """
 
@@ -25,9 +27,18 @@ from devstack.stack_env import RUNTIME_DIR, Stack
 
 SERVICE = "livekit-paths"
 READY_TIMEOUT = 15.0
+# The names clients use over TLS, under .test (reserved: no resolver answers), in the client host's /etc/hosts.
+SIGNAL_NAME = "lk.paths.test"  # wss://lk.paths.test → the front on the host address → the node's port
+TURN_NAME = "turn.paths.test"  # turns:turn.paths.test:443 → the front on the service address → TURN
 
 
-def paths_node_config(stack: Stack, host: ClientHost, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def client_names(host: ClientHost) -> dict[str, str]:
+    return {SIGNAL_NAME: host.host_address, TURN_NAME: host.service_address}
+
+
+def paths_node_config(
+    stack: Stack, host: ClientHost, overrides: Mapping[str, Any] | None = None, *, tls: bool = False
+) -> dict[str, Any]:
     address = host.host_address
     settings: dict[str, Any] = {
         **node_ports(stack.paths_node_port),
@@ -36,7 +47,8 @@ def paths_node_config(stack: Stack, host: ClientHost, overrides: Mapping[str, An
             "node_ip": address,
             "ips": {"includes": [f"{address}/32"]},
         },
-        "turn": {"enabled": True, "bind_addresses": [address]},
+        "turn": {"enabled": True, "bind_addresses": [address]}
+        | ({"tls_port": stack.paths_turn_tls_port, "domain": TURN_NAME, "external_tls": True} if tls else {}),
         "webhook": {"urls": []},
         "logging": {"pion_level": "info"},
     }
@@ -51,6 +63,8 @@ def service(stack: Stack, host: ClientHost, config: dict[str, Any]) -> native.Se
     ports = native.livekit_ports(stack.paths_node_port)
     if turn := turn_udp_port(config):
         ports.append((turn, True))
+    if turn_tls := int((config.get("turn") or {}).get("tls_port") or 0):
+        ports.append((turn_tls, False))
     directory = RUNTIME_DIR / SERVICE
     command = native.livekit_command(stack, directory / "livekit.yaml")
     return native.Service(

@@ -42,6 +42,7 @@ class Stack:
     cluster_ports: tuple[int, int] = (7980, 7990)
     paths_subnet: ipaddress.IPv4Network = PATHS_SUBNET  # the client hosts' test range (--paths)
     paths_node_port: int = 7960
+    paths_turn_tls_port: int = 5349
     host: str = "127.0.0.1"
 
     @property
@@ -97,4 +98,5 @@ def load_stack(path: Path = STACK_ENV) -> Stack:
         cluster_ports=(port("CLUSTER_NODE_A_PORT"), port("CLUSTER_NODE_B_PORT")),
         paths_subnet=subnet("PATHS_SUBNET"),
         paths_node_port=port("PATHS_NODE_PORT"),
+        paths_turn_tls_port=port("PATHS_TURN_TLS_PORT"),
     )

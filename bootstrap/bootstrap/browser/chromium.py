@@ -48,9 +48,14 @@ def find_chromium() -> str | None:
 
 
 class Chromium:
-    """One headless Chromium process with one page, driven over a flattened CDP session on a pipe."""
+    """One headless Chromium process with one page, driven over a flattened CDP session on a pipe.
 
-    def __init__(self) -> None:
+    `namespace`: run it inside that network namespace (a client host of the paths check; root only), entered
+    as root and left as the browser user before Chromium starts. `trust_ca`: a CA certificate this browser, and
+    only this one, trusts: put in its profile's own NSS store (HOME is the profile), never the system's."""
+
+    def __init__(self, *, namespace: str | None = None, trust_ca: Path | None = None) -> None:
+        self._namespace, self._trust_ca = namespace, trust_ca
         self._process: asyncio.subprocess.Process | None = None
         self._profile = Path(tempfile.mkdtemp(prefix="bootstrap-chromium-"))
         self._pipes: tuple[asyncio.ReadTransport, asyncio.WriteTransport] | None = None  # DevTools, our ends
@@ -68,19 +73,27 @@ class Chromium:
     def profile(self) -> Path:
         return self._profile
 
-    async def start(self) -> None:
+    async def start(self, *, insecure_origin_as_secure: str = "") -> None:
+        """`insecure_origin_as_secure`: an http:// origin (not loopback) the page is served from, given the
+        secure-context APIs a page on https:// would have."""
         binary = find_chromium()
         if binary is None:
             raise ChromiumError("chromium is not installed: run `make browser-deps` (Debian package chromium)")
+        account = self._account()
+        if self._trust_ca is not None:
+            await self._trust(self._trust_ca, account)
+        flags = [*FLAGS, *([f"--unsafely-treat-insecure-origin-as-secure={insecure_origin_as_secure}"]
+                           if insecure_origin_as_secure else [])]  # fmt: skip
+        prefix, switch = self._entry(account)
         to_chromium, from_chromium = os.pipe(), os.pipe()  # (read, write) each; not inherited by default
         await self._connect(to_chromium[1], from_chromium[0])  # our ends: close() closes them, whatever happens
         try:
             with (self._profile / LOG).open("wb") as log:
                 self._process = await asyncio.create_subprocess_exec(
-                    *PIPE_WRAPPER, binary, *FLAGS, f"--user-data-dir={self._profile}", "about:blank",
+                    *prefix, *PIPE_WRAPPER, binary, *flags, f"--user-data-dir={self._profile}", "about:blank",
                     stdin=to_chromium[0], stdout=from_chromium[1], stderr=log,
                     env=self._env(), start_new_session=True,  # own process group: close() ends the renderers too
-                    **self._account(),
+                    **switch,
                 )  # fmt: skip
         finally:
             os.close(to_chromium[0])  # the child's ends: with them closed here, EOF means Chromium is gone
@@ -88,14 +101,41 @@ class Chromium:
         async with asyncio.timeout(START_TIMEOUT):
             await self.send("Browser.getVersion", page=False)  # answered once DevTools is up
 
-    def _account(self) -> dict[str, Any]:
-        """As root: the unprivileged browser user, with no supplementary groups (root's would be kept),
-        owning the profile. As anyone else: nothing changes."""
+    def _account(self) -> pwd.struct_passwd | None:
+        """As root: the unprivileged browser user, owning the profile. As anyone else: None (nothing changes)."""
         if os.geteuid() != 0:
-            return {}
+            return None
         account = pwd.getpwnam(ensure_service_user(BROWSER_USER))
         os.chown(self._profile, account.pw_uid, account.pw_gid)  # mkdtemp made it 0700
-        return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        return account
+
+    def _entry(self, account: pwd.struct_passwd | None) -> tuple[list[str], dict[str, Any]]:
+        """How the process becomes the browser user, with no supplementary groups (root's would be kept): by
+        Popen's own switch, or, in a namespace (entered as root), by setpriv after `ip netns exec`."""
+        if account is None:
+            if self._namespace:
+                raise ChromiumError("a browser inside a network namespace needs root")
+            return [], {}
+        if self._namespace:
+            ids = [f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups"]
+            return ["ip", "netns", "exec", self._namespace, "setpriv", *ids, "--"], {}
+        return [], {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+    async def _trust(self, ca: Path, account: pwd.struct_passwd | None) -> None:
+        """`ca` in this profile's own NSS store (Chromium on Linux reads $HOME/.pki/nssdb), trusted for TLS."""
+        store = self._profile / ".pki" / "nssdb"
+        store.mkdir(parents=True)
+        database = ["-d", f"sql:{store}"]
+        for command in (["certutil", "-N", *database, "--empty-password"],
+                        ["certutil", "-A", *database, "-n", "harness-ca", "-t", "C,,", "-i", str(ca)]):  # fmt: skip
+            done = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL,
+                                                        stderr=asyncio.subprocess.PIPE)  # fmt: skip
+            _, error = await done.communicate()
+            if done.returncode != 0:
+                raise ChromiumError(f"{' '.join(command[:2])} failed: {error.decode().strip()} (libnss3-tools)")
+        if account is not None:
+            for path in [self._profile / ".pki", *(self._profile / ".pki").rglob("*")]:
+                os.chown(path, account.pw_uid, account.pw_gid)
 
     def _env(self) -> dict[str, str]:
         """A minimal environment, so none of our secrets or root's runtime dirs reach the browser, with
@@ -160,8 +200,10 @@ class Chromium:
                                    page=False)  # fmt: skip
         self._session = attached["sessionId"]
 
-    async def evaluate(self, expression: str) -> Any:
-        result = await self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+    async def evaluate(self, expression: str, *, wait: bool = False) -> Any:
+        """The expression's value; `wait`: it is a promise, whose settled value is returned."""
+        params = {"expression": expression, "returnByValue": True, "awaitPromise": wait}
+        result = await self.send("Runtime.evaluate", params)
         return result.get("result", {}).get("value")
 
     async def screenshot(self, path: Path) -> Path:

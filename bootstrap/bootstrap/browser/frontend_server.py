@@ -22,8 +22,12 @@ def frontend_env_file() -> Path:
 
 
 class FrontendServer:
-    def __init__(self, env_file: Path) -> None:
-        self.livekit_url = dotenv_values(env_file).get(URL_SETTING) or ""
+    """Serves the page on `host` (loopback by default; the paths check binds its client host's link) with the
+    server URL from `env_file`, or `livekit_url` when given."""
+
+    def __init__(self, env_file: Path | None = None, *, livekit_url: str = "", host: str = "127.0.0.1") -> None:
+        self.livekit_url = livekit_url or (dotenv_values(env_file).get(URL_SETTING) if env_file else "") or ""
+        self.host = host
         app = web.Application()
         app.router.add_get("/", self._file(FRONTEND / "index.html"))
         app.router.add_get("/app.js", self._file(FRONTEND / "app.js"))
@@ -44,10 +48,10 @@ class FrontendServer:
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}/"
+        self.url = f"http://{self.host}:{port}/"
 
     async def stop(self) -> None:
         await self._runner.cleanup()

@@ -1,13 +1,15 @@
 """Paths mode (--paths): a participant on another host, over each network path in turn.
 
 client-host  (needs CAP_NET_ADMIN, else skipped) stale hosts and nodes of earlier runs swept; the client host
-             created (devstack.netns); the run's own node started with TURN on (devstack.paths_node).
+             created (devstack.netns); the run's own node started with TURN on (devstack.paths_node); when a
+             path needs TLS, a local CA's certificate and the TLS front (devstack.local_ca, devstack.tls_front).
 worker       the no-op worker registers with that node (the worker stage, on the host).
 path NAME    one per path, each on its own (one failing does not skip the next): the client host's firewall
-             set for the path; a participant joins from inside it (bootstrap.path_client, a child process) into
-             a fresh room with the agent dispatched; its own stats name the selected pair, which must be the
-             path's; then reliable packets, RPCs and audio markers cross it with the agent. A join that fails
-             is explained from what the client was offered (bootstrap.path_diagnosis).
+             set for the path; a participant joins from inside it into a fresh room with the agent dispatched
+             (the rtc SDK in a child process, bootstrap.path_client, or Chromium, bootstrap.browser.page_client);
+             its own stats name the selected pair, which must be the path's; then the data plane crosses it
+             with the agent. A join that fails is explained from what the client was offered
+             (bootstrap.path_diagnosis).
 """
 
 from __future__ import annotations
@@ -19,28 +21,40 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import IO, Any
+from functools import partial
+from pathlib import Path
+from typing import IO, Any, Protocol
 
 from backend.tokens import participant_token
 from bootstrap.context import PathsMode, RunContext
 from bootstrap.ice import RTC_DEBUG_ENV, Offered
 from bootstrap.lookups import find_ready_agent, poll_until
-from bootstrap.network_paths import FAULTS, NetworkPath
+from bootstrap.network_paths import FAULTS, PATHS, SDK, NetworkPath
 from bootstrap.path_diagnosis import check_pair, explain_no_join
 from bootstrap.result import StageFailure, StageSkipped
-from devstack import netns, paths_node
+from devstack import install, local_ca, netns, paths_node, tls_front
 from devstack.netns import ClientHost
 from devstack.stack_env import RUNTIME_DIR
 
 HOST_NAME = "paths"  # the client host's namespace is lkh-paths
-ICE_TIMEOUT = 6.0  # a working path joins here in about 0.1 s; the rtc SDK's own bound is 4 x 15 s
+ICE_TIMEOUT = 6.0  # a working path joins here in well under a second; the rtc SDK's own bound is 4 x 15 s
 AGENT_WAIT = 10.0
 EXCHANGE_WAIT = 25.0  # 100 packets, 20 RPCs and ~20 audio markers take about 2 s on a working path
 TOKEN_TTL = timedelta(minutes=10)
 POLL_INTERVAL = 0.1
+NODE_DIR = RUNTIME_DIR / paths_node.SERVICE
 LOCK_FILE = RUNTIME_DIR / "paths.lock"
-SECRET_VARIABLES = ("LIVEKIT_API_SECRET",)  # the client host's process never gets one
+SECRET_VARIABLES = ("LIVEKIT_API_SECRET",)  # the client host's processes never get one
+
+
+class PathClient(Protocol):
+    """A participant on the client host: the rtc SDK's (below) or a browser's (bootstrap.browser.page_client)."""
+
+    async def join(self, token: str, ice_timeout: float) -> dict[str, Any]: ...
+    async def exchange(self, agent: str) -> dict[str, Any]: ...
+    async def close(self) -> None: ...
 
 
 def mode(ctx: RunContext) -> PathsMode:
@@ -58,29 +72,71 @@ def client_host(ctx: RunContext) -> ClientHost:
 async def run_client_host(ctx: RunContext) -> str:
     if reason := netns.missing_capability():
         raise StageSkipped(reason)
+    if missing := install.missing_paths_packages():
+        raise StageFailure(f"missing {', '.join(missing)}", "run `make paths` (python -m devstack install-native)")
+    if not install.livekit_server_binary(ctx.stack).exists():
+        raise StageFailure("the pinned livekit-server is not built", "run `make paths` (builds it with Go)")
     paths = mode(ctx)
     _lock_out_other_runs(ctx)
     host = ClientHost(HOST_NAME, ctx.stack.paths_subnet)
     fault = FAULTS[paths.fault] if paths.fault else None
-    paths.node_config = paths_node.paths_node_config(ctx.stack, host, fault.node_overrides if fault else None)
-
-    async def remove_host() -> None:
-        await asyncio.to_thread(netns.remove, host)
-
-    async def stop_node() -> None:
-        await asyncio.to_thread(paths_node.stop, ctx.stack, host)
-
+    tls = any(PATHS[name].needs_tls for name in paths.paths)
+    paths.node_config = paths_node.paths_node_config(ctx.stack, host, fault.node_overrides if fault else None, tls=tls)
     swept = await asyncio.to_thread(netns.sweep, netns.PREFIX + HOST_NAME)
-    ctx.finalizers += [remove_host, stop_node]  # cleanup runs them in reverse: the node, then the host
-    await asyncio.to_thread(netns.create, host)
+    _finally(ctx, lambda: netns.remove(host))
+    await asyncio.to_thread(netns.create, host, paths_node.client_names(host))
     paths.host = host
-    started = await asyncio.to_thread(paths_node.start, ctx.stack, host, paths.node_config)
-    paths.node_log = started.log_file
+    _finally(ctx, lambda: paths_node.stop(ctx.stack, host))
+    log = paths_node.service(ctx.stack, host, paths.node_config).log_file
+    paths.node_log, paths.node_log_start = log, log.stat().st_size if log.exists() else 0
+    await asyncio.to_thread(paths_node.start, ctx.stack, host, paths.node_config)
+    if tls:
+        await _start_tls_front(ctx, host)
     leftovers = f"; swept {', '.join(swept)} left by an earlier run" if swept else ""
     injected = f"; fault {fault.name}: {fault.description}" if fault else ""
     turn = "on" if paths.node_config["turn"].get("enabled") else "off"
     node = f"{host.host_address}:{ctx.stack.paths_node_port}"
-    return f"client host {host.client_address} ({host.namespace}); node {node} with TURN {turn}{injected}{leftovers}"
+    front = f", TLS front on {host.host_address}:443 and {host.service_address}:443" if tls else ""
+    return (f"client host {host.client_address} ({host.namespace}); node {node} with TURN {turn}{front}"
+            f"{injected}{leftovers}")  # fmt: skip
+
+
+def _finally(ctx: RunContext, step: Callable[[], None]) -> None:
+    """A blocking teardown step for cleanup's end (finalizers run in reverse: the last added goes first)."""
+
+    async def run() -> None:
+        await asyncio.to_thread(step)
+
+    ctx.finalizers.append(run)
+
+
+async def _start_tls_front(ctx: RunContext, host: ClientHost) -> None:
+    if reason := tls_front.missing():
+        raise StageFailure(reason, "run `make paths`")
+    tls = await asyncio.to_thread(local_ca.issue, NODE_DIR / "tls", [paths_node.SIGNAL_NAME, paths_node.TURN_NAME])
+    mode(ctx).ca_cert = tls.ca_cert
+    front = tls_front.Front(host.host_address, host.service_address, ctx.stack.paths_node_port,
+                            ctx.stack.paths_turn_tls_port, host.host_address, NODE_DIR / "tls-front")  # fmt: skip
+    _finally(ctx, lambda: tls_front.stop(front))
+    await asyncio.to_thread(tls_front.stop, front)  # one an earlier, killed run left
+    await asyncio.to_thread(tls_front.start, front, tls)
+    for _ in range(50):  # nginx binds within milliseconds; its error log says why when it does not
+        if await _listening(host.host_address, 443) and await _listening(host.service_address, 443):
+            return
+        if not tls_front.running(front):
+            break
+        await asyncio.sleep(0.05)
+    log = (front.directory / "nginx-error.log").read_text(errors="replace").strip().splitlines()[-2:]
+    raise StageFailure(f"the TLS front (nginx) did not listen on 443: {' | '.join(log)}", f"see {front.directory}")
+
+
+async def _listening(address: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(address, port)
+    except OSError:
+        return False
+    writer.close()
+    return True
 
 
 def _lock_out_other_runs(ctx: RunContext) -> None:
@@ -101,7 +157,7 @@ def _lock_out_other_runs(ctx: RunContext) -> None:
     ctx.finalizers.insert(0, unlock)  # runs last of all
 
 
-def path_runner(path: NetworkPath) -> Any:
+def path_runner(path: NetworkPath) -> Callable[[RunContext], Awaitable[str]]:
     async def run(ctx: RunContext) -> str:
         return await run_path(ctx, path)
 
@@ -112,88 +168,123 @@ async def run_path(ctx: RunContext, path: NetworkPath) -> str:
     paths, host = mode(ctx), client_host(ctx)
     fault = FAULTS[paths.fault] if paths.fault else None
     blocked = path.block_udp or bool(fault and fault.block_udp)
-    await asyncio.to_thread(netns.block_udp, host, blocked)
+    unreachable = (host.service_address,) if path.block_turn_tls else ()
+    await asyncio.to_thread(partial(netns.restrict, host, block_udp=blocked, unreachable=unreachable))
     room = f"{ctx.room_name}-{path.name}"
     token = participant_token(ctx.settings, identity=f"client-{path.name}", room=room, ttl=TOKEN_TTL,
                               agent_name=ctx.agent_name)  # fmt: skip
     ctx.rooms_joined.add(room)
-    figures: dict[str, Any] = {"udp_blocked": blocked, "relay_forced": path.relay}
+    figures: dict[str, Any] = {"client": path.client, "udp_blocked": blocked, "relay_forced": path.relay}
     paths.figures[path.name] = figures
     signal = f"{host.host_address}:{ctx.stack.paths_node_port}"
-    client = await _start_client(ctx, host)
-    await _tell(client, {"url": f"ws://{signal}", "token": token, "relay": path.relay, "ice_timeout": ICE_TIMEOUT})
-    joined = await _hear(client, ICE_TIMEOUT + 5.0)
-    figures.update(join_s=joined["join_s"], pairs=joined["pairs"])
-    offered = Offered.from_dict(joined["offered"])
+    url = f"wss://{paths_node.SIGNAL_NAME}" if path.tls_signal else f"ws://{signal}"
+    client = await _client(ctx, path, host, url)
+    ctx.closers.append(client.close)
+    joined = await client.join(token, ICE_TIMEOUT)
+    figures.update(url=url, join_s=joined["join_s"], pairs=joined["pairs"])
+    offered = Offered.from_dict(joined["offered"]) if joined["offered"] is not None else None
     if not joined["joined"]:
         figures["offered"] = joined["offered"]
-        node_log = paths.node_log.read_text(errors="replace") if paths.node_log else ""
-        raise explain_no_join(path, offered, joined["error"], host, signal, paths.node_config, node_log)
-    if failure := check_pair(path, joined["pairs"], offered):
+        raise explain_no_join(path, offered, joined["error"], host, signal, paths.node_config, _this_runs_log(paths))
+    if failure := check_pair(path, joined["pairs"], offered or Offered()):
         raise failure
     async with asyncio.timeout(AGENT_WAIT):
         agent = await poll_until(lambda: find_ready_agent(ctx, room), POLL_INTERVAL)
-    await _tell(client, {"agent": agent.identity})
-    exchanged = await _hear(client, EXCHANGE_WAIT)
+    exchanged = await client.exchange(agent.identity)
     figures.update(data=exchanged["data"], audio=exchanged["audio"])
     if exchanged["failure"]:
         raise StageFailure(f"over the {path.name} path: {exchanged['failure']}",
-                           "see the agent's log (--verbose) and the node's log, " + str(paths.node_log))  # fmt: skip
+                           f"see the agent's log (--verbose) and the node's log, {paths.node_log}")  # fmt: skip
     return _detail(path, joined, exchanged)
+
+
+def _this_runs_log(paths: PathsMode) -> str:
+    if paths.node_log is None or not paths.node_log.exists():
+        return ""
+    with paths.node_log.open("rb") as log:
+        log.seek(paths.node_log_start)
+        return log.read().decode(errors="replace")
+
+
+async def _client(ctx: RunContext, path: NetworkPath, host: ClientHost, url: str) -> PathClient:
+    ca = mode(ctx).ca_cert
+    if path.client == SDK:
+        return await SdkClient.start(host, path, url, ca)
+    from bootstrap.browser.page_client import PageClient  # Chromium's driver loads only for a browser path
+
+    return PageClient(host.namespace, host.host_address, url, ca, relay=path.relay)
 
 
 def _detail(path: NetworkPath, joined: dict[str, Any], exchanged: dict[str, Any]) -> str:
     pair = next(iter(joined["pairs"].values()))
     local, remote = pair["local"], pair["remote"]
-    rtt, rpc = exchanged["audio"]["round_trip_s"], exchanged["data"]["rpc_round_trip_s"]
-    return (f"{local['type']} {local['protocol']} {local['address']} → {remote['type']} {remote['address']}:"
-            f"{remote['port']}; joined in {joined['join_s']:.2f} s; audio round trip p50 {rtt['p50'] * 1000:.0f} ms "
-            f"p95 {rtt['p95'] * 1000:.0f} ms; RPC p50 {rpc['p50'] * 1000:.0f} ms")  # fmt: skip
+    via = f" (TURN over {local['relay_protocol']})" if local.get("relay_protocol") else ""
+    rpc = exchanged["data"]["rpc_round_trip_s"]
+    audio = exchanged["audio"]
+    if rtt := audio.get("round_trip_s"):
+        heard = f"audio round trip p50 {rtt['p50'] * 1000:.0f} ms p95 {rtt['p95'] * 1000:.0f} ms"
+    else:
+        hz = audio["agent_heard"]["dominant_hz"]
+        heard = f"agent heard {hz:.0f} Hz, page heard the echo at {audio['echo_hz']:.0f} Hz"
+    return (f"{path.client}: {local['type']} {local['protocol']} {local['address']}{via} → {remote['type']} "
+            f"{remote['protocol']} {remote['address']}:{remote['port']}; joined in {joined['join_s']:.2f} s; {heard}; "
+            f"RPC p50 {rpc['p50'] * 1000:.0f} ms")  # fmt: skip
 
 
-class _Client:
-    def __init__(self, process: asyncio.subprocess.Process, stderr: IO[bytes]) -> None:
-        self.process, self.stderr = process, stderr
+class SdkClient:
+    """The rtc SDK's participant: `python -m bootstrap.path_client` inside the client host, spoken to in JSON
+    lines (its module says the protocol). It trusts the local CA through SSL_CERT_FILE, which the SDK's
+    signalling (rustls with rustls-native-certs) reads; it holds no API secret."""
 
-    def stderr_tail(self) -> str:
+    def __init__(self, process: asyncio.subprocess.Process, stderr: IO[bytes], path: NetworkPath, url: str) -> None:
+        self.process, self.stderr, self.path, self.url = process, stderr, path, url
+
+    @classmethod
+    async def start(cls, host: ClientHost, path: NetworkPath, url: str, ca: Path | None) -> SdkClient:
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES} | RTC_DEBUG_ENV
+        if ca is not None:
+            env["SSL_CERT_FILE"] = str(ca)
+        stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        process = await asyncio.create_subprocess_exec(
+            *host.exec_argv([sys.executable, "-m", "bootstrap.path_client"]),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env,
+        )  # fmt: skip
+        return cls(process, stderr, path, url)
+
+    async def join(self, token: str, ice_timeout: float) -> dict[str, Any]:
+        await self._tell({"url": self.url, "token": token, "relay": self.path.relay, "ice_timeout": ice_timeout})
+        return await self._hear(ice_timeout + 5.0)
+
+    async def exchange(self, agent: str) -> dict[str, Any]:
+        await self._tell({"agent": agent})
+        return await self._hear(EXCHANGE_WAIT)
+
+    async def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        await self.process.wait()
+        self.stderr.close()
+
+    def _stderr_tail(self) -> str:
         self.stderr.seek(0)
         lines = self.stderr.read().decode(errors="replace").strip().splitlines()
         return " | ".join(lines[-3:]) or "nothing on stderr"
 
+    async def _tell(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message).encode() + b"\n")
+        await self.process.stdin.drain()
 
-async def _start_client(ctx: RunContext, host: ClientHost) -> _Client:
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES} | RTC_DEBUG_ENV
-    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the closer below)
-    argv = host.exec_argv([sys.executable, "-m", "bootstrap.path_client"])
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env
-    )
-    client = _Client(process, stderr)
-
-    async def stop() -> None:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
-        stderr.close()
-
-    ctx.closers.append(stop)
-    return client
-
-
-async def _tell(client: _Client, message: dict[str, Any]) -> None:
-    assert client.process.stdin is not None
-    client.process.stdin.write(json.dumps(message).encode() + b"\n")
-    await client.process.stdin.drain()
-
-
-async def _hear(client: _Client, within: float) -> dict[str, Any]:
-    assert client.process.stdout is not None
-    try:
-        line = await asyncio.wait_for(client.process.stdout.readline(), within)
-    except TimeoutError:
-        raise StageFailure(f"the client on the client host said nothing within {within:.0f} s "
-                           f"({client.stderr_tail()})", "run with --verbose; see the node's log") from None  # fmt: skip
-    if not line:
-        raise StageFailure(f"the client on the client host exited: {client.stderr_tail()}",
-                           "run `python -m bootstrap --paths --verbose` to see why")  # fmt: skip
-    return dict(json.loads(line))
+    async def _hear(self, within: float) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.process.stdout.readline(), within)
+        except TimeoutError:
+            raise StageFailure(
+                f"the client on the client host said nothing within {within:.0f} s ({self._stderr_tail()})",
+                "run with --verbose; see the node's log",
+            ) from None
+        if not line:
+            raise StageFailure(f"the client on the client host exited: {self._stderr_tail()}",
+                               "run `python -m bootstrap --paths --verbose` to see why")  # fmt: skip
+        return dict(json.loads(line))

@@ -1,0 +1,61 @@
+"""A local certificate authority for the paths check's TLS: a CA made on this machine (openssl, nothing
+downloaded) signs one server certificate for the test names. Clients trust the CA per process only (an
+environment variable, a browser profile's own certificate store), never through the system trust store.
+
+The names are under `.test`, a top-level domain reserved for testing that no resolver answers: they resolve
+inside the client host only (its /etc/netns/<name>/hosts).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.safe_files import ensure_dir, write_private
+
+DAYS = 2  # the check's lifetime is minutes; a stolen key is worthless by the day after
+
+
+class LocalCaError(RuntimeError):
+    """openssl failed; the message carries its error."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_cert: Path  # what a client trusts
+    cert: Path  # the server's chain (its certificate, then the CA's)
+    key: Path  # the server's private key (0600)
+
+
+def _openssl(*args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(["openssl", *args], input=stdin, capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        raise LocalCaError(f"openssl {args[0]} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def issue(directory: Path, names: list[str]) -> TlsFiles:
+    """A fresh CA and a server certificate for `names` (DNS names), in `directory` (root only, 0700)."""
+    ensure_dir(directory, mode=0o700)
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        work = Path(scratch)
+        ca_key, server_key, request = work / "ca.key", work / "server.key", work / "server.csr"
+        for key in (ca_key, server_key):
+            _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key))
+        ca_cert = _openssl("req", "-x509", "-new", "-key", str(ca_key), "-subj", "/CN=livekit-harness local CA",
+                           "-days", str(DAYS), "-addext", "basicConstraints=critical,CA:TRUE",
+                           "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+        (work / "ca.pem").write_text(ca_cert)
+        _openssl("req", "-new", "-key", str(server_key), "-subj", f"/CN={names[0]}", "-out", str(request))
+        extensions = work / "server.ext"
+        extensions.write_text(f"subjectAltName={','.join(f'DNS:{n}' for n in names)}\n"
+                              "extendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")  # fmt: skip
+        server_cert = _openssl("x509", "-req", "-in", str(request), "-CA", str(work / "ca.pem"), "-CAkey", str(ca_key),
+                               "-CAcreateserial", "-days", str(DAYS), "-extfile", str(extensions))  # fmt: skip
+        files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+        write_private(files.ca_cert, ca_cert, mode=0o644)
+        write_private(files.cert, server_cert + ca_cert, mode=0o600)
+        write_private(files.key, server_key.read_text(), mode=0o600)
+    return files  # the CA's key is gone with the scratch directory: nothing more can be signed
