@@ -134,7 +134,7 @@ async def test_a_skip_with_a_reason_passes_the_run_only_when_something_else_pass
 
 
 def test_path_options_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
-    assert parse_args(["--paths"]).paths == ["udp", "turn-udp"]
+    assert parse_args(["--paths"]).paths == ["udp", "turn-udp", "tcp", "turn-tls", "wss"]
     assert parse_args(["--paths", "--fault", "turn-peers"]).paths == ["turn-udp"]
     assert parse_args(["--paths", "turn-udp,udp,udp"]).paths == ["turn-udp", "udp"]
     for bad, says in [(["--paths", "carrier-pigeon"], "unknown path carrier-pigeon"),

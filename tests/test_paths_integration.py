@@ -35,7 +35,8 @@ def leftovers() -> list[str]:
     """Namespaces, links and processes of a paths run still on this machine."""
     found = netns.namespaces() + netns.links()
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    found += [line for line in ps.splitlines() if "livekit-paths" in line or "bootstrap.path_client" in line]
+    ours = ("livekit-paths", "bootstrap.path_client", "lkh-paths")  # the node and nginx (their paths), clients
+    found += [line for line in ps.splitlines() if any(mark in line for mark in ours)]
     return found
 
 
@@ -51,15 +52,22 @@ def passing_run() -> tuple[int, dict[str, Any]]:
 def test_every_path_passes(passing_run: tuple[int, dict[str, Any]]) -> None:
     code, report = passing_run
     assert (code, report["status"]) == (0, "pass"), json.dumps(report["stages"], indent=1)
-    assert [s["name"] for s in report["stages"]] == ["client-host", "worker", "path udp", "path turn-udp"]
+    paths = ["path udp", "path turn-udp", "path tcp", "path turn-tls", "path wss"]
+    assert [s["name"] for s in report["stages"]] == ["client-host", "worker", *paths]
     assert all(s["status"] == "pass" for s in report["stages"])
 
 
 def test_udp_path_is_a_udp_host_pair_from_the_clients_own_stats(passing_run: tuple[int, dict[str, Any]]) -> None:
     figures = passing_run[1]["paths"]["udp"]
     for pair in figures["pairs"].values():
-        assert pair["local"] | {"port": 0} == {"type": "host", "protocol": "udp", "address": CLIENT, "port": 0}
-        assert pair["remote"] == {"type": "host", "protocol": "udp", "address": NODE, "port": UDP_PORT}
+        local, remote = pair["local"], pair["remote"]
+        assert (local["type"], local["protocol"], local["address"]) == ("host", "udp", CLIENT)
+        assert (remote["type"], remote["protocol"], remote["address"], remote["port"]) == (
+            "host",
+            "udp",
+            NODE,
+            UDP_PORT,
+        )
     assert figures["pairs"], "no transport reported a selected pair"
 
 
@@ -67,13 +75,53 @@ def test_turn_udp_path_relays_through_the_nodes_turn(passing_run: tuple[int, dic
     figures = passing_run[1]["paths"]["turn-udp"]
     assert figures["relay_forced"] is True
     for pair in figures["pairs"].values():
-        assert (pair["local"]["type"], pair["local"]["protocol"]) == ("relay", "udp")
-        assert pair["remote"] == {"type": "host", "protocol": "udp", "address": NODE, "port": UDP_PORT}
+        assert (pair["local"]["type"], pair["local"]["protocol"], pair["local"]["relay_protocol"]) == (
+            "relay",
+            "udp",
+            "udp",
+        )
+        assert (pair["remote"]["type"], pair["remote"]["address"], pair["remote"]["port"]) == ("host", NODE, UDP_PORT)
     assert figures["pairs"], "no transport reported a selected pair"
 
 
-@pytest.mark.parametrize("path", ["udp", "turn-udp"])
-def test_media_and_data_crossed_each_path(passing_run: tuple[int, dict[str, Any]], path: str) -> None:
+def test_tcp_path_is_chromium_over_ice_tcp_from_the_browsers_own_stats(passing_run: tuple[int, dict[str, Any]]) -> None:
+    figures = passing_run[1]["paths"]["tcp"]
+    assert (figures["client"], figures["udp_blocked"]) == ("chromium", True)
+    pair = figures["pairs"]["publisher"]
+    assert (pair["local"]["protocol"], pair["local"]["address"]) == ("tcp", CLIENT)
+    assert pair["remote"] | {"relay_protocol": ""} == {
+        "type": "host", "protocol": "tcp", "address": NODE, "port": STACK.paths_node_port + 1, "relay_protocol": "",
+    }  # fmt: skip
+    assert "Swift SDK cannot" in figures["other_clients"] and "RTCConfiguration.swift" in figures["other_clients"]
+
+
+def test_turn_tls_path_relays_over_tls_through_the_front(passing_run: tuple[int, dict[str, Any]]) -> None:
+    figures = passing_run[1]["paths"]["turn-tls"]
+    assert (figures["client"], figures["udp_blocked"], figures["relay_forced"]) == ("chromium", True, True)
+    pair = figures["pairs"]["publisher"]
+    assert (pair["local"]["type"], pair["local"]["relay_protocol"]) == ("relay", "tls")
+    assert (pair["remote"]["address"], pair["remote"]["port"]) == (NODE, UDP_PORT)
+    assert "rtc SDK cannot with a private CA" in figures["other_clients"]
+
+
+def test_wss_path_signals_through_the_tls_proxy(passing_run: tuple[int, dict[str, Any]]) -> None:
+    figures = passing_run[1]["paths"]["wss"]
+    assert (figures["client"], figures["url"]) == ("rtc-sdk", "wss://lk.paths.test")
+    for pair in figures["pairs"].values():
+        assert (pair["local"]["type"], pair["local"]["protocol"], pair["remote"]["port"]) == ("host", "udp", UDP_PORT)
+
+
+@pytest.mark.parametrize("path", ["tcp", "turn-tls"])
+def test_audio_and_rpc_crossed_each_browser_path(passing_run: tuple[int, dict[str, Any]], path: str) -> None:
+    figures = passing_run[1]["paths"][path]
+    assert figures["data"]["rpc_calls"] == 20 and figures["data"]["rpc_round_trip_s"]["p50"] > 0
+    audio = figures["audio"]
+    assert abs(audio["agent_heard"]["dominant_hz"] - 440) <= 30 and audio["agent_heard"]["peak_rms"] > 200
+    assert abs(audio["echo_hz"] - 440) <= 30 and audio["echo_db"] > -70
+
+
+@pytest.mark.parametrize("path", ["udp", "turn-udp", "wss"])
+def test_media_and_data_crossed_each_sdk_path(passing_run: tuple[int, dict[str, Any]], path: str) -> None:
     figures = passing_run[1]["paths"][path]
     data, audio = figures["data"], figures["audio"]
     assert (data["reliable_back"], data["reliable_in_order"], data["rpc_calls"]) == (100, True, 20)
@@ -98,13 +146,17 @@ def test_a_passing_run_leaves_nothing_and_reports_no_secret(passing_run: tuple[i
          [f"open UDP {UDP_PORT}", "enable TURN"]),
         ("turn-peers", "turn-udp", ["permission denied", "allow_restricted_peer_cidrs", "lists nothing"],
          ["allow_restricted_peer_cidrs", str(STACK.paths_subnet)]),
+        ("untrusted-ca", "wss", ["refused the signalling's TLS certificate", "UnknownIssuer"],
+         ["a CA the clients trust"]),
+        ("untrusted-ca", "turn-tls", ["refused the TLS front's certificate", "its log: 'alert"],
+         ["a CA the clients trust"]),
     ],
 )  # fmt: skip
 def test_each_misconfiguration_fails_naming_its_cause(
     fault: str, path: str, in_cause: list[str], in_fix: list[str]
 ) -> None:
     started = time.monotonic()
-    code, report = bootstrap_report("--paths", "--fault", fault, timeout=60)
+    code, report = bootstrap_report("--paths", path, "--fault", fault, timeout=60)
     failed = stage(report, f"path {path}")
     assert (code, report["status"], failed["status"]) == (1, "fail", "fail"), json.dumps(report["stages"], indent=1)
     for words in in_cause:
@@ -139,10 +191,8 @@ def test_ctrl_c_mid_path_ends_the_run_and_removes_everything() -> None:
     report = json.loads(out)
     assert run.returncode == 1
     assert stage(report, "path udp")["cause"].startswith("interrupted")
-    assert stage(report, "path turn-udp") | {"seconds": 0} == {
-        "name": "path turn-udp", "status": "skipped", "seconds": 0, "detail": "", "cause": "the run was interrupted",
-        "fix": "",
-    }  # fmt: skip
+    for later in ("path turn-udp", "path tcp", "path turn-tls", "path wss"):  # Ctrl-C ends the run
+        assert (stage(report, later)["status"], stage(report, later)["cause"]) == ("skipped", "the run was interrupted")
     assert leftovers() == []
 
 

@@ -67,6 +67,7 @@ class PathsMode:
     node_log: Path | None = None  # its log: the server's side of a failure
     node_log_start: int = 0  # where this run's part of it starts (earlier runs' lines come before)
     ca_cert: Path | None = None  # the local CA the clients trust, when a path needs TLS
+    front_log: Path | None = None  # the TLS front's error log (a refused handshake is there)
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # per path, for the report
 
 

@@ -27,6 +27,7 @@ class NetworkPath:
     block_udp: bool = False  # the client host sends no UDP at all
     block_turn_tls: bool = False  # nor anything to TURN's TLS front (so TURN/TLS cannot stand in for the path)
     tls_signal: bool = False  # the signalling URL is wss:// through the TLS front
+    other_clients: str = ""  # which other clients can or cannot take the path, and the source that says so
 
     @property
     def needs_tls(self) -> bool:
@@ -38,6 +39,18 @@ class NetworkPath:
         return f"{'/'.join(self.local_types)} {self.protocol}{via}"
 
 
+TCP_CLIENTS = (
+    "the rtc SDK takes it too (LiveKit's Rust SDK sets no TCP candidate policy, so libwebrtc's default, enabled, "
+    "applies: webrtc-sys peer_connection.cpp to_native_rtc_configuration; --fault udp-blocked shows its pair fall "
+    "back to TCP); the Swift SDK cannot (client-sdk-swift Sources/LiveKit/Extensions/RTCConfiguration.swift: "
+    "tcpCandidatePolicy = .disabled)"
+)
+TURN_TLS_CLIENTS = (
+    "the rtc SDK cannot with a private CA: webrtc-sys passes libwebrtc no certificate verifier (peer_connection.cpp, "
+    "PeerConnectionDependencies), so TURN's certificate is checked against libwebrtc's built-in roots only, and "
+    "SSL_CERT_FILE is not read there (its log: 'OpenSSLAdapter::BeginSSL: turn.paths.test', 'ContinueSSL -- error "
+    "-1'); a deployment serves TURN/TLS with a publicly trusted certificate"
+)
 PATHS: dict[str, NetworkPath] = {
     path.name: path
     for path in (
@@ -47,9 +60,9 @@ PATHS: dict[str, NetworkPath] = {
         # A browser's ICE/TCP candidate is active (it connects out): its type is host, or prflx when the
         # node's reply names the connection's address first.
         NetworkPath("tcp", "UDP and TURN blocked: ICE over TCP to the node's rtc.tcp_port", CHROMIUM,
-                    ("host", "prflx"), "tcp", block_udp=True, block_turn_tls=True),
+                    ("host", "prflx"), "tcp", block_udp=True, block_turn_tls=True, other_clients=TCP_CLIENTS),
         NetworkPath("turn-tls", "UDP blocked, relay forced through TURN over TLS on 443", CHROMIUM, ("relay",),
-                    "udp", relay=True, relay_protocol="tls", block_udp=True),
+                    "udp", relay=True, relay_protocol="tls", block_udp=True, other_clients=TURN_TLS_CLIENTS),
         NetworkPath("wss", "signalling over wss:// through a TLS-terminating reverse proxy", SDK, ("host",), "udp",
                     tls_signal=True),
     )
@@ -63,6 +76,7 @@ class Fault:
     description: str
     node_overrides: dict[str, Any] = field(default_factory=dict)  # merged over the node's config
     block_udp: bool = False  # the client host sends no UDP, on every path
+    trust_ca: bool = True  # the clients are given the local CA that signed the TLS certificate
     paths: tuple[str, ...] = ("udp",)  # the paths it runs when none are named
 
 
@@ -80,6 +94,10 @@ FAULTS: dict[str, Fault] = {
         Fault(
             "turn-peers", "TURN on, but turn.allow_restricted_peer_cidrs leaves out the test range",
             {"turn": {"allow_restricted_peer_cidrs": []}}, paths=("turn-udp",),
+        ),
+        Fault(
+            "untrusted-ca", "the TLS certificate's CA is not one the clients trust (self-signed, private)",
+            trust_ca=False, paths=("wss", "turn-tls"),
         ),
     )
 }  # fmt: skip

@@ -21,6 +21,12 @@ from bootstrap.result import StageFailure
 from devstack.netns import ClientHost
 
 PERMISSION_DENIED = re.compile(r"permission denied for client (\S+) to peer (\S+)")
+# The rtc SDK's words when the signalling WebSocket itself failed (rust-sdks: EngineError::Signal), and the
+# browser's (livekit-client: ConnectionError), before any ICE.
+SIGNAL_FAILURE = re.compile(r"signal failure|could not establish signal connection|websocket", re.IGNORECASE)
+UNTRUSTED = re.compile(r"certificate|UnknownIssuer|unknown ca", re.IGNORECASE)
+# The TLS front's log (nginx, at info) when a client refused its certificate during the handshake.
+REFUSED = r"SSL_do_handshake\(\) failed \(SSL: [^)]*(alert unknown ca|alert certificate unknown|alert bad certificate)"
 
 
 def turn_urls(offered: Offered) -> list[str]:
@@ -69,6 +75,17 @@ def explain_no_join(
     """The client reached the signalling at `signal` but its media transport never connected (`error`).
     `offered` is None for a client whose offer cannot be read (a browser): its own error is all there is."""
     node_ip = (node_config.get("rtc") or {}).get("node_ip", "")
+    if SIGNAL_FAILURE.search(error):
+        return _signal_failed(path, error)
+    # The front this path's TLS goes to: TURN's (the service address) or the signalling's.
+    front = host.service_address if path.relay_protocol == "tls" else host.host_address
+    if path.needs_tls and (refused := re.search(REFUSED + rf".*server: {re.escape(front)}:443", node_log)):
+        return StageFailure(
+            f"the {path.client} client refused the TLS front's certificate (its log: '{refused.group(1)}'), so "
+            f"the {path.name} path never connected: {error}",
+            "serve TLS (TURN's turn.domain, the wss:// name) with a certificate from a CA the clients trust: a "
+            "public CA in production",
+        )
     if offered is None:
         return StageFailure(f"the {path.client} client did not connect over the {path.name} path: {error}",
                             f"see the node's log; the path needs {path.expected} to reach the node")  # fmt: skip
@@ -101,6 +118,17 @@ def explain_no_join(
         f"answered the client ({error})",
         f"open UDP {udp[0].port if udp else 'rtc.udp_port'} and TURN's port from clients to the node; see its log",
     )
+
+
+def _signal_failed(path: NetworkPath, error: str) -> StageFailure:
+    if UNTRUSTED.search(error):
+        return StageFailure(
+            f"the {path.client} client refused the signalling's TLS certificate: {error}",
+            "serve wss:// with a certificate from a CA the clients trust (a public CA in production; the rtc SDK "
+            "also honours SSL_CERT_FILE), for the name in the URL, with its chain",
+        )
+    return StageFailure(f"the {path.client} client could not open the signalling connection: {error}",
+                        "check the URL, the proxy in front of the node and its WebSocket upgrade headers")  # fmt: skip
 
 
 def _unreachable_address(

@@ -40,7 +40,7 @@ async def run(ctx: RunContext, stages: list[Stage]) -> RunResult:
     try:
         await _start_sink(ctx)
         for stage in stages:
-            if results and results[-1].cause == INTERRUPTED:  # Ctrl-C ends the run, independent stages too
+            if any(r.cause == INTERRUPTED for r in results):  # Ctrl-C ends the run, independent stages too
                 results.append(StageResult(stage.name, Status.SKIPPED, cause="the run was interrupted"))
                 continue
             if blocker := _failed_prerequisite(results, stages):

@@ -13,7 +13,7 @@ import shutil
 import sys
 from collections.abc import Callable
 
-from devstack import compose, install, native, netns, paths_node
+from devstack import compose, install, native, netns, paths_node, tls_front
 from devstack.credentials import CredentialsError
 from devstack.env_files import create_env_files
 from devstack.health import print_health
@@ -98,6 +98,7 @@ def remove_paths_leftovers() -> None:
     """What a `bootstrap --paths` run killed by SIGKILL left behind: its node and its client host."""
     stack = load_stack()
     paths_node.stop(stack, ClientHost("paths", stack.paths_subnet))
+    tls_front.stop(paths_node.FRONT_DIR)
     if netns.missing_capability() is None and shutil.which("ip"):
         for removed in netns.sweep():
             print(f"  removed {removed} (left by a killed `bootstrap --paths` run)", file=sys.stderr)

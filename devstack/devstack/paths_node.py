@@ -27,6 +27,8 @@ from devstack.stack_env import RUNTIME_DIR, Stack
 
 SERVICE = "livekit-paths"
 READY_TIMEOUT = 15.0
+TLS_DIR = RUNTIME_DIR / SERVICE / "tls"  # the local CA's certificate and the server's (devstack.local_ca)
+FRONT_DIR = RUNTIME_DIR / SERVICE / "tls-front"  # the TLS front's config, logs and pid (devstack.tls_front)
 # The names clients use over TLS, under .test (reserved: no resolver answers), in the client host's /etc/hosts.
 SIGNAL_NAME = "lk.paths.test"  # wss://lk.paths.test → the front on the host address → the node's port
 TURN_NAME = "turn.paths.test"  # turns:turn.paths.test:443 → the front on the service address → TURN

@@ -22,6 +22,7 @@ from devstack.safe_files import ensure_dir, write_private
 
 STREAM_MODULE = NGINX_STREAM_MODULE
 ROOT = Account(None, 0, 0)
+PID_RECORD = "nginx.pid.record"  # ours (processes.PidRecord), beside nginx's own nginx.pid
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,16 @@ class Front:
 
     @property
     def pid_file(self) -> Path:
-        return self.directory / "nginx.pid.record"
+        return self.directory / PID_RECORD
 
     @property
     def log_file(self) -> Path:
         return self.directory / "nginx.log"
+
+    @property
+    def error_log(self) -> Path:
+        """At info: nginx logs a client's refused TLS handshake ("alert unknown ca") there."""
+        return self.directory / "nginx-error.log"
 
 
 def missing() -> str | None:
@@ -59,7 +65,7 @@ load_module {STREAM_MODULE};
 user www-data;
 worker_processes 1;
 pid {runtime}/nginx.pid;
-error_log {runtime}/nginx-error.log warn;
+error_log {front.error_log} info;
 daemon off;
 events {{ worker_connections 256; }}
 http {{
@@ -93,16 +99,18 @@ def start(front: Front, tls: TlsFiles) -> int:
     """nginx in the foreground of its own session, recorded like every service we start; returns its pid."""
     ensure_dir(front.directory, mode=0o755)  # www-data's worker needs to enter it for its temp paths
     conf = write_private(front.directory / "nginx.conf", config(front, tls))
-    command = [shutil.which("nginx") or "nginx", "-c", str(conf), "-e", str(front.directory / "nginx-error.log")]
+    command = [shutil.which("nginx") or "nginx", "-c", str(conf), "-e", str(front.error_log)]
     record = processes.start(command, ROOT, log=front.log_file, pid_file=front.pid_file, cwd=front.directory)
     return record.pid
 
 
-def running(front: Front) -> int | None:
-    return processes.running(front.pid_file, shutil.which("nginx") or "nginx", ROOT)
+def running(directory: Path) -> int | None:
+    """The front recorded in `directory`, if it runs and is still exactly what we started."""
+    return processes.running(directory / PID_RECORD, shutil.which("nginx") or "nginx", ROOT)
 
 
-def stop(front: Front) -> None:
-    if pid := running(front):
+def stop(directory: Path) -> None:
+    """The front recorded in `directory` (this run's, or one a killed run left), if any."""
+    if pid := running(directory):
         processes.stop(pid, signal.SIGTERM)  # nginx's fast shutdown
-    front.pid_file.unlink(missing_ok=True)
+    (directory / PID_RECORD).unlink(missing_ok=True)

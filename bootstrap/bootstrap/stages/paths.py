@@ -44,7 +44,7 @@ AGENT_WAIT = 10.0
 EXCHANGE_WAIT = 25.0  # 100 packets, 20 RPCs and ~20 audio markers take about 2 s on a working path
 TOKEN_TTL = timedelta(minutes=10)
 POLL_INTERVAL = 0.1
-NODE_DIR = RUNTIME_DIR / paths_node.SERVICE
+FRONT_DIR = paths_node.FRONT_DIR
 LOCK_FILE = RUNTIME_DIR / "paths.lock"
 SECRET_VARIABLES = ("LIVEKIT_API_SECRET",)  # the client host's processes never get one
 
@@ -82,6 +82,7 @@ async def run_client_host(ctx: RunContext) -> str:
     fault = FAULTS[paths.fault] if paths.fault else None
     tls = any(PATHS[name].needs_tls for name in paths.paths)
     paths.node_config = paths_node.paths_node_config(ctx.stack, host, fault.node_overrides if fault else None, tls=tls)
+    await asyncio.to_thread(tls_front.stop, FRONT_DIR)  # one a killed run left, whether or not this run needs one
     swept = await asyncio.to_thread(netns.sweep, netns.PREFIX + HOST_NAME)
     _finally(ctx, lambda: netns.remove(host))
     await asyncio.to_thread(netns.create, host, paths_node.client_names(host))
@@ -113,20 +114,21 @@ def _finally(ctx: RunContext, step: Callable[[], None]) -> None:
 async def _start_tls_front(ctx: RunContext, host: ClientHost) -> None:
     if reason := tls_front.missing():
         raise StageFailure(reason, "run `make paths`")
-    tls = await asyncio.to_thread(local_ca.issue, NODE_DIR / "tls", [paths_node.SIGNAL_NAME, paths_node.TURN_NAME])
+    tls = await asyncio.to_thread(local_ca.issue, paths_node.TLS_DIR, [paths_node.SIGNAL_NAME, paths_node.TURN_NAME])
     mode(ctx).ca_cert = tls.ca_cert
     front = tls_front.Front(host.host_address, host.service_address, ctx.stack.paths_node_port,
-                            ctx.stack.paths_turn_tls_port, host.host_address, NODE_DIR / "tls-front")  # fmt: skip
-    _finally(ctx, lambda: tls_front.stop(front))
-    await asyncio.to_thread(tls_front.stop, front)  # one an earlier, killed run left
+                            ctx.stack.paths_turn_tls_port, host.host_address, FRONT_DIR)  # fmt: skip
+    _finally(ctx, lambda: tls_front.stop(FRONT_DIR))
+    front.error_log.unlink(missing_ok=True)  # this run's lines only: the diagnosis reads it
+    mode(ctx).front_log = front.error_log
     await asyncio.to_thread(tls_front.start, front, tls)
     for _ in range(50):  # nginx binds within milliseconds; its error log says why when it does not
         if await _listening(host.host_address, 443) and await _listening(host.service_address, 443):
             return
-        if not tls_front.running(front):
+        if not tls_front.running(FRONT_DIR):
             break
         await asyncio.sleep(0.05)
-    log = (front.directory / "nginx-error.log").read_text(errors="replace").strip().splitlines()[-2:]
+    log = front.error_log.read_text(errors="replace").strip().splitlines()[-2:]
     raise StageFailure(f"the TLS front (nginx) did not listen on 443: {' | '.join(log)}", f"see {front.directory}")
 
 
@@ -175,6 +177,8 @@ async def run_path(ctx: RunContext, path: NetworkPath) -> str:
                               agent_name=ctx.agent_name)  # fmt: skip
     ctx.rooms_joined.add(room)
     figures: dict[str, Any] = {"client": path.client, "udp_blocked": blocked, "relay_forced": path.relay}
+    if path.other_clients:
+        figures["other_clients"] = path.other_clients
     paths.figures[path.name] = figures
     signal = f"{host.host_address}:{ctx.stack.paths_node_port}"
     url = f"wss://{paths_node.SIGNAL_NAME}" if path.tls_signal else f"ws://{signal}"
@@ -185,7 +189,8 @@ async def run_path(ctx: RunContext, path: NetworkPath) -> str:
     offered = Offered.from_dict(joined["offered"]) if joined["offered"] is not None else None
     if not joined["joined"]:
         figures["offered"] = joined["offered"]
-        raise explain_no_join(path, offered, joined["error"], host, signal, paths.node_config, _this_runs_log(paths))
+        logs = _this_runs_log(paths.node_log, paths.node_log_start) + _this_runs_log(paths.front_log, 0)
+        raise explain_no_join(path, offered, joined["error"], host, signal, paths.node_config, logs)
     if failure := check_pair(path, joined["pairs"], offered or Offered()):
         raise failure
     async with asyncio.timeout(AGENT_WAIT):
@@ -198,16 +203,19 @@ async def run_path(ctx: RunContext, path: NetworkPath) -> str:
     return _detail(path, joined, exchanged)
 
 
-def _this_runs_log(paths: PathsMode) -> str:
-    if paths.node_log is None or not paths.node_log.exists():
+def _this_runs_log(path: Path | None, start: int) -> str:
+    """A log from `start` on: what this run's node or front wrote (earlier runs' lines come before)."""
+    if path is None or not path.exists():
         return ""
-    with paths.node_log.open("rb") as log:
-        log.seek(paths.node_log_start)
+    with path.open("rb") as log:
+        log.seek(start)
         return log.read().decode(errors="replace")
 
 
 async def _client(ctx: RunContext, path: NetworkPath, host: ClientHost, url: str) -> PathClient:
-    ca = mode(ctx).ca_cert
+    paths = mode(ctx)
+    fault = FAULTS[paths.fault] if paths.fault else None
+    ca = paths.ca_cert if fault is None or fault.trust_ca else None
     if path.client == SDK:
         return await SdkClient.start(host, path, url, ca)
     from bootstrap.browser.page_client import PageClient  # Chromium's driver loads only for a browser path
