@@ -76,7 +76,8 @@ class PageClient:
         if heard.get("peak_rms", 0) < HEARD_RMS or not _near_oscillator(heard.get("dominant_hz", 0)):
             return self._failed(f"page → agent audio: the agent heard {heard}, not the page's 440 Hz", rtts, audio)
         echo = await self._echo()
-        audio |= {"echo_hz": echo.get("hz"), "echo_db": echo.get("db"), "first_echo_s": echo.get("firstS")}
+        first = echo.get("firstS")
+        audio |= {"echo_hz": echo.get("hz"), "echo_db": echo.get("db"), "first_echo_s": first and round(first, 3)}
         if not _loud_echo(echo):
             return self._failed(f"agent → page audio: the page's analyser heard {echo}, not the echo", rtts, audio)
         return {"data": self._data(rtts), "audio": audio, "failure": None}
