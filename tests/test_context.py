@@ -22,15 +22,6 @@ def test_sink_without_a_receiver_is_a_clear_failure() -> None:
     assert "WEBHOOK_PORT" in caught.value.fix
 
 
-def test_worker_url_is_the_clusters_node_in_cluster_mode() -> None:
-    from bootstrap.context import ClusterMode
-
-    ctx = make_context()
-    assert ctx.worker_ws_url == ctx.settings.ws_url
-    ctx.cluster = ClusterMode("b", "ws://127.0.0.1:7990")
-    assert ctx.worker_ws_url == "ws://127.0.0.1:7990"
-
-
 async def test_poll_until_returns_the_first_answer() -> None:
     answers = iter([None, None, "found"])
 

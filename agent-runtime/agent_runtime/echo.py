@@ -6,7 +6,8 @@ shared Python state, so the checks pass the same against a separate `python -m a
   agent's own named `echo-<identity>`, so each participant hears only its own echo;
 - RPC: PING_METHOD returns its payload; HEARD_METHOD returns what the agent heard from the caller, or from
   the participant its payload names (JSON);
-- data: reliable packets on DATA_TOPIC are sent back to their sender, unchanged and in order.
+- data: reliable packets on DATA_TOPIC (`<sender identity> <sequence number>`) are sent back to their sender,
+  unchanged and in order.
 
 Handlers that receive (tracks, data) are attached before the agent connects: an event that arrives before its
 listener exists is dropped by the SDK, and reliable data sent the moment the agent appears would be lost.
@@ -108,9 +109,15 @@ class EchoAgent:
 
     def attach_data_echo(self) -> None:
         def on_data(packet: rtc.DataPacket) -> None:
-            if packet.topic == DATA_TOPIC and packet.participant is not None:
-                self.hearings.setdefault(packet.participant.identity, Hearing()).packets += 1
-                destination = [packet.participant.identity]
+            if packet.topic != DATA_TOPIC:
+                return
+            # The SDK names the sender only once it knows the participant, and livekit-server announces one that
+            # publishes nothing in its 3-second batch of updates (pkg/rtc/room.go): an agent dispatched before the
+            # participant joined would drop its first packets. So the packet names its sender too.
+            sender = packet.participant.identity if packet.participant else packet.data.decode().split(" ")[0]
+            if sender:
+                self.hearings.setdefault(sender, Hearing()).packets += 1
+                destination = [sender]
                 self._spawn(self.room.local_participant.publish_data(
                     packet.data, reliable=True, topic=DATA_TOPIC, destination_identities=destination))  # fmt: skip
 

@@ -28,7 +28,7 @@ from bootstrap.network_paths import DEFAULT_PATHS, FAULTS, PATHS
 from bootstrap.result import RunResult
 from bootstrap.stages import CLUSTER_STAGES, LOAD_STAGES, STAGES, Stage, browser_stage, paths_stages
 from devstack.compose import webhook_bind_address
-from devstack.nodes import nodes
+from devstack.nodes import lan, nodes
 from devstack.server_config import ConfigError, load_config
 from devstack.stack_env import LIVEKIT_YAML, StackEnvError, load_stack
 
@@ -188,11 +188,13 @@ def build_context(args: argparse.Namespace) -> RunContext:
     register_secret(settings.api_secret)
     for warning in settings.warnings:
         structlog.get_logger("bootstrap").warning(warning)
+    if args.cluster:  # the API calls and cleanup go to node a; the nodes post webhooks to us on the bridge
+        settings = dataclasses.replace(settings, livekit_url=nodes(stack)[0].ws_url)
     ctx = RunContext(
         settings=settings,
         stack=stack,
         agent_name=stack.agent_name,
-        webhook_host=args.webhook_host or webhook_bind_address(),
+        webhook_host=args.webhook_host or (lan(stack).gateway if args.cluster else webhook_bind_address()),
         webhook_port=webhook_port,
         deadline=time.monotonic() + args.timeout,
     )
@@ -201,8 +203,7 @@ def build_context(args: argparse.Namespace) -> RunContext:
     if args.browser:
         ctx.browser = BrowserMode(args.frontend_env)
     if args.cluster:
-        node_b = nodes(stack)[1]
-        ctx.cluster = ClusterMode(node_b.name, node_b.ws_url)
+        ctx.cluster = ClusterMode()
     if args.paths is not None:
         # The run's own node: the worker, the API calls and cleanup all go to it, not to the stack's.
         ctx.settings = dataclasses.replace(settings, livekit_url=f"ws://127.0.0.1:{stack.paths_node_port}")
@@ -248,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         result.extra["load"] = ctx.load.figures.as_dict()
     if ctx.paths is not None:
         result.extra["paths"] = ctx.paths.figures
+    if ctx.cluster is not None:
+        result.extra["cluster"] = ctx.cluster.figures
     if ctx.audio is not None or ctx.data is not None:
         result.extra["media"] = {
             "audio": ctx.audio.as_dict() if ctx.audio else None,

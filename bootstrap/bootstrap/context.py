@@ -50,10 +50,10 @@ class BrowserMode:
 
 @dataclass
 class ClusterMode:
-    """--cluster: two nodes sharing Redis; the worker registers through node b."""
+    """--cluster: two nodes on hosts of their own sharing a Redis on another; the worker, on a host of its own,
+    registers through node b; the participant joins from yet another."""
 
-    worker_node: str  # the node's name ("b")
-    worker_ws_url: str  # where the worker registers
+    figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # per room, for the report
 
 
 @dataclass
@@ -114,10 +114,6 @@ class RunContext:
                 "free the port (stop that process) or change WEBHOOK_PORT and webhook.urls",
             )
         return self.webhook_sink
-
-    @property
-    def worker_ws_url(self) -> str:
-        return self.cluster.worker_ws_url if self.cluster else self.settings.ws_url
 
     @property
     def api(self) -> api.LiveKitAPI:

@@ -81,7 +81,7 @@ async def reliable_echo(room: rtc.Room, agent: str, count: int, figures: DataFig
         # our own are never delivered back to us, so the topic identifies its echoes.
         sender = packet.participant.identity if packet.participant else agent
         if packet.topic == DATA_TOPIC and sender == agent:
-            figures.packets_back.append(int(packet.data.decode()))
+            figures.packets_back.append(int(packet.data.decode().rsplit(" ", 1)[-1]))
             if len(figures.packets_back) >= count:
                 all_back.set()
 
@@ -89,7 +89,10 @@ async def reliable_echo(room: rtc.Room, agent: str, count: int, figures: DataFig
     try:
         for seq in range(count):
             await room.local_participant.publish_data(
-                str(seq).encode(), reliable=True, topic=DATA_TOPIC, destination_identities=[agent]
+                f"{room.local_participant.identity} {seq}".encode(),
+                reliable=True,
+                topic=DATA_TOPIC,
+                destination_identities=[agent],
             )
             figures.packets_sent += 1
         with contextlib.suppress(TimeoutError):  # what did not come back by then is lost

@@ -56,7 +56,9 @@ async def find_agent(ctx: RunContext, room: str, lk: api.LiveKitAPI | None = Non
     return next((p for p in await participants(ctx, room, lk) if is_our_agent(ctx, p)), None)
 
 
-async def find_ready_agent(ctx: RunContext, room: str) -> api.ParticipantInfo | None:
+async def find_ready_agent(ctx: RunContext, room: str, lk: api.LiveKitAPI | None = None) -> api.ParticipantInfo | None:
     """Our agent in `room` once it says (READY_ATTRIBUTE) that its RPC methods are registered."""
-    agent = await find_agent(ctx, room)
-    return agent if agent is not None and agent.attributes.get(READY_ATTRIBUTE) == "true" else None
+    agent = await find_agent(ctx, room, lk)
+    if agent is None or agent.attributes.get(READY_ATTRIBUTE) != "true":
+        return None
+    return agent if agent.state == api.ParticipantInfo.State.ACTIVE else None

@@ -13,7 +13,7 @@ import shutil
 import sys
 from collections.abc import Callable
 
-from devstack import compose, install, native, netns, paths_node, tls_front
+from devstack import cluster, compose, install, native, netns, paths_node, tls_front
 from devstack.credentials import CredentialsError
 from devstack.env_files import create_env_files
 from devstack.health import print_health
@@ -89,8 +89,8 @@ def native_verbs(args: argparse.Namespace) -> dict[str, Callable[[], int | None]
         "down": lambda: native.down(stack, args.services),
         "status": lambda: native.status(stack),
         "logs": lambda: native.logs(stack),
-        "cluster-up": lambda: native.cluster_up(stack),
-        "cluster-down": lambda: native.cluster_down(stack),
+        "cluster-up": lambda: cluster.up(stack),
+        "cluster-down": lambda: cluster.down(stack),
     }
 
 

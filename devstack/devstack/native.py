@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack import install, nodes, postgres, processes
+from devstack import install, postgres, processes
 from devstack.credentials import load_credentials
-from devstack.health import check_all, probe_livekit
+from devstack.health import check_all
 from devstack.ports import port_owner
 from devstack.processes import Account
 from devstack.safe_files import drop_others_access, ensure_dir, read_private, write_private
@@ -44,10 +44,12 @@ class Service:
     command: Callable[[], list[str]] = field(repr=False)
     prepare: Callable[[Account], None] = field(default=lambda _: None, repr=False)
     stop_signal: signal.Signals = signal.SIGTERM
+    namespace: str | None = None  # runs on that host (a network namespace of a devstack.netns Lan)
+    directory: Path | None = None  # default RUNTIME_DIR / name
 
     @property
     def dir(self) -> Path:
-        return RUNTIME_DIR / self.name
+        return self.directory or RUNTIME_DIR / self.name
 
     @property
     def pid_file(self) -> Path:
@@ -83,23 +85,12 @@ def services(stack: Stack) -> list[Service]:
     ]  # fmt: skip
 
 
-def cluster_services(stack: Stack) -> list[Service]:
-    """The two cluster nodes, as services the same up/down/status machinery runs."""
-    return [
-        Service(node.service, livekit_ports(node.port), "livekit",
-                lambda node=node: livekit_command(stack, node.config_path),  # type: ignore[misc]
-                prepare=lambda account, node=node: prepare_livekit(  # type: ignore[misc]
-                    node.dir, nodes.cluster_node_config(stack, node, load_credentials().redis_password), account))
-        for node in nodes.nodes(stack)
-    ]  # fmt: skip
-
-
 def livekit_ports(port: int) -> list[tuple[int, bool]]:
     return [(port, False), (port + 1, False), (port + 2, True)]
 
 
-def livekit_command(stack: Stack, config: Path) -> list[str]:
-    return [str(install.livekit_server_binary(stack)), "--config", str(config), "--bind", "127.0.0.1"]
+def livekit_command(stack: Stack, config: Path, binds: tuple[str, ...] = ("127.0.0.1",)) -> list[str]:
+    return [str(install.livekit_server_binary(stack)), "--config", str(config), *(f"--bind={a}" for a in binds)]
 
 
 def prepare_livekit(directory: Path, config: dict[str, object], account: Account) -> None:
@@ -131,7 +122,7 @@ def _check_ports_free(to_start: list[Service]) -> None:
         raise StackError("; ".join(taken) + ". Stop that process, or change the port in stack.env")
 
 
-def _check_reachable(path: Path, account: Account) -> None:
+def check_reachable(path: Path, account: Account) -> None:
     """A service account must be able to enter every directory above its files: a clone under /root (0700)
     would fail later with a bare "permission denied" from the service itself."""
     if account.name is None:
@@ -149,13 +140,18 @@ def _check_reachable(path: Path, account: Account) -> None:
 
 def _start(service: Service) -> int:
     account = service.account()
-    _check_reachable(Path(service.command()[0]), account)
-    _check_reachable(service.dir, account)
+    check_reachable(Path(service.command()[0]), account)
+    check_reachable(service.dir, account)
     group_may_read = 0o750 if account.name else 0o700
     ensure_dir(service.dir, mode=group_may_read, uid=os.geteuid(), gid=account.gid)
     service.prepare(account)
-    record = processes.start(service.command(), account, log=service.log_file, pid_file=service.pid_file,
-                             cwd=service.dir)  # fmt: skip
+    command, switch = service.command(), account
+    if service.namespace:  # entered as root; then the account, by setpriv (one pid: each execs the next)
+        drop = ["setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", "--clear-groups", "--"]
+        command = ["ip", "netns", "exec", service.namespace, *(drop if account.name else []), *command]
+        switch = Account(None, account.uid, account.gid)
+    record = processes.start(command, switch, log=service.log_file, pid_file=service.pid_file, cwd=service.dir,
+                             executable=service.command()[0])  # fmt: skip
     return record.pid
 
 
@@ -211,24 +207,6 @@ def _wait_healthy(stack: Stack, names: set[str]) -> None:
 
 def down(stack: Stack, names: list[str] | None = None) -> None:
     stop_services(_select(stack, names or []))
-
-
-def cluster_up(stack: Stack) -> None:
-    """Redis (shared) first, then both nodes; ready when each answers GET / with 200 OK."""
-    up(stack, ["redis"])
-    start_missing(cluster_services(stack))
-    deadline = time.monotonic() + START_TIMEOUT
-    for node, service in zip(nodes.nodes(stack), cluster_services(stack), strict=True):
-        while not asyncio.run(probe_livekit("127.0.0.1", node.port)).up:
-            if not service.running_pid():
-                raise StackError(f"{service.name} exited during start-up; last log lines:\n{tail(service, 15)}")
-            if time.monotonic() > deadline:
-                raise StackError(f"{service.name} not ready after {START_TIMEOUT:.0f}s; see {service.log_file}")
-            time.sleep(0.5)
-
-
-def cluster_down(stack: Stack) -> None:
-    stop_services(cluster_services(stack))
 
 
 def _say(quiet: bool, line: str) -> None:

@@ -92,19 +92,22 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
     return done.stdout
 
 
-def guard_rules(host: ClientHost) -> str:
-    """The client host's stateful firewall, in nft syntax."""
+def guard_rules(subnet: ipaddress.IPv4Network, *, serves: bool = False) -> str:
+    """A host's firewall, in nft syntax: nothing out but to `subnet`; in, only replies (a client behind NAT),
+    or with `serves`, anything from `subnet` too (a server on the network)."""
+    inbound = f"ip saddr {subnet} accept" if serves else ""
     return f"""
 table inet {GUARD_TABLE} {{
   chain output {{
     type filter hook output priority 0; policy drop;
     oifname "lo" accept
-    ip daddr {host.subnet} accept
+    ip daddr {subnet} accept
   }}
   chain input {{
     type filter hook input priority 0; policy drop;
     iifname "lo" accept
     ct state established,related accept
+    {inbound}
   }}
 }}
 """
@@ -129,12 +132,84 @@ def create(host: ClientHost, names: dict[str, str] | None = None) -> None:
     try:
         for step in steps:
             _run(step)
-        _run(host.exec_argv(["nft", "-f", "-"]), stdin=guard_rules(host))
+        _run(host.exec_argv(["nft", "-f", "-"]), stdin=guard_rules(host.subnet))
         host.hosts_file.parent.mkdir(parents=True, exist_ok=True)
         lines = ["127.0.0.1 localhost", *(f"{address} {name}" for name, address in (names or {}).items())]
         host.hosts_file.write_text("\n".join(lines) + "\n")
     except (NetnsError, subprocess.TimeoutExpired, OSError):
         remove(host)
+        raise
+
+
+@dataclass(frozen=True)
+class Lan:
+    """A network of hosts on this machine: a bridge (this machine's own address on it is the range's first),
+    each host a namespace with a veth into it. Named PREFIX + name: its hosts are `<prefix><name>-<host>`."""
+
+    name: str
+    subnet: ipaddress.IPv4Network
+
+    @property
+    def prefix(self) -> str:
+        return f"{PREFIX}{self.name}-"
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}br"
+
+    @property
+    def gateway(self) -> str:
+        return str(self.subnet.network_address + 1)
+
+    def host(self, name: str, offset: int, *, serves: bool = False) -> LanHost:
+        return LanHost(self, name, offset, serves)
+
+
+@dataclass(frozen=True)
+class LanHost:
+    """A host on a Lan at the range's address number `offset`; `serves`: it accepts connections (a server)."""
+
+    lan: Lan
+    name: str
+    offset: int
+    serves: bool = False
+
+    @property
+    def namespace(self) -> str:
+        return f"{self.lan.prefix}{self.name}"
+
+    @property
+    def address(self) -> str:
+        return str(self.lan.subnet.network_address + self.offset)
+
+    def exec_argv(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace, *argv]
+
+
+def create_lan(lan: Lan, hosts: list[LanHost]) -> None:
+    """The bridge and every host on it (addresses, default route via this machine, firewall); half-made is
+    undone."""
+    prefix = lan.subnet.prefixlen
+    try:
+        _run(["ip", "link", "add", lan.bridge, "type", "bridge"])
+        _run(["ip", "addr", "add", f"{lan.gateway}/{prefix}", "dev", lan.bridge])
+        _run(["ip", "link", "set", lan.bridge, "up"])
+        for host in hosts:
+            outside, inside = f"{host.namespace}-h", f"{host.namespace}-c"
+            for step in (
+                ["ip", "netns", "add", host.namespace],
+                ["ip", "link", "add", outside, "type", "veth", "peer", "name", inside],
+                ["ip", "link", "set", inside, "netns", host.namespace],
+                ["ip", "link", "set", outside, "master", lan.bridge, "up"],
+                ["ip", "-n", host.namespace, "addr", "add", f"{host.address}/{prefix}", "dev", inside],
+                ["ip", "-n", host.namespace, "link", "set", inside, "up"],
+                ["ip", "-n", host.namespace, "link", "set", "lo", "up"],
+                ["ip", "-n", host.namespace, "route", "add", "default", "via", lan.gateway],
+            ):
+                _run(step)
+            _run(host.exec_argv(["nft", "-f", "-"]), stdin=guard_rules(lan.subnet, serves=host.serves))
+    except (NetnsError, subprocess.TimeoutExpired):
+        sweep(lan.prefix)
         raise
 
 
@@ -169,7 +244,7 @@ def links() -> list[str]:
     return [name for name in names if name.startswith(PREFIX)]
 
 
-def _kill_processes_in(namespace: str) -> None:
+def kill_processes_in(namespace: str) -> None:
     """SIGKILL everything inside `namespace`, and wait until it is gone: until then the namespace lives."""
     deadline = time.monotonic() + KILL_WAIT
     while time.monotonic() < deadline:
@@ -186,7 +261,7 @@ def _kill_processes_in(namespace: str) -> None:
 
 
 def _remove_namespace(namespace: str) -> None:
-    _kill_processes_in(namespace)
+    kill_processes_in(namespace)
     with contextlib.suppress(NetnsError):
         _run(["ip", "netns", "delete", namespace])
     with contextlib.suppress(OSError):  # per-namespace files `ip netns exec` bind-mounts over /etc

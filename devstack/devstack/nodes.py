@@ -1,6 +1,8 @@
-"""Cluster nodes: two livekit-server nodes (a, b) on one machine sharing the stack's Redis, so LiveKit runs
-distributed: any node accepts a participant and routes it to the node hosting the room. Each node's config is
-the one derivation (server_config.node_config) with its own ports and `redis.address`."""
+"""The cluster's layout: two livekit-server nodes (a, b), each on a host of its own, sharing a Redis on a host
+of its own, so LiveKit runs distributed: any node accepts a participant and routes it to the node hosting the
+room, whose own address (rtc.node_ip) the participant's media goes to. The hosts are network namespaces on a
+bridge (devstack.netns.Lan, CLUSTER_SUBNET in stack.env); the worker and the participant get hosts of their own
+too (bootstrap --cluster starts them). Each node's config is the one derivation (server_config.node_config)."""
 
 from __future__ import annotations
 
@@ -9,16 +11,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devstack.netns import Lan, LanHost
 from devstack.server_config import node_config, node_ports
 from devstack.stack_env import RUNTIME_DIR, Stack
 
 NODE_ID = re.compile(r'"nodeID": "(ND_\w+)"')
+# Each host's address number in CLUSTER_SUBNET (this machine, on the bridge, is 1).
+REDIS_HOST, NODE_HOSTS, WORKER_HOST, CLIENT_HOST = 5, {"a": 11, "b": 12}, 21, 31
+
+
+def lan(stack: Stack) -> Lan:
+    return Lan("c", stack.cluster_subnet)  # namespaces lkh-c-*, bridge lkh-c-br
+
+
+def redis_host(stack: Stack) -> LanHost:
+    return lan(stack).host("redis", REDIS_HOST, serves=True)
+
+
+def worker_host(stack: Stack) -> LanHost:
+    return lan(stack).host("worker", WORKER_HOST)
+
+
+def client_host(stack: Stack) -> LanHost:
+    return lan(stack).host("client", CLIENT_HOST)
 
 
 @dataclass(frozen=True)
 class Node:
     name: str  # "a" or "b"
     port: int
+    host: LanHost
+
+    @property
+    def address(self) -> str:
+        return self.host.address
 
     @property
     def service(self) -> str:
@@ -34,11 +60,11 @@ class Node:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"ws://{self.address}:{self.port}"
 
     @property
     def dir(self) -> Path:
@@ -62,10 +88,27 @@ class Node:
 
 
 def nodes(stack: Stack) -> list[Node]:
-    return [Node(name, port) for name, port in zip("ab", stack.cluster_ports, strict=True)]
+    return [
+        Node(name, port, lan(stack).host(name, NODE_HOSTS[name], serves=True))
+        for name, port in zip("ab", stack.cluster_ports, strict=True)
+    ]
+
+
+def redis_address(stack: Stack) -> str:
+    return f"{redis_host(stack).address}:{stack.redis_port}"
+
+
+def webhook_url(stack: Stack) -> str:
+    """Where the nodes post webhooks: this machine, on the bridge (the receiver binds that address)."""
+    return f"http://{lan(stack).gateway}:{stack.webhook_port}/api/webhooks/livekit"
 
 
 def cluster_node_config(stack: Stack, node: Node, redis_password: str) -> dict[str, Any]:
     # Shared Redis turns on distributed mode: room placement, signal relay and agent dispatch across nodes.
-    redis = {"address": f"127.0.0.1:{stack.redis_port}", "password": redis_password}
-    return node_config({**node_ports(node.port), "redis": redis})
+    # Each node advertises, and binds its ICE/UDP to, its own host's address.
+    return node_config({
+        **node_ports(node.port),
+        "rtc": {**node_ports(node.port)["rtc"], "node_ip": node.address, "ips": {"includes": [f"{node.address}/32"]}},
+        "redis": {"address": redis_address(stack), "password": redis_password},
+        "webhook": {"urls": [webhook_url(stack)]},
+    })  # fmt: skip

@@ -68,9 +68,9 @@ def service(stack: Stack, host: ClientHost, config: dict[str, Any]) -> native.Se
     if turn_tls := int((config.get("turn") or {}).get("tls_port") or 0):
         ports.append((turn_tls, False))
     directory = RUNTIME_DIR / SERVICE
-    command = native.livekit_command(stack, directory / "livekit.yaml")
+    command = native.livekit_command(stack, directory / "livekit.yaml", ("127.0.0.1", host.host_address))
     return native.Service(
-        SERVICE, ports, "livekit", lambda: [*command, "--bind", host.host_address],
+        SERVICE, ports, "livekit", lambda: command,
         prepare=lambda account: native.prepare_livekit(directory, config, account),
     )  # fmt: skip
 

@@ -68,8 +68,12 @@ class PidRecord:
         return cls(int(parts[0]), parts[1], int(parts[2]), parts[3].strip())
 
 
-def start(command: list[str], account: Account, *, log: Path, pid_file: Path, cwd: Path) -> PidRecord:
-    """Start `command` as `account` in its own session, output appended to `log`; record it in `pid_file`."""
+def start(
+    command: list[str], account: Account, *, log: Path, pid_file: Path, cwd: Path, executable: str = ""
+) -> PidRecord:
+    """Start `command` as `account` in its own session, output appended to `log`; record it in `pid_file`.
+    `executable`: what the process becomes through the exec chain `command` starts with (`ip netns exec …
+    setpriv … server`: one pid throughout); it is recorded once the process runs it."""
     log_fd = open_private_log(log)
     try:
         process = subprocess.Popen(
@@ -79,11 +83,19 @@ def start(command: list[str], account: Account, *, log: Path, pid_file: Path, cw
         )  # fmt: skip
     finally:
         os.close(log_fd)
-    record = PidRecord.of(process.pid)
+    record = _settled(process.pid, os.path.realpath(executable or command[0]))
     if record is None:
-        raise RuntimeError(f"{command[0]} exited at once; see {log}")
+        raise RuntimeError(f"{command[0]} exited at once, or never became {executable or command[0]}; see {log}")
     write_private(pid_file, str(record))
     return record
+
+
+def _settled(pid: int, executable: str, within: float = 5.0) -> PidRecord | None:
+    """`pid` once it runs `executable` (None if it dies first or never does)."""
+    deadline = time.monotonic() + within
+    while (record := PidRecord.of(pid)) is not None and record.exe != executable and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return record if record is not None and record.exe == executable else None
 
 
 def running(pid_file: Path, executable: str, account: Account) -> int | None:

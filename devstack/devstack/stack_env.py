@@ -17,7 +17,8 @@ RUNTIME_DIR = REPO_ROOT / ".runtime"
 TOOLS_DIR = REPO_ROOT / ".tools"
 
 
-PATHS_SUBNET = ipaddress.IPv4Network("10.213.70.0/24")  # a dataclass default; stack.env's value wins
+PATHS_SUBNET = ipaddress.IPv4Network("10.213.70.0/24")  # dataclass defaults; stack.env's values win
+CLUSTER_SUBNET = ipaddress.IPv4Network("10.213.71.0/24")
 
 
 class StackEnvError(ValueError):
@@ -43,6 +44,7 @@ class Stack:
     paths_subnet: ipaddress.IPv4Network = PATHS_SUBNET  # the client hosts' test range (--paths)
     paths_node_port: int = 7960
     paths_turn_tls_port: int = 5349
+    cluster_subnet: ipaddress.IPv4Network = CLUSTER_SUBNET  # the cluster's hosts (make cluster-up)
     host: str = "127.0.0.1"
 
     @property
@@ -99,4 +101,5 @@ def load_stack(path: Path = STACK_ENV) -> Stack:
         paths_subnet=subnet("PATHS_SUBNET"),
         paths_node_port=port("PATHS_NODE_PORT"),
         paths_turn_tls_port=port("PATHS_TURN_TLS_PORT"),
+        cluster_subnet=subnet("CLUSTER_SUBNET"),
     )

@@ -49,11 +49,11 @@ def browser_stage() -> Stage:
 # Its cap is the run's --timeout (whose load-mode default grows with N): 24 h only means "no cap of its own".
 LOAD_STAGES: list[Stage] = [STAGES[0], STAGES[1], Stage("load", load.run, 86400.0, load.on_timeout)]
 
-# Cluster mode (--cluster): two nodes sharing Redis, checked across nodes; the worker registers on node b.
+# Cluster mode (--cluster): two nodes on hosts of their own sharing Redis, checked across nodes and hosts.
 CLUSTER_STAGES: list[Stage] = [
     Stage("nodes", cluster.run_nodes, 10.0),
-    Stage("worker", worker.run, 15.0),
-    Stage("cross-node", cluster.run_cross_node, 40.0),
+    Stage("worker", cluster.run_worker, 30.0),
+    Stage("cross-node", cluster.run_cross_node, 45.0),
 ]
 
 

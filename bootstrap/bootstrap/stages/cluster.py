@@ -1,54 +1,151 @@
-"""Cluster mode (--cluster): two livekit-server nodes sharing Redis must act as one.
+"""Cluster mode (--cluster): two livekit-server nodes, each on a host of its own, must act as one
+(`make cluster-up`: devstack.cluster, devstack.nodes).
 
-nodes       both nodes answer GET / with OK, and each sees the other: both node ids are registered in the
-            shared Redis (hash `nodes`).
-worker      the no-op worker registers on node b (the worker stage, with ctx.cluster set).
-cross-node  for a room created through each node: Redis says which node hosts it; a participant joins
-            through the OTHER node and the host lists it ACTIVE; an API dispatch brings the agent from
-            the worker on node b; the room's webhooks (sent by its host) arrive verified.
+nodes       both nodes answer GET / with OK at their own addresses, and both are registered in the cluster's
+            Redis (hash `nodes`), which they reach over the network on a host of its own.
+worker      `python -m agent_runtime` on the worker's own host registers through node b.
+cross-node  for a room created through each node: Redis says which node hosts it; a participant on its own
+            host (bootstrap.path_client) joins through the OTHER node, and its own stats must show its media
+            going to the HOST node's address; the agent is dispatched from the worker's host; reliable packets,
+            RPCs and audio markers cross the nodes with it; the room's webhooks (sent by its host to this
+            machine, on the bridge) arrive verified.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import pwd
+import signal
+import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
-from livekit import api, rtc
+from livekit import api
 
 from backend.tokens import participant_token
 from bootstrap.context import RunContext
-from bootstrap.lookups import find_active, find_agent, poll_until
+from bootstrap.lookups import find_ready_agent, poll_until
+from bootstrap.remote_client import SdkClient
 from bootstrap.result import StageFailure
+from devstack import netns
 from devstack.credentials import load_credentials
 from devstack.health import probe_livekit
 from devstack.health import redis_command as devstack_redis_command
-from devstack.nodes import Node, nodes
+from devstack.install import ensure_service_user
+from devstack.native import StackError, check_reachable
+from devstack.nodes import Node, client_host, nodes, redis_host, worker_host
+from devstack.processes import Account
+from devstack.safe_files import ensure_dir, open_private_log
+from devstack.stack_env import RUNTIME_DIR
 
 POLL_INTERVAL = 0.1
+ICE_TIMEOUT = 6.0
+WORKER_ACCOUNT = "livekit-agent"  # the worker's host runs it unprivileged; it holds the API secret, nothing else
+WORKER_STOP_WAIT = 5.0
+WORKER_LOG = RUNTIME_DIR / "cluster-worker" / "worker.log"  # this run's worker (each run starts it anew)
 
 
 async def redis_command(ctx: RunContext, *args: str) -> bytes:
-    """One command to the stack's Redis, authenticated with the generated password."""
+    """One command to the cluster's Redis, on its own host, authenticated with the generated password."""
     password = load_credentials().redis_password
-    return await devstack_redis_command(ctx.stack.host, ctx.stack.redis_port, password, *args)
+    return await devstack_redis_command(redis_host(ctx.stack).address, ctx.stack.redis_port, password, *args)
 
 
 async def run_nodes(ctx: RunContext) -> str:
-    checks = await asyncio.gather(*(probe_livekit("127.0.0.1", node.port, node.name) for node in nodes(ctx.stack)))
+    if reason := netns.missing_capability():
+        raise StageFailure(f"the cluster's hosts are network namespaces: {reason}", "run as root")
+    cluster = nodes(ctx.stack)
+    checks = await asyncio.gather(*(probe_livekit(node.address, node.port, node.name) for node in cluster))
     problems = [f"node {c.name} at {c.address}: {c.reason}" for c in checks if not c.up]
     if problems:
         raise StageFailure(
             "; ".join(problems), "start the cluster with `make cluster-up`; see .runtime/livekit-*/*.log"
         )
-    for node in nodes(ctx.stack):
+    for node in cluster:
         node_id = node.node_id()
         if not node_id or await redis_command(ctx, "HEXISTS", "nodes", node_id) != b":1":
             raise StageFailure(
                 f"node {node.name} ({node_id or 'no id in its log'}) is not registered in Redis `nodes`",
-                f"both nodes need `redis.address: 127.0.0.1:{ctx.stack.redis_port}` (see {node.config_path})",
+                f"both nodes need `redis.address` {redis_host(ctx.stack).address}:{ctx.stack.redis_port} "
+                f"(see {node.config_path})",
             )
-    ids = ", ".join(f"{n.name}={n.node_id()}" for n in nodes(ctx.stack))
-    return f"2 nodes ready and registered in Redis ({ids})"
+    where = ", ".join(f"{n.name}={n.node_id()} on {n.address}" for n in cluster)
+    return f"2 nodes ready, each on its own host, registered in Redis on {redis_host(ctx.stack).address} ({where})"
+
+
+async def run_worker(ctx: RunContext) -> str:
+    """The worker on a host of its own, through node b: dispatch across nodes goes through Redis."""
+    entry = nodes(ctx.stack)[1]
+    host = worker_host(ctx.stack)
+    account, as_whom = await _worker_account()
+    home = tempfile.mkdtemp(prefix="cluster-worker-")  # its HOME and cwd: no .env of ours to read
+    os.chown(home, account.pw_uid, account.pw_gid)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": home, "PYTHONUNBUFFERED": "1",
+           "LIVEKIT_URL": entry.ws_url, "LIVEKIT_API_KEY": ctx.settings.api_key,
+           "LIVEKIT_API_SECRET": ctx.settings.api_secret, "LIVEKIT_AGENT_NAME": ctx.agent_name}  # fmt: skip
+    drop = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", "--"]
+    drop = drop if account.pw_uid else []
+    ensure_dir(WORKER_LOG.parent, mode=0o700)
+    WORKER_LOG.unlink(missing_ok=True)  # this run's lines only
+    log = open_private_log(WORKER_LOG)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *host.exec_argv([*drop, sys.executable, "-m", "agent_runtime"]), cwd=home, env=env,
+            stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+    finally:
+        os.close(log)
+    ctx.closers.append(lambda: _stop_worker(process, host))
+    while not (registered := _registered(WORKER_LOG)):
+        if process.returncode is not None:
+            tail = " | ".join(WORKER_LOG.read_text(errors="replace").splitlines()[-3:])
+            raise StageFailure(f"the worker on {host.address} exited before registering: {tail}",
+                               f"check that its host reaches node b at {entry.ws_url}; see {WORKER_LOG}")  # fmt: skip
+        await asyncio.sleep(POLL_INTERVAL)
+    ctx.worker_id = registered
+    return (f"registered {ctx.worker_id} as agent {ctx.agent_name!r} from host {host.address}, through node b, "
+            f"as {as_whom}")  # fmt: skip
+
+
+async def _worker_account() -> tuple[pwd.struct_passwd, str]:
+    """The unprivileged worker account, when it can run this interpreter; else root (said in the report).
+    livekit-agents' job processes re-exec the interpreter (its forkserver), so the account must reach it:
+    an interpreter under /root (0700), as pyenv's is on this machine, it cannot."""
+    entry = pwd.getpwnam(await asyncio.to_thread(ensure_service_user, WORKER_ACCOUNT))
+    if why := await asyncio.to_thread(_cannot_run_python, Account(entry.pw_name, entry.pw_uid, entry.pw_gid)):
+        return pwd.getpwuid(0), f"root ({why})"
+    return entry, WORKER_ACCOUNT
+
+
+def _cannot_run_python(account: Account) -> str:
+    try:
+        for path in (Path(sys.executable), Path(sys.executable).resolve()):
+            check_reachable(path, account)
+    except StackError as exc:
+        return str(exc).split(", so", 1)[0].removeprefix("the ")
+    return ""
+
+
+def _registered(log: Path) -> str:
+    """The worker id of the last registration in the worker's log (agent_runtime logs one JSON line)."""
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        if '"registered"' in line and "AW_" in line:
+            return str(json.loads(line).get("id", ""))
+    return ""
+
+
+async def _stop_worker(process: asyncio.subprocess.Process, host: netns.LanHost) -> None:
+    """Ctrl-C first (its jobs end, it unregisters), then SIGKILL for anything left on its host (job processes)."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGINT)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(process.wait(), WORKER_STOP_WAIT)
+    await asyncio.to_thread(netns.kill_processes_in, host.namespace)
 
 
 async def run_cross_node(ctx: RunContext) -> str:
@@ -70,16 +167,42 @@ async def _one_room(ctx: RunContext, creator: Node, name: str) -> str:
         if host is None:
             raise StageFailure(f"room {name} is mapped to unknown node {host_id!r}", "restart the cluster")
         entry = next(n for n in cluster if n is not host)
-        room = rtc.Room()
-        ctx.closers.append(room.disconnect)
-        token = participant_token(ctx.settings, identity=f"via-{entry.name}", room=name)
-        await room.connect(entry.ws_url, token, rtc.RoomOptions(auto_subscribe=False))
-        await poll_until(lambda: find_active(ctx, name, f"via-{entry.name}", lk), POLL_INTERVAL)
         started = time.monotonic()
         await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name=ctx.agent_name, room=name))
-        agent = await poll_until(lambda: find_agent(ctx, name, lk), POLL_INTERVAL)
+        identity = f"via-{entry.name}"
+        client = await SdkClient.start(client_host(ctx.stack).exec_argv, entry.ws_url)
+        ctx.closers.append(client.close)
+        joined = await client.join(participant_token(ctx.settings, identity=identity, room=name), ICE_TIMEOUT)
+        if not joined["joined"]:
+            raise StageFailure(f"the participant could not join room {name} through node {entry.name}: "
+                               f"{joined['error']}", f"see {host.log_file} and {entry.log_file}")  # fmt: skip
+        _check_media_goes_to(host, entry, joined["pairs"], name)
+        agent = await poll_until(lambda: find_ready_agent(ctx, name, lk), POLL_INTERVAL)
         dispatch_s = time.monotonic() - started
-    wanted = {("room_started", ""), ("participant_joined", f"via-{entry.name}"), ("participant_joined", agent.identity)}
+        exchanged = await client.exchange(agent.identity)
+        await client.close()
+    assert ctx.cluster is not None
+    ctx.cluster.figures[name] = {"host": host.name, "entry": entry.name, "pairs": joined["pairs"],
+                                 "dispatch_s": round(dispatch_s, 3), **exchanged}  # fmt: skip
+    if exchanged["failure"]:
+        raise StageFailure(f"across nodes (room on {host.name}, joined via {entry.name}): {exchanged['failure']}",
+                           f"see {host.log_file}")  # fmt: skip
+    wanted = {("room_started", ""), ("participant_joined", identity), ("participant_joined", agent.identity)}
     await ctx.sink.wait_until(lambda: wanted <= {(e.event, e.participant.identity) for e in ctx.sink.for_room(name)})
-    return (f"room {name[-1]} hosted on {host.name}, joined via {entry.name}, agent from b in {dispatch_s:.2f}s, "
-            f"webhooks verified")  # fmt: skip
+    rtt = exchanged["audio"]["round_trip_s"]
+    return (f"room {name[-1]} hosted on {host.name}, joined via {entry.name}, media to {host.address}; agent from the "
+            f"worker's host in {dispatch_s:.2f}s; audio p50 {rtt['p50'] * 1000:.0f} ms; webhooks verified")  # fmt: skip
+
+
+def _check_media_goes_to(host: Node, entry: Node, pairs: dict[str, Any], room: str) -> None:
+    """The participant's own stats: its media goes to the room's host node, not the node it entered through."""
+    for side, pair in pairs.items():
+        remote = pair["remote"]
+        if remote["address"] != host.address:
+            raise StageFailure(
+                f"room {room} is hosted on node {host.name} ({host.address}) but the participant's {side} media goes "
+                f"to {remote['address']}:{remote['port']} (it entered through node {entry.name}, {entry.address})",
+                f"each node's rtc.node_ip must be its own address (see {host.config_path})",
+            )
+    if not pairs:
+        raise StageFailure(f"the participant in room {room} reports no selected candidate pair", "see its log")

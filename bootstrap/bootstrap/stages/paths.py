@@ -15,24 +15,20 @@ path NAME    one per path, each on its own (one failing does not skip the next):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
-import json
-import os
-import sys
-import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any
 
 from backend.tokens import participant_token
 from bootstrap.context import PathsMode, RunContext
-from bootstrap.ice import RTC_DEBUG_ENV, Offered
+from bootstrap.ice import Offered
 from bootstrap.lookups import find_ready_agent, poll_until
 from bootstrap.network_paths import FAULTS, PATHS, SDK, NetworkPath
 from bootstrap.path_diagnosis import check_pair, explain_no_join
+from bootstrap.remote_client import PathClient, SdkClient
 from bootstrap.result import StageFailure, StageSkipped
 from devstack import install, local_ca, netns, paths_node, tls_front
 from devstack.netns import ClientHost
@@ -41,20 +37,10 @@ from devstack.stack_env import RUNTIME_DIR
 HOST_NAME = "paths"  # the client host's namespace is lkh-paths
 ICE_TIMEOUT = 6.0  # a working path joins here in well under a second; the rtc SDK's own bound is 4 x 15 s
 AGENT_WAIT = 10.0
-EXCHANGE_WAIT = 25.0  # 100 packets, 20 RPCs and ~20 audio markers take about 2 s on a working path
 TOKEN_TTL = timedelta(minutes=10)
 POLL_INTERVAL = 0.1
 FRONT_DIR = paths_node.FRONT_DIR
 LOCK_FILE = RUNTIME_DIR / "paths.lock"
-SECRET_VARIABLES = ("LIVEKIT_API_SECRET",)  # the client host's processes never get one
-
-
-class PathClient(Protocol):
-    """A participant on the client host: the rtc SDK's (below) or a browser's (bootstrap.browser.page_client)."""
-
-    async def join(self, token: str, ice_timeout: float) -> dict[str, Any]: ...
-    async def exchange(self, agent: str) -> dict[str, Any]: ...
-    async def close(self) -> None: ...
 
 
 def mode(ctx: RunContext) -> PathsMode:
@@ -217,7 +203,7 @@ async def _client(ctx: RunContext, path: NetworkPath, host: ClientHost, url: str
     fault = FAULTS[paths.fault] if paths.fault else None
     ca = paths.ca_cert if fault is None or fault.trust_ca else None
     if path.client == SDK:
-        return await SdkClient.start(host, path, url, ca)
+        return await SdkClient.start(host.exec_argv, url, relay=path.relay, trust_ca=ca)
     from bootstrap.browser.page_client import PageClient  # Chromium's driver loads only for a browser path
 
     return PageClient(host.namespace, host.host_address, url, ca, relay=path.relay)
@@ -237,62 +223,3 @@ def _detail(path: NetworkPath, joined: dict[str, Any], exchanged: dict[str, Any]
     return (f"{path.client}: {local['type']} {local['protocol']} {local['address']}{via} → {remote['type']} "
             f"{remote['protocol']} {remote['address']}:{remote['port']}; joined in {joined['join_s']:.2f} s; {heard}; "
             f"RPC p50 {rpc['p50'] * 1000:.0f} ms")  # fmt: skip
-
-
-class SdkClient:
-    """The rtc SDK's participant: `python -m bootstrap.path_client` inside the client host, spoken to in JSON
-    lines (its module says the protocol). It trusts the local CA through SSL_CERT_FILE, which the SDK's
-    signalling (rustls with rustls-native-certs) reads; it holds no API secret."""
-
-    def __init__(self, process: asyncio.subprocess.Process, stderr: IO[bytes], path: NetworkPath, url: str) -> None:
-        self.process, self.stderr, self.path, self.url = process, stderr, path, url
-
-    @classmethod
-    async def start(cls, host: ClientHost, path: NetworkPath, url: str, ca: Path | None) -> SdkClient:
-        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES} | RTC_DEBUG_ENV
-        if ca is not None:
-            env["SSL_CERT_FILE"] = str(ca)
-        stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
-        process = await asyncio.create_subprocess_exec(
-            *host.exec_argv([sys.executable, "-m", "bootstrap.path_client"]),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env,
-        )  # fmt: skip
-        return cls(process, stderr, path, url)
-
-    async def join(self, token: str, ice_timeout: float) -> dict[str, Any]:
-        await self._tell({"url": self.url, "token": token, "relay": self.path.relay, "ice_timeout": ice_timeout})
-        return await self._hear(ice_timeout + 5.0)
-
-    async def exchange(self, agent: str) -> dict[str, Any]:
-        await self._tell({"agent": agent})
-        return await self._hear(EXCHANGE_WAIT)
-
-    async def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
-        await self.process.wait()
-        self.stderr.close()
-
-    def _stderr_tail(self) -> str:
-        self.stderr.seek(0)
-        lines = self.stderr.read().decode(errors="replace").strip().splitlines()
-        return " | ".join(lines[-3:]) or "nothing on stderr"
-
-    async def _tell(self, message: dict[str, Any]) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(message).encode() + b"\n")
-        await self.process.stdin.drain()
-
-    async def _hear(self, within: float) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.process.stdout.readline(), within)
-        except TimeoutError:
-            raise StageFailure(
-                f"the client on the client host said nothing within {within:.0f} s ({self._stderr_tail()})",
-                "run with --verbose; see the node's log",
-            ) from None
-        if not line:
-            raise StageFailure(f"the client on the client host exited: {self._stderr_tail()}",
-                               "run `python -m bootstrap --paths --verbose` to see why")  # fmt: skip
-        return dict(json.loads(line))

@@ -15,7 +15,7 @@ async def run(ctx: RunContext) -> str:
     # An authenticated API call first: the worker's own retries would hide a 401 behind "failed to connect".
     await ctx.api.room.list_rooms(api.ListRoomsRequest())
     config = WorkerConfig(
-        ws_url=ctx.worker_ws_url,
+        ws_url=ctx.settings.ws_url,
         api_key=ctx.settings.api_key,
         api_secret=ctx.settings.api_secret,
         agent_name=ctx.agent_name,
@@ -41,9 +41,8 @@ async def run(ctx: RunContext) -> str:
     if not registered.done():
         error = ctx.worker_task.exception() if ctx.worker_task.done() else None
         raise StageFailure(
-            f"the worker stopped before registering at {ctx.worker_ws_url}/agent: {error}",
+            f"the worker stopped before registering at {ctx.settings.ws_url}/agent: {error}",
             "check LIVEKIT_URL in .env points at the server (`make status`), and `make logs` for the server side",
         )
     ctx.worker_id = registered.result()
-    where = f" on node {ctx.cluster.worker_node}" if ctx.cluster else ""
-    return f"registered {ctx.worker_id} as agent {ctx.agent_name!r}{where}"
+    return f"registered {ctx.worker_id} as agent {ctx.agent_name!r}"

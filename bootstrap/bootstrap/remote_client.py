@@ -1,0 +1,92 @@
+"""A participant on another host (a network namespace), driven from this process: what the paths and cluster
+stages share. `PathClient` is the two steps every such participant takes; `SdkClient` is the rtc SDK's, a
+`python -m bootstrap.path_client` child process inside the host, spoken to in JSON lines (its module says the
+protocol); Chromium's is bootstrap.browser.page_client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from bootstrap.ice import RTC_DEBUG_ENV
+from bootstrap.result import StageFailure
+
+EXCHANGE_WAIT = 25.0  # 100 packets, 20 RPCs and ~20 audio markers take about 2 s on a working path
+SECRET_VARIABLES = ("LIVEKIT_API_SECRET",)  # the participant's host never gets one
+
+
+class PathClient(Protocol):
+    """A participant on the client host: the rtc SDK's (below) or a browser's (bootstrap.browser.page_client)."""
+
+    async def join(self, token: str, ice_timeout: float) -> dict[str, Any]: ...
+    async def exchange(self, agent: str) -> dict[str, Any]: ...
+    async def close(self) -> None: ...
+
+
+class SdkClient:
+    """The rtc SDK's participant: `python -m bootstrap.path_client` inside the client host, spoken to in JSON
+    lines (its module says the protocol). It trusts the local CA through SSL_CERT_FILE, which the SDK's
+    signalling (rustls with rustls-native-certs) reads; it holds no API secret."""
+
+    def __init__(self, process: asyncio.subprocess.Process, stderr: IO[bytes], url: str, relay: bool) -> None:
+        self.process, self.stderr, self.url, self.relay = process, stderr, url, relay
+
+    @classmethod
+    async def start(
+        cls, on_host: Callable[[list[str]], list[str]], url: str, *, relay: bool = False, trust_ca: Path | None = None
+    ) -> SdkClient:
+        """The child on the host `on_host` wraps a command for (e.g. LanHost.exec_argv), to join `url`."""
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES} | RTC_DEBUG_ENV
+        if trust_ca is not None:
+            env["SSL_CERT_FILE"] = str(trust_ca)
+        stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        process = await asyncio.create_subprocess_exec(
+            *on_host([sys.executable, "-m", "bootstrap.path_client"]),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env,
+        )  # fmt: skip
+        return cls(process, stderr, url, relay)
+
+    async def join(self, token: str, ice_timeout: float) -> dict[str, Any]:
+        await self._tell({"url": self.url, "token": token, "relay": self.relay, "ice_timeout": ice_timeout})
+        return await self._hear(ice_timeout + 5.0)
+
+    async def exchange(self, agent: str) -> dict[str, Any]:
+        await self._tell({"agent": agent})
+        return await self._hear(EXCHANGE_WAIT)
+
+    async def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        await self.process.wait()
+        self.stderr.close()
+
+    def _stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        lines = self.stderr.read().decode(errors="replace").strip().splitlines()
+        return " | ".join(lines[-3:]) or "nothing on stderr"
+
+    async def _tell(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message).encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def _hear(self, within: float) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.process.stdout.readline(), within)
+        except TimeoutError:
+            raise StageFailure(
+                f"the client on the client host said nothing within {within:.0f} s ({self._stderr_tail()})",
+                "run with --verbose; see the node's log",
+            ) from None
+        if not line:
+            raise StageFailure(f"the client on the client host exited: {self._stderr_tail()}",
+                               "run `python -m bootstrap --paths --verbose` to see why")  # fmt: skip
+        return dict(json.loads(line))
