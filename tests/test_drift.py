@@ -15,7 +15,7 @@ import yaml
 from dotenv import dotenv_values
 
 from backend.settings import DEFAULT_AGENT_NAME
-from devstack.nodes import cluster_node_config, nodes
+from devstack.nodes import cluster_node_config, lan, nodes, redis_host
 from devstack.stack_env import LIVEKIT_YAML, REPO_ROOT, Stack, load_stack
 from tests.conftest import TEST_SECRETS, composecheck
 
@@ -131,26 +131,36 @@ def test_paths_node_ports_follow_the_node_rule_and_turn_allows_the_test_range() 
 
 
 def test_compose_cluster_profile_matches_stack(stack: Stack) -> None:
+    """Each Compose node: the native node's address (its container's, and --node-ip), ports and Redis (the
+    cluster's own, at its own address), on a network whose gateway is this machine, where webhooks go."""
     result = composecheck(REPO_ROOT / "docker-compose.yml", "cluster")
     assert result.returncode == 0, result.stderr
-    services = json.loads(result.stdout)["services"]
+    compose = json.loads(result.stdout)
+    services = compose["services"]
     for node in nodes(stack):
         service = services[node.service]
         derived = cluster_node_config(stack, node, "a-redis-password")  # what the native runner gives the same node
-        published = {(p["published"], p["target"], p["protocol"]) for p in service["ports"]}
-        assert published == {
-            (str(derived["port"]), 7880, "tcp"),  # the container keeps 7880; the host sees the node's port
-            (str(derived["rtc"]["tcp_port"]), derived["rtc"]["tcp_port"], "tcp"),
-            (str(derived["rtc"]["udp_port"]), derived["rtc"]["udp_port"], "udp"),
-        }
         flags = dict(zip(service["command"][4::2], service["command"][5::2], strict=True))
         assert flags == {
-            "--redis-host": "redis:6379",  # Compose's Redis service, the native node's 127.0.0.1:REDIS_PORT
+            "--port": str(derived["port"]),
+            "--node-ip": derived["rtc"]["node_ip"],
+            "--redis-host": derived["redis"]["address"],
             "--rtc.tcp_port": str(derived["rtc"]["tcp_port"]),
             "--udp-port": str(derived["rtc"]["udp_port"]),
         }
-        assert derived["redis"] == {"address": f"127.0.0.1:{stack.redis_port}", "password": "a-redis-password"}
-        assert service["profiles"] == ["cluster"]
+        assert service["networks"] == {"cluster": {"ipv4_address": node.address}}
+        assert service["extra_hosts"] == [f"host.docker.internal={lan(stack).gateway}"]
+        assert derived["webhook"]["urls"] == [f"http://{lan(stack).gateway}:{stack.webhook_port}/api/webhooks/livekit"]
+        assert "ports" not in service and service["profiles"] == ["cluster"]
+    assert services["cluster-redis"]["networks"] == {"cluster": {"ipv4_address": redis_host(stack).address}}
+    assert compose["networks"]["cluster"]["ipam"]["config"] == [
+        {"subnet": str(stack.cluster_subnet), "gateway": lan(stack).gateway}
+    ]
+
+
+def test_cluster_host_address_is_the_ranges_first() -> None:
+    values = dotenv_values(REPO_ROOT / "stack.env")
+    assert values["CLUSTER_HOST_ADDRESS"] == lan(load_stack()).gateway
 
 
 def test_default_agent_name_matches_stack(stack: Stack) -> None:
@@ -165,7 +175,9 @@ def compose_cluster() -> dict[str, Any]:
 
 
 def test_compose_publishes_every_port_on_loopback_only(compose_cluster: dict[str, Any]) -> None:
-    published = {(name, p["published"], p.get("host_ip")) for name, s in compose_cluster.items() for p in s["ports"]}
+    published = {
+        (name, p["published"], p.get("host_ip")) for name, s in compose_cluster.items() for p in s.get("ports", [])
+    }
     assert published and {host for _, _, host in published} == {"127.0.0.1"}, published
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from devstack import netns
-from devstack.__main__ import remove_paths_leftovers
+from devstack.__main__ import remove_network_leftovers
 from devstack.stack_env import REPO_ROOT, RUNTIME_DIR, load_stack
 from tests.conftest import PY, bootstrap_report
 
@@ -203,7 +203,7 @@ def killed_run() -> Iterator[None]:
     run.kill()  # SIGKILL: nothing of the run's cleanup happens
     run.wait()
     yield
-    remove_paths_leftovers()  # whatever the test left: `make down`'s broom, the stack itself untouched
+    remove_network_leftovers()  # whatever the test left: `make down`'s broom, the stack itself untouched
 
 
 def test_a_run_killed_by_sigkill_is_swept_by_the_next(killed_run: None) -> None:
@@ -216,7 +216,7 @@ def test_a_run_killed_by_sigkill_is_swept_by_the_next(killed_run: None) -> None:
 
 def test_make_down_removes_what_a_killed_run_left(killed_run: None) -> None:
     assert leftovers(), "the SIGKILLed run should have left its client host and node"
-    remove_paths_leftovers()  # what `python -m devstack down` (make down) calls after stopping the stack
+    remove_network_leftovers()  # what `python -m devstack down` (make down) calls after stopping the stack
     assert leftovers() == []
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devstack.nodes import cluster_node_config, nodes
+from devstack.nodes import cluster_node_config, nodes, redis_host
 from devstack.server_config import ConfigError, load_config, node_config, node_ports, render, short_secrets
 from devstack.stack_env import LIVEKIT_YAML, load_stack
 
@@ -79,10 +79,13 @@ def test_rendered_config_round_trips_and_says_where_it_came_from() -> None:
     assert yaml.safe_load(text) == node_config()
 
 
-def test_cluster_nodes_share_the_stacks_redis_on_their_own_ports() -> None:
+def test_cluster_nodes_share_the_clusters_redis_each_on_its_own_address_and_ports() -> None:
     stack = load_stack()
     for node in nodes(stack):
         config = cluster_node_config(stack, node, "a-redis-password")
-        redis = {"address": f"127.0.0.1:{stack.redis_port}", "password": "a-redis-password"}
-        assert config == node_config({**node_ports(node.port), "redis": redis})
-        assert (node.rtc_tcp_port, node.rtc_udp_port) == (node.port + 1, node.port + 2)
+        assert config["redis"] == {"address": f"{redis_host(stack).address}:{stack.redis_port}",
+                                   "password": "a-redis-password"}  # fmt: skip
+        assert config["rtc"]["node_ip"] == node.address == stack.cluster_addresses[node.name]
+        assert config["rtc"]["ips"] == {"includes": [f"{node.address}/32"]}
+        assert (config["port"], node.rtc_tcp_port, node.rtc_udp_port) == (node.port, node.port + 1, node.port + 2)
+        assert config["keys"] == node_config()["keys"]  # the rest is the one derivation

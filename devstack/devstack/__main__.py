@@ -94,9 +94,11 @@ def native_verbs(args: argparse.Namespace) -> dict[str, Callable[[], int | None]
     }
 
 
-def remove_paths_leftovers() -> None:
-    """What a `bootstrap --paths` run killed by SIGKILL left behind: its node and its client host."""
+def remove_network_leftovers() -> None:
+    """What `make down` also removes: the cluster (its processes, hosts and bridge), and what a `bootstrap
+    --paths` run killed by SIGKILL left behind (its node, TLS front and client host)."""
     stack = load_stack()
+    cluster.down(stack, quiet=True)
     paths_node.stop(stack, ClientHost("paths", stack.paths_subnet))
     tls_front.stop(paths_node.FRONT_DIR)
     if netns.missing_capability() is None and shutil.which("ip"):
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         verbs = compose_verbs(args) if use_compose(args.runner, args.verb) else native_verbs(args)
         status = verbs[args.verb]() or 0
         if args.verb == "down" and not args.services:
-            remove_paths_leftovers()
+            remove_network_leftovers()
         return status
     except (ConfigError, StackEnvError, CredentialsError) as exc:
         print(f"✗ configuration error: {exc}", file=sys.stderr)

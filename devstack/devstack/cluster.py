@@ -61,8 +61,8 @@ def _hosts(stack: Stack) -> list[netns.LanHost]:
 
 
 def up(stack: Stack) -> None:
-    if reason := netns.missing_capability():
-        raise StackError(f"the cluster's hosts are network namespaces: {reason.split(': ', 1)[1]}")
+    if reason := netns.missing_capability("cluster-up"):
+        raise StackError(f"the cluster's hosts are network namespaces; {reason}")
     install.ensure_packages(paths=True)
     install.ensure_livekit_server(stack)
     down(stack, quiet=True)  # what an earlier cluster-up left, killed or not

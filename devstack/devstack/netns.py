@@ -77,12 +77,12 @@ class ClientHost:
         return ["ip", "netns", "exec", self.namespace, *argv]
 
 
-def missing_capability() -> str | None:
+def missing_capability(make_target: str = "paths") -> str | None:
     """Why this process cannot create hosts (None when it can): namespaces need CAP_NET_ADMIN."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("CapEff:") and int(line.split()[1], 16) >> CAP_NET_ADMIN & 1:
             return None
-    return "creating a network namespace needs CAP_NET_ADMIN: run as root (e.g. `sudo make paths`)"
+    return f"creating a network namespace needs CAP_NET_ADMIN: run as root (`sudo make {make_target}`)"
 
 
 def _run(argv: list[str], stdin: str | None = None) -> str:

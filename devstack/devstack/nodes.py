@@ -6,6 +6,7 @@ too (bootstrap --cluster starts them). Each node's config is the one derivation 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,24 +17,28 @@ from devstack.server_config import node_config, node_ports
 from devstack.stack_env import RUNTIME_DIR, Stack
 
 NODE_ID = re.compile(r'"nodeID": "(ND_\w+)"')
-# Each host's address number in CLUSTER_SUBNET (this machine, on the bridge, is 1).
-REDIS_HOST, NODE_HOSTS, WORKER_HOST, CLIENT_HOST = 5, {"a": 11, "b": 12}, 21, 31
 
 
 def lan(stack: Stack) -> Lan:
     return Lan("c", stack.cluster_subnet)  # namespaces lkh-c-*, bridge lkh-c-br
 
 
+def _host(stack: Stack, name: str, *, serves: bool = False) -> LanHost:
+    """The host `name` at its address from stack.env (CLUSTER_<NAME>_ADDRESS)."""
+    offset = int(ipaddress.IPv4Address(stack.cluster_addresses[name])) - int(stack.cluster_subnet.network_address)
+    return lan(stack).host(name, offset, serves=serves)
+
+
 def redis_host(stack: Stack) -> LanHost:
-    return lan(stack).host("redis", REDIS_HOST, serves=True)
+    return _host(stack, "redis", serves=True)
 
 
 def worker_host(stack: Stack) -> LanHost:
-    return lan(stack).host("worker", WORKER_HOST)
+    return _host(stack, "worker")
 
 
 def client_host(stack: Stack) -> LanHost:
-    return lan(stack).host("client", CLIENT_HOST)
+    return _host(stack, "client")
 
 
 @dataclass(frozen=True)
@@ -89,8 +94,7 @@ class Node:
 
 def nodes(stack: Stack) -> list[Node]:
     return [
-        Node(name, port, lan(stack).host(name, NODE_HOSTS[name], serves=True))
-        for name, port in zip("ab", stack.cluster_ports, strict=True)
+        Node(name, port, _host(stack, name, serves=True)) for name, port in zip("ab", stack.cluster_ports, strict=True)
     ]
 
 

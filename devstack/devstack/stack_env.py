@@ -4,7 +4,7 @@ ports and development keys)."""
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -19,6 +19,10 @@ TOOLS_DIR = REPO_ROOT / ".tools"
 
 PATHS_SUBNET = ipaddress.IPv4Network("10.213.70.0/24")  # dataclass defaults; stack.env's values win
 CLUSTER_SUBNET = ipaddress.IPv4Network("10.213.71.0/24")
+
+
+# The cluster's hosts and their stack.env keys (CLUSTER_<KEY>_ADDRESS).
+CLUSTER_HOSTS = (("redis", "REDIS"), ("a", "NODE_A"), ("b", "NODE_B"), ("worker", "WORKER"), ("client", "CLIENT"))
 
 
 class StackEnvError(ValueError):
@@ -45,6 +49,8 @@ class Stack:
     paths_node_port: int = 7960
     paths_turn_tls_port: int = 5349
     cluster_subnet: ipaddress.IPv4Network = CLUSTER_SUBNET  # the cluster's hosts (make cluster-up)
+    # Their addresses in it: the cluster's Redis, nodes a and b, the worker, the participant.
+    cluster_addresses: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
 
     @property
@@ -83,6 +89,17 @@ def load_stack(path: Path = STACK_ENV) -> Stack:
             raise StackEnvError(f"{path}: {key}={value!r} must be a private range of 4+ addresses, e.g. 10.213.70.0/24")
         return network
 
+    def address(key: str, network: ipaddress.IPv4Network) -> str:
+        value = get(key)
+        try:
+            inside = ipaddress.IPv4Address(value) in network
+        except ValueError:
+            inside = False
+        if not inside or value in (str(network.network_address), str(network.network_address + 1)):
+            raise StackEnvError(f"{path}: {key}={value!r} must be a host address in {network}, above its first")
+        return value
+
+    cluster = subnet("CLUSTER_SUBNET")
     return Stack(
         livekit_version=get("LIVEKIT_VERSION"),
         livekit_cli_version=get("LIVEKIT_CLI_VERSION"),
@@ -101,5 +118,6 @@ def load_stack(path: Path = STACK_ENV) -> Stack:
         paths_subnet=subnet("PATHS_SUBNET"),
         paths_node_port=port("PATHS_NODE_PORT"),
         paths_turn_tls_port=port("PATHS_TURN_TLS_PORT"),
-        cluster_subnet=subnet("CLUSTER_SUBNET"),
+        cluster_subnet=cluster,
+        cluster_addresses={host: address(f"CLUSTER_{key}_ADDRESS", cluster) for host, key in CLUSTER_HOSTS},
     )

@@ -57,8 +57,8 @@ async def redis_command(ctx: RunContext, *args: str) -> bytes:
 
 
 async def run_nodes(ctx: RunContext) -> str:
-    if reason := netns.missing_capability():
-        raise StageFailure(f"the cluster's hosts are network namespaces: {reason}", "run as root")
+    if reason := netns.missing_capability("cluster-up"):
+        raise StageFailure(f"the cluster's hosts are network namespaces; {reason}", "run it as root")
     cluster = nodes(ctx.stack)
     checks = await asyncio.gather(*(probe_livekit(node.address, node.port, node.name) for node in cluster))
     problems = [f"node {c.name} at {c.address}: {c.reason}" for c in checks if not c.up]
