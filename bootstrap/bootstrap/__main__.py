@@ -26,13 +26,15 @@ from bootstrap import report, runner
 from bootstrap.context import BrowserMode, ClusterMode, LoadMode, PathsMode, RunContext
 from bootstrap.network_paths import DEFAULT_PATHS, FAULTS, PATHS
 from bootstrap.result import RunResult
-from bootstrap.stages import CLUSTER_STAGES, LOAD_STAGES, STAGES, Stage, browser_stage, paths_stages
+from bootstrap.stages import CLUSTER_STAGES, LOAD_STAGES, STAGES, Stage, browser_stage, drill_stages, paths_stages
 from devstack.compose import webhook_bind_address
 from devstack.nodes import lan, nodes
 from devstack.server_config import ConfigError, load_config
 from devstack.stack_env import LIVEKIT_YAML, StackEnvError, load_stack
 
 DEFAULT_TIMEOUT = 60.0
+DRILLS = ("node-loss", "redis-outage")
+DRILL_TIMEOUT = 240.0  # a drill's default --timeout: redis-outage waits out 5 + 40 s of outage and each recovery
 DEFAULT_CONCURRENCY = 4
 # Load mode's default --timeout: a margin of about 3x over the ~7 rooms/s measured on 2 cores.
 LOAD_TIMEOUT_BASE = 30.0
@@ -127,7 +129,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         + "; ".join(f"{f.name}: {f.description}" for f in FAULTS.values())
         + ")",
     )
+    parser.add_argument(
+        "--drill",
+        choices=DRILLS,
+        help="with --cluster: take a part of the cluster away on purpose and measure what recovers "
+        "(node-loss: the room's node killed, then cut off; redis-outage: Redis stopped 5 s, then 40 s)",
+    )
     args = parser.parse_args(argv)
+    if args.drill and not args.cluster:
+        parser.error("--drill needs --cluster: it runs against the cluster `make cluster-up` starts")
     if sum([bool(args.load), args.browser, args.cluster, args.paths is not None]) > 1:
         parser.error("--load, --browser, --cluster and --paths are separate modes: run them one at a time")
     if args.fault and args.paths is None:
@@ -136,6 +146,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.paths = _path_names(parser, args.paths, args.fault)
     if args.load < 0 or args.concurrency < 1:
         parser.error("--load must be >= 0 and --concurrency >= 1")
+    if args.timeout is None and args.drill:
+        args.timeout = DRILL_TIMEOUT
     if args.timeout is None:
         args.timeout = max(DEFAULT_TIMEOUT, LOAD_TIMEOUT_BASE + LOAD_TIMEOUT_PER_ROOM * args.load)
     if args.timeout <= runner.CLEANUP_RESERVE:
@@ -157,6 +169,8 @@ def _path_names(parser: ArgumentParser, given: str, fault: str | None) -> list[s
 def select_stages(args: argparse.Namespace) -> list[Stage]:
     if args.paths is not None:
         return paths_stages(args.paths)
+    if args.drill:
+        return drill_stages(args.drill)
     if args.cluster:
         return CLUSTER_STAGES
     if args.load:
@@ -203,7 +217,7 @@ def build_context(args: argparse.Namespace) -> RunContext:
     if args.browser:
         ctx.browser = BrowserMode(args.frontend_env)
     if args.cluster:
-        ctx.cluster = ClusterMode()
+        ctx.cluster = ClusterMode(drill_name=args.drill or "")
     if args.paths is not None:
         # The run's own node: the worker, the API calls and cleanup all go to it, not to the stack's.
         ctx.settings = dataclasses.replace(settings, livekit_url=f"ws://127.0.0.1:{stack.paths_node_port}")
@@ -251,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         result.extra["paths"] = ctx.paths.figures
     if ctx.cluster is not None:
         result.extra["cluster"] = ctx.cluster.figures
+        if ctx.cluster.drill_name:
+            result.extra["drill"] = {"name": ctx.cluster.drill_name, **ctx.cluster.drill}
     if ctx.audio is not None or ctx.data is not None:
         result.extra["media"] = {
             "audio": ctx.audio.as_dict() if ctx.audio else None,

@@ -54,6 +54,8 @@ class ClusterMode:
     registers through node b; the participant joins from yet another."""
 
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # per room, for the report
+    drill_name: str = ""  # --drill NAME, if any
+    drill: dict[str, dict[str, Any]] = field(default_factory=dict)  # its figures, per fault
 
 
 @dataclass

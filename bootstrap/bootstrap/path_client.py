@@ -4,13 +4,18 @@ paths check, bootstrap.stages.paths). It holds no API secret: its token comes fr
 Line protocol, one JSON object per line:
   stdin  {"url", "token", "relay": bool, "ice_timeout": s}  → join, bounded by ice_timeout
   stdout {"joined", "join_s", "error", "offered", "pairs"}   (offered: what the SDK was given while connecting)
-  stdin  {"agent": identity}                                  (the parent saw it ready through the API; "" ends)
+then any of these, until stdin ends:
+  stdin  {"agent": identity}                                  (the parent saw it ready through the API)
   stdout {"data", "audio", "failure"}                         (the data-plane round trips over this path)
+  stdin  {"watch": s}                                         (a drill is about to break the room's node)
+  stdout {"reconnecting_s", "reconnected_s", "disconnected_s", "reason"}  (seconds after the watch began, or
+                                                              null: what the SDK told this participant within s)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -89,6 +94,32 @@ async def exchange(room: rtc.Room, agent: str) -> dict[str, Any]:
     return result
 
 
+async def watch(room: rtc.Room, seconds: float) -> dict[str, Any]:
+    """When the SDK says the connection is in trouble, then back or lost (whichever ends the watch): the
+    participant's own view of a fault."""
+    started, ended = time.monotonic(), asyncio.Event()
+    seen: dict[str, float | str] = {}
+
+    def mark(name: str) -> None:
+        seen.setdefault(name, round(time.monotonic() - started, 3))
+
+    def on_reconnected() -> None:
+        mark("reconnected_s")
+        ended.set()
+
+    def on_disconnected(reason: object = None) -> None:
+        mark("disconnected_s")
+        seen.setdefault("reason", str(reason))
+        ended.set()
+
+    room.on("reconnecting", lambda: mark("reconnecting_s"))
+    room.on("reconnected", on_reconnected)
+    room.on("disconnected", on_disconnected)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ended.wait(), seconds)
+    return {key: seen.get(key) for key in ("reconnecting_s", "reconnected_s", "disconnected_s", "reason")}
+
+
 async def main() -> None:
     recorder = OfferRecorder()
     recorder.install()
@@ -97,8 +128,11 @@ async def main() -> None:
     try:
         joined = await join(room, request, recorder)
         say(joined)
-        if joined["joined"] and (agent := (await hear()).get("agent")):
-            say(await exchange(room, agent))
+        while joined["joined"] and (command := await hear()):
+            if agent := command.get("agent"):
+                say(await exchange(room, agent))
+            elif "watch" in command:
+                say(await watch(room, float(command["watch"])))
     finally:
         if room.isconnected():
             await room.disconnect()

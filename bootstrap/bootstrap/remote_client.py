@@ -61,6 +61,13 @@ class SdkClient:
         await self._tell({"agent": agent})
         return await self._hear(EXCHANGE_WAIT)
 
+    async def start_watch(self, seconds: float) -> None:
+        """Ask the participant to report what its SDK tells it in the next `seconds` (read it with end_watch)."""
+        await self._tell({"watch": seconds})
+
+    async def end_watch(self, seconds: float) -> dict[str, Any]:
+        return await self._hear(seconds + 5.0)
+
     async def close(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()

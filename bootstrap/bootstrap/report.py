@@ -9,7 +9,7 @@ from bootstrap.result import RunResult, Status
 
 MARKS = {Status.PASS: "✓", Status.FAIL: "✗", Status.SKIPPED: "-"}
 # Figures whose summary each stage's line already gives (one stage per path): in the JSON only.
-PER_STAGE_EXTRAS = {"paths", "cluster"}
+PER_STAGE_EXTRAS = {"paths", "cluster", "drill"}
 
 
 def render_text(result: RunResult) -> str:

@@ -6,7 +6,9 @@ namespace and link it made; `cluster-up` first removes what an earlier one left 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import sys
 import time
 
@@ -75,6 +77,40 @@ def up(stack: Stack) -> None:
     native.start_missing(node_services)
     for node, service in zip(nodes.nodes(stack), node_services, strict=True):
         _wait(lambda node=node: asyncio.run(probe_livekit(node.address, node.port)).up, service, node.service)
+
+
+def service(stack: Stack, name: str) -> Service:
+    """One of the cluster's services by name: "cluster-redis", "livekit-a", "livekit-b"."""
+    return next(s for s in services(stack) if s.name == name)
+
+
+def start(stack: Stack, name: str) -> None:
+    """Start one of the cluster's services again (after a drill stopped it) and wait until it is ready."""
+    started = service(stack, name)
+    native.start_missing([started], quiet=True)
+    if name == "cluster-redis":
+        _wait(lambda: _redis_ready(stack), started, "Redis")
+        return
+    node = next(n for n in nodes.nodes(stack) if n.service == name)
+    _wait(lambda: asyncio.run(probe_livekit(node.address, node.port)).up, started, name)
+
+
+def kill(stack: Stack, name: str) -> int:
+    """SIGKILL one of the cluster's services, as a host that dies does (no shutdown, sockets reset); its pid."""
+    pid = service(stack, name).running_pid()
+    if pid is None:
+        raise StackError(f"{name} is not running: start the cluster with `make cluster-up`")
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def stop(stack: Stack, name: str) -> None:
+    native.stop_services([service(stack, name)], quiet=True)
+
+
+def cut_off(host: netns.LanHost, cut: bool) -> None:
+    """Drop every packet to and from `host` (a host that vanishes: no reset, no reply), or stop dropping."""
+    netns.isolate(host, cut)
 
 
 def _redis_ready(stack: Stack) -> bool:

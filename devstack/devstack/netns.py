@@ -233,6 +233,24 @@ table inet {PATH_TABLE} {{
         _run(host.exec_argv(["nft", "-f", "-"]), stdin=rules)
 
 
+ISOLATE_TABLE = "lkh_cut"
+
+
+def isolate(host: LanHost, cut: bool) -> None:
+    """Drop everything `host` sends or receives except on its own loopback, before its firewall sees it (a host
+    that vanished: no reset, no reply); `cut=False` ends it."""
+    with contextlib.suppress(NetnsError):
+        _run(host.exec_argv(["nft", "delete", "table", "inet", ISOLATE_TABLE]))
+    if cut:
+        rules = f"""
+table inet {ISOLATE_TABLE} {{
+  chain input {{ type filter hook input priority -20; policy drop; iifname "lo" accept; }}
+  chain output {{ type filter hook output priority -20; policy drop; oifname "lo" accept; }}
+}}
+"""
+        _run(host.exec_argv(["nft", "-f", "-"]), stdin=rules)
+
+
 def namespaces() -> list[str]:
     listing = _run(["ip", "netns", "list"])
     return [line.split()[0] for line in listing.splitlines() if line.startswith(PREFIX)]

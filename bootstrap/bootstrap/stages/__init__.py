@@ -10,7 +10,20 @@ from dataclasses import dataclass
 from bootstrap.context import RunContext
 from bootstrap.network_paths import PATHS
 from bootstrap.result import StageFailure
-from bootstrap.stages import cluster, data, dispatch, join, load, media, paths, services, token, webhooks, worker
+from bootstrap.stages import (
+    cluster,
+    data,
+    dispatch,
+    drills,
+    join,
+    load,
+    media,
+    paths,
+    services,
+    token,
+    webhooks,
+    worker,
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,12 @@ CLUSTER_STAGES: list[Stage] = [
     Stage("worker", cluster.run_worker, 30.0),
     Stage("cross-node", cluster.run_cross_node, 45.0),
 ]
+
+
+def drill_stages(name: str) -> list[Stage]:
+    """--cluster --drill NAME: the cluster's nodes and worker, then the drill (its cap: the run's --timeout)."""
+    run = {"node-loss": drills.run_node_loss, "redis-outage": drills.run_redis_outage}[name]
+    return [*CLUSTER_STAGES[:2], Stage(f"drill {name}", run, 86400.0)]
 
 
 def paths_stages(names: list[str]) -> list[Stage]:

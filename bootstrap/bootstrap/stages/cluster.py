@@ -28,32 +28,23 @@ from typing import Any
 from livekit import api
 
 from backend.tokens import participant_token
+from bootstrap.cluster_probe import WORKER_LOG, redis_command
 from bootstrap.context import RunContext
 from bootstrap.lookups import find_ready_agent, poll_until
 from bootstrap.remote_client import SdkClient
 from bootstrap.result import StageFailure
 from devstack import netns
-from devstack.credentials import load_credentials
 from devstack.health import probe_livekit
-from devstack.health import redis_command as devstack_redis_command
 from devstack.install import ensure_service_user
 from devstack.native import StackError, check_reachable
 from devstack.nodes import Node, client_host, nodes, redis_host, worker_host
 from devstack.processes import Account
 from devstack.safe_files import ensure_dir, open_private_log
-from devstack.stack_env import RUNTIME_DIR
 
 POLL_INTERVAL = 0.1
 ICE_TIMEOUT = 6.0
 WORKER_ACCOUNT = "livekit-agent"  # the worker's host runs it unprivileged; it holds the API secret, nothing else
 WORKER_STOP_WAIT = 5.0
-WORKER_LOG = RUNTIME_DIR / "cluster-worker" / "worker.log"  # this run's worker (each run starts it anew)
-
-
-async def redis_command(ctx: RunContext, *args: str) -> bytes:
-    """One command to the cluster's Redis, on its own host, authenticated with the generated password."""
-    password = load_credentials().redis_password
-    return await devstack_redis_command(redis_host(ctx.stack).address, ctx.stack.redis_port, password, *args)
 
 
 async def run_nodes(ctx: RunContext) -> str:

@@ -1,0 +1,309 @@
+"""Drills (--cluster --drill NAME): a part of the cluster goes away on purpose; what recovers, and how fast.
+
+node-loss     the node hosting a live room (a; the worker is on b) goes away, killed (SIGKILL: its sockets reset)
+              and then cut off (nftables drops everything on its host: no reset, as when a host vanishes).
+              Figures for each: when GET / stopped answering 200, what the participant's SDK said and when
+              (reconnecting, disconnected), and whether rejoining the same room through the surviving node gets
+              a working room (agent dispatched again, data plane passing) and how long after the fault.
+redis-outage  the cluster's Redis stopped for 5 s, then for 40 s. Figures for each: every node's GET / over time
+              (200 / 406 / …), how long after Redis returned the nodes were ready and registered again, whether
+              the worker re-registered, and how long until a new room worked end to end.
+
+Verdict: PASS when the fault was observed, every figure was measured and the cluster was restored at the end
+(restarted if it did not recover by itself). "Recovered: no" is a figure, never a failure of the drill. A
+drill that could not inject its fault, or left the cluster broken, FAILS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from livekit import api
+
+from backend.tokens import participant_token
+from bootstrap.cluster_probe import (
+    WORKER_LOG,
+    check_room,
+    node_status,
+    redis_answers,
+    redis_command,
+    registered,
+    room_works,
+)
+from bootstrap.context import RunContext
+from bootstrap.lookups import find_ready_agent, poll_until
+from bootstrap.remote_client import SdkClient
+from bootstrap.result import StageFailure
+from devstack import cluster
+from devstack.nodes import Node, client_host, nodes
+
+PLACEMENT_TRIES = 12  # rooms created until one lands on the victim (placement is random: 1 in 2 each)
+WATCH = 30.0  # how long the participant's SDK is watched after the fault
+RECOVERY_WINDOW = 40.0  # how long rejoining / new rooms are tried after the fault (or after Redis returned)
+RESTORE_WAIT = 30.0
+SAMPLE_EVERY = 0.5
+OUTAGES = (5.0, 40.0)
+FIX = "see .runtime/livekit-*/*.log and .runtime/cluster-worker/worker.log; `make cluster-down && make cluster-up`"
+
+
+def _figures(ctx: RunContext) -> dict[str, Any]:
+    assert ctx.cluster is not None, "drills run in cluster mode only"
+    return ctx.cluster.drill
+
+
+async def run_node_loss(ctx: RunContext) -> str:
+    victim, survivor = nodes(ctx.stack)  # the worker registered through b: it survives a's loss
+    summary = []
+    for way in ("killed", "cut off"):
+        figures = _figures(ctx)[way] = await _lose_node(ctx, victim, survivor, way)
+        recovered = f"recovered in {figures['recovered_s']:.1f} s" if figures["recovered"] else "recovered: no"
+        heard = _what_the_participant_was_told(figures["participant"])
+        summary.append(f"{way}: GET / {figures['fault_observed']} after {figures['fault_observed_s']:.1f} s, "
+                       f"{heard}, {recovered} through node {survivor.name}")  # fmt: skip
+    return "; ".join(summary)
+
+
+async def _lose_node(ctx: RunContext, victim: Node, survivor: Node, way: str) -> dict[str, Any]:
+    room = await _room_on(ctx, victim, survivor, f"{ctx.room_name}-{way.replace(' ', '')}")
+    watcher, agent, before = await _participant_in(ctx, room, survivor)
+    try:
+        await watcher.start_watch(WATCH)
+        fault_at = time.monotonic()
+        await asyncio.to_thread(_inject, ctx, victim, way, True)
+        observed, observed_s = await _until_not_ready(victim, fault_at)
+        participant = await watcher.end_watch(WATCH)
+        stale = frozenset({agent})
+        recovery = None
+        if participant.get("reconnected_s") is not None:  # its SDK found the room again by itself: does it work?
+            recovery = await _reconnected_works(ctx, watcher, survivor, room, fault_at, agent)
+        if recovery is None:
+            recovery = await _rejoin(ctx, survivor, room, fault_at, stale)
+    finally:
+        await watcher.close()
+    restored_s = await _restore_node(ctx, victim, way)
+    return {"fault": way, "before": before, "fault_observed": observed, "fault_observed_s": observed_s,
+            "participant": participant, **recovery, "restored_s": restored_s}  # fmt: skip
+
+
+def _what_the_participant_was_told(told: dict[str, Any]) -> str:
+    names = ("reconnecting_s", "reconnected_s", "disconnected_s")
+    events = [f"{name.removesuffix('_s')} after {told[name]:.1f} s" for name in names if told.get(name) is not None]
+    return "participant " + (", ".join(events) if events else f"told nothing within {WATCH:.0f} s")
+
+
+def _inject(ctx: RunContext, victim: Node, way: str, on: bool) -> None:
+    if way == "killed":
+        if on:
+            cluster.kill(ctx.stack, victim.service)
+        else:
+            cluster.start(ctx.stack, victim.service)
+    else:
+        cluster.cut_off(victim.host, on)
+
+
+async def _room_on(ctx: RunContext, host: Node, via: Node, prefix: str) -> str:
+    """A room placed on `host` (created through `via` until the node selector picks it)."""
+    async with api.LiveKitAPI(via.http_url, ctx.settings.api_key, ctx.settings.api_secret, failover=False) as lk:
+        for attempt in range(PLACEMENT_TRIES):
+            name = f"{prefix}-{attempt}"
+            await lk.room.create_room(api.CreateRoomRequest(name=name))
+            ctx.rooms_joined.add(name)
+            if (await redis_command(ctx, "HGET", "room_node_map", name)).decode() == host.node_id():
+                await lk.agent_dispatch.create_dispatch(
+                    api.CreateAgentDispatchRequest(agent_name=ctx.agent_name, room=name)
+                )
+                return name
+            await lk.room.delete_room(api.DeleteRoomRequest(room=name))
+    raise StageFailure(f"no room landed on node {host.name} in {PLACEMENT_TRIES} tries: the fault cannot be "
+                       "aimed at the room's host", "check both nodes are registered (the nodes stage)")  # fmt: skip
+
+
+async def _participant_in(ctx: RunContext, room: str, entry: Node) -> tuple[SdkClient, str, dict[str, Any]]:
+    """The participant whose SDK will be watched, joined through `entry`, its data working with the agent
+    before the fault (reliable packets in order, RPCs); the agent's identity; the data plane's figures."""
+    client = await SdkClient.start(client_host(ctx.stack).exec_argv, entry.ws_url)
+    ctx.closers.append(client.close)
+    # Its token dispatches the agent, as the app's tokens do: that applies whenever a join creates the room,
+    # which is what a reconnect does once the room's node is gone.
+    token = participant_token(ctx.settings, identity="drill-user", room=room, agent_name=ctx.agent_name)
+    joined = await client.join(token, 6.0)
+    if not joined["joined"]:
+        raise StageFailure(f"before the fault, the participant could not join {room}: {joined['error']}", FIX)
+    async with api.LiveKitAPI(entry.http_url, ctx.settings.api_key, ctx.settings.api_secret) as lk:
+        async with asyncio.timeout(10.0):
+            agent = await poll_until(lambda: find_ready_agent(ctx, room, lk), 0.1)
+    exchanged = await client.exchange(agent.identity)
+    data = exchanged["data"] or {}
+    if not data.get("reliable_in_order") or data.get("rpc_calls") != 20:
+        raise StageFailure(f"before the fault, data did not cross the cluster: {exchanged['failure']}", FIX)
+    return client, agent.identity, _brief(exchanged) | {"failure": exchanged["failure"]}
+
+
+async def _until_not_ready(node: Node, since: float) -> tuple[str, float]:
+    """The first GET / answer other than 200 after the fault, and when; ("200", …) if none in 10 s."""
+    deadline = since + 10.0
+    while (status := await node_status(node)) == "200" and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return status, round(time.monotonic() - since, 2)
+
+
+async def _reconnected_works(
+    ctx: RunContext, watcher: SdkClient, survivor: Node, room: str, since: float, agent_before: str
+) -> dict[str, Any] | None:
+    """The participant that reconnected by itself (its SDK rejoined the room, recreated on the surviving node):
+    an agent in it, either the same job reconnected by its own SDK or one dispatched again (the participant's
+    token carries the dispatch, which applies when a join recreates the room), and the data plane with it.
+    None if no agent came."""
+    async with api.LiveKitAPI(survivor.http_url, ctx.settings.api_key, ctx.settings.api_secret) as lk:
+        try:
+            async with asyncio.timeout(10.0):
+                agent = await poll_until(lambda: find_ready_agent(ctx, room, lk), 0.1)
+        except TimeoutError:
+            return None
+    same = agent.identity == agent_before
+    how = {"how": "the participant's SDK reconnected, the room recreated on the surviving node",
+           "agent": "the same job, reconnected by its SDK" if same else "dispatched again"}  # fmt: skip
+    exchanged = await watcher.exchange(agent.identity)
+    if not room_works(exchanged):
+        return {"recovered": False, "recovered_s": None, **how, "rejoin_error": exchanged["failure"]}
+    return {"recovered": True, "recovered_s": round(time.monotonic() - since, 2), **how, "rejoin": _brief(exchanged)}
+
+
+async def _rejoin(ctx: RunContext, survivor: Node, room: str, since: float, stale: frozenset[str]) -> dict[str, Any]:
+    """Rejoin the lost room through the surviving node until it works end to end with an agent dispatched
+    again (not the one from before, which may still be listed), or the window ends."""
+    attempts, last = 0, None
+    while time.monotonic() - since < RECOVERY_WINDOW:
+        attempts += 1
+        last = await check_room(ctx, survivor, room, f"rejoin-{attempts}", stale)
+        if last.works:
+            return {"recovered": True, "recovered_s": round(time.monotonic() - since, 2), "how": "a new join",
+                    "rejoin_attempts": attempts, "rejoin": _brief(last.figures)}  # fmt: skip
+        await asyncio.sleep(SAMPLE_EVERY)
+    return {"recovered": False, "recovered_s": None, "rejoin_attempts": attempts,
+            "rejoin_error": last.error if last else "no attempt"}  # fmt: skip
+
+
+def _brief(figures: dict[str, Any]) -> dict[str, Any]:
+    audio, data = figures.get("audio") or {}, figures.get("data") or {}
+    return {
+        "dispatch_s": figures.get("dispatch_s"),
+        "audio_round_trip_s": audio.get("round_trip_s"),
+        "rpc_round_trip_s": data.get("rpc_round_trip_s"),
+        "reliable_in_order": data.get("reliable_in_order"),
+        "audio_lost_after_setup": audio.get("lost_after_setup"),
+        "failure": figures.get("failure"),
+    }
+
+
+async def _restore_node(ctx: RunContext, node: Node, way: str) -> float:
+    started = time.monotonic()
+    try:
+        await asyncio.to_thread(_inject, ctx, node, way, False)
+    except Exception as exc:
+        raise StageFailure(f"the drill could not bring node {node.name} back: {exc}", FIX) from None
+    await _until_whole(ctx, f"node {node.name} after it was {way}")
+    return round(time.monotonic() - started, 2)
+
+
+async def _until_whole(ctx: RunContext, what: str) -> None:
+    """Both nodes ready and registered, or a FAIL: the drill must leave the cluster as it found it."""
+    deadline = time.monotonic() + RESTORE_WAIT
+    while time.monotonic() < deadline:
+        statuses = [await node_status(n) for n in nodes(ctx.stack)]
+        if statuses == ["200", "200"] and all([await registered(ctx, n) for n in nodes(ctx.stack)]):
+            return
+        await asyncio.sleep(SAMPLE_EVERY)
+    raise StageFailure(f"the cluster was not whole again within {RESTORE_WAIT:.0f} s ({what})", FIX)
+
+
+async def run_redis_outage(ctx: RunContext) -> str:
+    summary = []
+    for seconds in OUTAGES:
+        figures = _figures(ctx)[f"{seconds:.0f}s"] = await _redis_outage(ctx, seconds)
+        recovered = f"new rooms work {figures['recovered_s']:.1f} s after" if figures["recovered"] else "recovered: no"
+        seen = sorted({s for row in figures["timeline"] for s in row["status"].values()})
+        summary.append(f"{seconds:.0f} s outage: GET / {'/'.join(seen)}; nodes ready "
+                       f"{figures['nodes_ready_s']} s after Redis returned; {recovered}"
+                       + ("; restarted the nodes" if figures["restarted_nodes"] else ""))  # fmt: skip
+    return "; ".join(summary)
+
+
+async def _redis_outage(ctx: RunContext, seconds: float) -> dict[str, Any]:
+    cluster_nodes = nodes(ctx.stack)
+    worker_lines = _worker_registrations()
+    started = time.monotonic()
+    await asyncio.to_thread(cluster.stop, ctx.stack, "cluster-redis")
+    if await redis_answers(ctx):
+        raise StageFailure("Redis still answered after it was stopped: the fault was not injected", FIX)
+    timeline = await _sample(cluster_nodes, started, started + seconds)
+    try:
+        await asyncio.to_thread(cluster.start, ctx.stack, "cluster-redis")
+    except Exception as exc:
+        raise StageFailure(f"the drill could not start Redis again: {exc}", FIX) from None
+    back = time.monotonic()
+    ready_s = await _until_ready_again(ctx, cluster_nodes, back, timeline, started)
+    recovery = await _new_rooms_work(ctx, back, seconds)
+    figures = {"outage_s": seconds, "timeline": timeline, "nodes_ready_s": ready_s, **recovery,
+               "worker_reregistered": _worker_registrations() > worker_lines, "restarted_nodes": False}  # fmt: skip
+    if ready_s is None or not recovery["recovered"]:
+        figures["restarted_nodes"] = True  # it did not recover by itself: restore it for whatever runs next
+        for node in cluster_nodes:
+            await asyncio.to_thread(cluster.stop, ctx.stack, node.service)
+            await asyncio.to_thread(cluster.start, ctx.stack, node.service)
+    await _until_whole(ctx, f"after the {seconds:.0f} s Redis outage")
+    return figures
+
+
+async def _sample(cluster_nodes: list[Node], since: float, until: float) -> list[dict[str, Any]]:
+    """Each node's GET / every SAMPLE_EVERY seconds; only the rows where something changed are kept."""
+    timeline: list[dict[str, Any]] = []
+    while time.monotonic() < until:
+        await _sample_once(cluster_nodes, since, timeline)
+        await asyncio.sleep(SAMPLE_EVERY)
+    return timeline
+
+
+async def _sample_once(cluster_nodes: list[Node], since: float, timeline: list[dict[str, Any]]) -> dict[str, str]:
+    statuses = await asyncio.gather(*(node_status(n) for n in cluster_nodes))
+    status = {n.name: s for n, s in zip(cluster_nodes, statuses, strict=True)}
+    if not timeline or timeline[-1]["status"] != status:
+        timeline.append({"t_s": round(time.monotonic() - since, 1), "status": status})
+    return status
+
+
+async def _until_ready_again(
+    ctx: RunContext, cluster_nodes: list[Node], back: float, timeline: list[dict[str, Any]], since: float
+) -> float | None:
+    """Seconds after Redis returned until every node answers 200 and is registered again; None if not within
+    RECOVERY_WINDOW."""
+    while time.monotonic() - back < RECOVERY_WINDOW:
+        status = await _sample_once(cluster_nodes, since, timeline)
+        if set(status.values()) == {"200"} and all([await registered(ctx, n) for n in cluster_nodes]):
+            return round(time.monotonic() - back, 2)
+        await asyncio.sleep(SAMPLE_EVERY)
+    return None
+
+
+async def _new_rooms_work(ctx: RunContext, back: float, seconds: float) -> dict[str, Any]:
+    entry = nodes(ctx.stack)[0]
+    attempts, last = 0, None
+    while time.monotonic() - back < RECOVERY_WINDOW:
+        attempts += 1
+        last = await check_room(ctx, entry, f"{ctx.room_name}-redis{seconds:.0f}-{attempts}", "after-redis")
+        if last.works:
+            return {"recovered": True, "recovered_s": round(time.monotonic() - back, 2), "room_attempts": attempts,
+                    "room": _brief(last.figures)}  # fmt: skip
+        await asyncio.sleep(SAMPLE_EVERY)
+    return {"recovered": False, "recovered_s": None, "room_attempts": attempts,
+            "room_error": last.error if last else "no attempt"}  # fmt: skip
+
+
+def _worker_registrations() -> int:
+    """How many times the worker registered so far (agent_runtime logs a line each time)."""
+    try:
+        return sum('"registered"' in line for line in WORKER_LOG.read_text(errors="replace").splitlines())
+    except FileNotFoundError:
+        return 0
