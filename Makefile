@@ -12,7 +12,7 @@ export UV_COMPILE_BYTECODE := 1
 DEVSTACK := $(PY) -m devstack
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools lk browser-deps bench cluster-up cluster-down paths env up down status logs health check-config bootstrap backend worker test lint fmt clean
+.PHONY: help install tools lk browser-deps bench bench-drills cluster-up cluster-down paths env up down status logs health check-config bootstrap backend worker test lint fmt clean
 
 COMPOSECHECK := .tools/composecheck
 ACTIONLINT := .tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
@@ -110,6 +110,10 @@ paths: install env ## A client on another host (network namespace; root) over ea
 
 bench: install ## Benchmark the running stack: load mode vs lk perf, warm verdict vs manual lk, data-plane figures
 	$(PY) -m bench.bench
+
+bench-drills: install env ## Benchmark the cluster drills (root): each 5 times, p50/max of every figure
+	@$(DEVSTACK) install-native
+	$(PY) -m bench.drills
 
 clean: down ## Stop the stack and delete runtime data (.runtime/)
 	rm -rf .runtime

@@ -13,7 +13,7 @@ import shutil
 import sys
 from collections.abc import Callable
 
-from devstack import cluster, compose, install, native, netns, paths_node, tls_front
+from devstack import compose, install, native, native_cluster, netns, paths_node, tls_front
 from devstack.credentials import CredentialsError
 from devstack.env_files import create_env_files
 from devstack.health import print_health
@@ -89,8 +89,8 @@ def native_verbs(args: argparse.Namespace) -> dict[str, Callable[[], int | None]
         "down": lambda: native.down(stack, args.services),
         "status": lambda: native.status(stack),
         "logs": lambda: native.logs(stack),
-        "cluster-up": lambda: cluster.up(stack),
-        "cluster-down": lambda: cluster.down(stack),
+        "cluster-up": lambda: native_cluster.up(stack),
+        "cluster-down": lambda: native_cluster.down(stack),
     }
 
 
@@ -98,7 +98,7 @@ def remove_network_leftovers() -> None:
     """What `make down` also removes: the cluster (its processes, hosts and bridge), and what a `bootstrap
     --paths` run killed by SIGKILL left behind (its node, TLS front and client host)."""
     stack = load_stack()
-    cluster.down(stack, quiet=True)
+    native_cluster.down(stack, quiet=True)
     paths_node.stop(stack, ClientHost("paths", stack.paths_subnet))
     tls_front.stop(paths_node.FRONT_DIR)
     if netns.missing_capability() is None and shutil.which("ip"):

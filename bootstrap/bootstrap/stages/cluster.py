@@ -1,5 +1,5 @@
 """Cluster mode (--cluster): two livekit-server nodes, each on a host of its own, must act as one
-(`make cluster-up`: devstack.cluster, devstack.nodes).
+(`make cluster-up`: devstack.native_cluster, devstack.nodes).
 
 nodes       both nodes answer GET / with OK at their own addresses, and both are registered in the cluster's
             Redis (hash `nodes`), which they reach over the network on a host of its own.

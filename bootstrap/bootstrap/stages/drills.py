@@ -36,7 +36,7 @@ from bootstrap.context import RunContext
 from bootstrap.lookups import find_ready_agent, poll_until
 from bootstrap.remote_client import SdkClient
 from bootstrap.result import StageFailure
-from devstack import cluster
+from devstack import native_cluster
 from devstack.nodes import Node, client_host, nodes
 
 PLACEMENT_TRIES = 12  # rooms created until one lands on the victim (placement is random: 1 in 2 each)
@@ -48,12 +48,22 @@ OUTAGES = (5.0, 40.0)
 FIX = "see .runtime/livekit-*/*.log and .runtime/cluster-worker/worker.log; `make cluster-down && make cluster-up`"
 
 
+def _always_restore(ctx: RunContext) -> None:
+    """However the drill ends (Ctrl-C mid-fault included), the cluster is whole again before the run exits."""
+
+    async def restore() -> None:
+        await asyncio.to_thread(native_cluster.repair, ctx.stack)
+
+    ctx.closers.append(restore)
+
+
 def _figures(ctx: RunContext) -> dict[str, Any]:
     assert ctx.cluster is not None, "drills run in cluster mode only"
     return ctx.cluster.drill
 
 
 async def run_node_loss(ctx: RunContext) -> str:
+    _always_restore(ctx)
     victim, survivor = nodes(ctx.stack)  # the worker registered through b: it survives a's loss
     summary = []
     for way in ("killed", "cut off"):
@@ -96,11 +106,11 @@ def _what_the_participant_was_told(told: dict[str, Any]) -> str:
 def _inject(ctx: RunContext, victim: Node, way: str, on: bool) -> None:
     if way == "killed":
         if on:
-            cluster.kill(ctx.stack, victim.service)
+            native_cluster.kill(ctx.stack, victim.service)
         else:
-            cluster.start(ctx.stack, victim.service)
+            native_cluster.start(ctx.stack, victim.service)
     else:
-        cluster.cut_off(victim.host, on)
+        native_cluster.cut_off(victim.host, on)
 
 
 async def _room_on(ctx: RunContext, host: Node, via: Node, prefix: str) -> str:
@@ -220,13 +230,15 @@ async def _until_whole(ctx: RunContext, what: str) -> None:
 
 
 async def run_redis_outage(ctx: RunContext) -> str:
+    _always_restore(ctx)
     summary = []
     for seconds in OUTAGES:
         figures = _figures(ctx)[f"{seconds:.0f}s"] = await _redis_outage(ctx, seconds)
         recovered = f"new rooms work {figures['recovered_s']:.1f} s after" if figures["recovered"] else "recovered: no"
         seen = sorted({s for row in figures["timeline"] for s in row["status"].values()})
+        worker = "the worker re-registered" if figures["worker_reregistered"] else "the worker stayed registered"
         summary.append(f"{seconds:.0f} s outage: GET / {'/'.join(seen)}; nodes ready "
-                       f"{figures['nodes_ready_s']} s after Redis returned; {recovered}"
+                       f"{figures['nodes_ready_s']} s after Redis returned; {recovered}; {worker}"
                        + ("; restarted the nodes" if figures["restarted_nodes"] else ""))  # fmt: skip
     return "; ".join(summary)
 
@@ -235,12 +247,12 @@ async def _redis_outage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     cluster_nodes = nodes(ctx.stack)
     worker_lines = _worker_registrations()
     started = time.monotonic()
-    await asyncio.to_thread(cluster.stop, ctx.stack, "cluster-redis")
+    await asyncio.to_thread(native_cluster.stop, ctx.stack, "cluster-redis")
     if await redis_answers(ctx):
         raise StageFailure("Redis still answered after it was stopped: the fault was not injected", FIX)
     timeline = await _sample(cluster_nodes, started, started + seconds)
     try:
-        await asyncio.to_thread(cluster.start, ctx.stack, "cluster-redis")
+        await asyncio.to_thread(native_cluster.start, ctx.stack, "cluster-redis")
     except Exception as exc:
         raise StageFailure(f"the drill could not start Redis again: {exc}", FIX) from None
     back = time.monotonic()
@@ -251,8 +263,8 @@ async def _redis_outage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     if ready_s is None or not recovery["recovered"]:
         figures["restarted_nodes"] = True  # it did not recover by itself: restore it for whatever runs next
         for node in cluster_nodes:
-            await asyncio.to_thread(cluster.stop, ctx.stack, node.service)
-            await asyncio.to_thread(cluster.start, ctx.stack, node.service)
+            await asyncio.to_thread(native_cluster.stop, ctx.stack, node.service)
+            await asyncio.to_thread(native_cluster.start, ctx.stack, node.service)
     await _until_whole(ctx, f"after the {seconds:.0f} s Redis outage")
     return figures
 

@@ -108,6 +108,19 @@ def stop(stack: Stack, name: str) -> None:
     native.stop_services([service(stack, name)], quiet=True)
 
 
+def repair(stack: Stack) -> list[str]:
+    """Undo whatever a drill may have left when it was interrupted: no host cut off, every service running
+    (started again where not). Returns what it had to do."""
+    done = []
+    for node in nodes.nodes(stack):
+        netns.isolate(node.host, False)
+    for name in ("cluster-redis", *(node.service for node in nodes.nodes(stack))):
+        if service(stack, name).running_pid() is None:
+            start(stack, name)
+            done.append(f"started {name}")
+    return done
+
+
 def cut_off(host: netns.LanHost, cut: bool) -> None:
     """Drop every packet to and from `host` (a host that vanishes: no reset, no reply), or stop dropping."""
     netns.isolate(host, cut)

@@ -1,0 +1,100 @@
+"""Drills against the REAL multi-host cluster: each run once (repeated runs and p50s are bench/drills.py's),
+each must observe its fault, measure every figure and leave the cluster whole, however it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bootstrap.cluster_probe import node_status
+from devstack.nodes import client_host, nodes, worker_host
+from devstack.stack_env import REPO_ROOT, Stack, load_stack
+from tests.conftest import PY, bootstrap_report, run_module
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the cluster's hosts are network namespaces: needs root (as CI runs)"),
+]
+STACK = load_stack()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Stack]:
+    up = run_module("devstack", "cluster-up", "--runner", "native")
+    assert up.returncode == 0, up.stderr
+    yield STACK
+    down = run_module("devstack", "cluster-down", "--runner", "native")
+    assert down.returncode == 0, down.stderr
+
+
+def output(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True).stdout
+
+
+def whole() -> bool:
+    """Both nodes answer 200, nothing cut off, no worker or participant left on their hosts."""
+    statuses = [asyncio.run(node_status(node)) for node in nodes(STACK)]
+    cut = [node.name for node in nodes(STACK) if "lkh_cut" in output(node.host.exec_argv(["nft", "list", "tables"]))]
+    hosts = (worker_host(STACK), client_host(STACK))
+    left = [pid for host in hosts for pid in output(["ip", "netns", "pids", host.namespace]).split()]
+    return statuses == ["200", "200"] and not cut and not left
+
+
+def drill(name: str) -> tuple[int, dict[str, Any]]:
+    return bootstrap_report("--cluster", "--drill", name, timeout=300)
+
+
+def test_node_loss_is_observed_measured_and_restored(cluster: Stack) -> None:
+    code, report = drill("node-loss")
+    assert (code, report["status"]) == (0, "pass"), json.dumps(report["stages"], indent=1)
+    figures = report["drill"]
+    assert figures["name"] == "node-loss"
+    for way, fault in (("killed", {"refused"}), ("cut off", {"timeout", "unreachable"})):
+        lost = figures[way]
+        assert lost["fault_observed"] in fault, lost
+        assert 0 <= lost["fault_observed_s"] < 10
+        assert set(lost["participant"]) == {"reconnecting_s", "reconnected_s", "disconnected_s", "reason"}
+        assert isinstance(lost["recovered"], bool) and lost["restored_s"] >= 0
+        assert (lost["recovered_s"] is not None) == lost["recovered"]
+    assert whole()
+
+
+def test_redis_outage_turns_nodes_not_ready_and_is_measured(cluster: Stack) -> None:
+    code, report = drill("redis-outage")
+    assert (code, report["status"]) == (0, "pass"), json.dumps(report["stages"], indent=1)
+    for outage in ("5s", "40s"):
+        figures = report["drill"][outage]
+        seen = {status for row in figures["timeline"] for status in row["status"].values()}
+        assert "406" in seen, figures["timeline"]  # GET / turns Not Ready while Redis is gone
+        assert figures["timeline"][-1]["status"] == {"a": "200", "b": "200"}
+        assert isinstance(figures["recovered"], bool) and isinstance(figures["worker_reregistered"], bool)
+        assert figures["nodes_ready_s"] is not None or figures["restarted_nodes"]
+    assert whole()
+
+
+def test_ctrl_c_mid_fault_leaves_the_cluster_whole(cluster: Stack) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    run = subprocess.Popen([PY, "-m", "bootstrap", "--json", "--cluster", "--drill", "node-loss"], cwd=REPO_ROOT,
+                           env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    victim = nodes(STACK)[0]
+    deadline = time.monotonic() + 30
+    while asyncio.run(node_status(victim)) == "200" and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.1)  # until the drill has killed the node
+    assert asyncio.run(node_status(victim)) != "200", "the drill never injected its fault"
+    run.send_signal(signal.SIGINT)
+    out, _ = run.communicate(timeout=30)
+    assert run.returncode == 1 and "interrupted" in json.dumps(json.loads(out)["stages"])
+    assert whole()
+
+
+def test_drill_needs_cluster_mode() -> None:
+    result = run_module("bootstrap", "--drill", "node-loss")
+    assert result.returncode == 2 and "--drill needs --cluster" in result.stderr
