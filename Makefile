@@ -12,7 +12,7 @@ export UV_COMPILE_BYTECODE := 1
 DEVSTACK := $(PY) -m devstack
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools lk browser-deps bench bench-drills cluster-up cluster-down paths env up down status logs health check-config bootstrap backend worker test lint fmt clean
+.PHONY: help install tools lk browser-deps net-deps bench bench-drills cluster-up cluster-down paths env up down status logs health check-config bootstrap backend worker test lint fmt clean
 
 COMPOSECHECK := .tools/composecheck
 ACTIONLINT := .tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
@@ -84,7 +84,7 @@ backend: install env ## Serve the backend (webhook receiver + /healthz) on port 
 worker: install env ## Run the echo agent's worker until Ctrl-C
 	$(PY) -m agent_runtime
 
-test: install tools browser-deps ## Lint, type-check, then every test (starts the real stack when down; installs Chromium for the browser tests)
+test: install tools browser-deps net-deps ## Lint, type-check, then every test (starts the real stack when down; installs Chromium for the browser tests)
 	$(UV) run --locked --no-sync ruff check .
 	$(UV) run --locked --no-sync ruff format --check .
 	$(UV) run --locked --no-sync mypy
@@ -104,7 +104,11 @@ cluster-up: install env ## Two livekit-server nodes sharing Redis (Compose profi
 cluster-down: install ## Stop the two cluster nodes
 	@$(DEVSTACK) cluster-down
 
-paths: install env ## A client on another host (network namespace; root) over each network path: udp, turn-udp
+net-deps: install ## What the network tests need (as root): iproute2, nftables, nginx, libnss3-tools, livekit-server
+	@if [ "$$(id -u)" = 0 ]; then $(DEVSTACK) install-native; \
+	else echo "not root: the network tests (namespaces: paths, cluster, drills) will be skipped"; fi
+
+paths: install env ## A client on another host (network namespace; root) over each network path: udp, turn-udp, tcp, turn-tls, wss
 	@$(DEVSTACK) install-native
 	$(PY) -m bootstrap --paths $(PATHS_ARGS)
 
