@@ -164,6 +164,16 @@ def stack() -> Iterator[Stack]:
 
 
 @contextlib.contextmanager
+def native_cluster() -> Iterator[Stack]:
+    """`make cluster-up` natively (nodes and Redis each on a host of its own), taken down afterwards."""
+    up = run_module("devstack", "cluster-up", "--runner", "native")
+    assert up.returncode == 0, up.stderr
+    yield load_stack()
+    down = run_module("devstack", "cluster-down", "--runner", "native")
+    assert down.returncode == 0, down.stderr
+
+
+@contextlib.contextmanager
 def agent_runtime_process(stack: Stack, agent_name: str | None = None) -> Iterator[subprocess.Popen[str]]:
     """`python -m agent_runtime` in a process of its own, registered (under `agent_name`, default its own
     default); stopped with Ctrl-C afterwards, killed if that does not end it."""

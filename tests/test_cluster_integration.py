@@ -18,7 +18,7 @@ import pytest
 from devstack import netns
 from devstack.nodes import client_host, lan, nodes, worker_host
 from devstack.stack_env import REPO_ROOT, Stack, load_stack
-from tests.conftest import PY, bootstrap_report, run_module
+from tests.conftest import PY, bootstrap_report, native_cluster, run_module
 
 pytestmark = [
     pytest.mark.integration,
@@ -42,11 +42,8 @@ def processes_on(host: netns.LanHost) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Stack]:
-    up = run_module("devstack", "cluster-up", "--runner", "native")
-    assert up.returncode == 0, up.stderr
-    yield STACK
-    down = run_module("devstack", "cluster-down", "--runner", "native")
-    assert down.returncode == 0, down.stderr
+    with native_cluster() as stack:
+        yield stack
     assert cluster_leftovers() == [], "cluster-down left these behind"
 
 

@@ -17,7 +17,7 @@ import pytest
 from bootstrap.cluster_probe import node_status
 from devstack.nodes import client_host, nodes, worker_host
 from devstack.stack_env import REPO_ROOT, Stack, load_stack
-from tests.conftest import PY, bootstrap_report, run_module
+from tests.conftest import PY, bootstrap_report, native_cluster, run_module
 
 pytestmark = [
     pytest.mark.integration,
@@ -28,11 +28,8 @@ STACK = load_stack()
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Stack]:
-    up = run_module("devstack", "cluster-up", "--runner", "native")
-    assert up.returncode == 0, up.stderr
-    yield STACK
-    down = run_module("devstack", "cluster-down", "--runner", "native")
-    assert down.returncode == 0, down.stderr
+    with native_cluster() as stack:
+        yield stack
 
 
 def output(argv: list[str]) -> str:
