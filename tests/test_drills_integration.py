@@ -72,6 +72,7 @@ def test_redis_outage_turns_nodes_not_ready_and_is_measured(cluster: Stack) -> N
         seen = {status for row in figures["timeline"] for status in row["status"].values()}
         assert "406" in seen, figures["timeline"]  # GET / turns Not Ready while Redis is gone
         assert figures["timeline"][-1]["status"] == {"a": "200", "b": "200"}
+        assert all(0 < t <= float(outage[:-1]) for t in figures["not_ready_after_s"].values())
         assert isinstance(figures["recovered"], bool) and isinstance(figures["worker_reregistered"], bool)
         assert figures["nodes_ready_s"] is not None or figures["restarted_nodes"]
     assert whole()

@@ -258,8 +258,11 @@ async def _redis_outage(ctx: RunContext, seconds: float) -> dict[str, Any]:
     back = time.monotonic()
     ready_s = await _until_ready_again(ctx, cluster_nodes, back, timeline, started)
     recovery = await _new_rooms_work(ctx, back, seconds)
-    figures = {"outage_s": seconds, "timeline": timeline, "nodes_ready_s": ready_s, **recovery,
-               "worker_reregistered": _worker_registrations() > worker_lines, "restarted_nodes": False}  # fmt: skip
+    not_ready = {n.name: next((row["t_s"] for row in timeline if row["status"][n.name] != "200"), None)
+                 for n in cluster_nodes}  # fmt: skip
+    figures = {"outage_s": seconds, "timeline": timeline, "not_ready_after_s": not_ready, "nodes_ready_s": ready_s,
+               **recovery, "worker_reregistered": _worker_registrations() > worker_lines,
+               "restarted_nodes": False}  # fmt: skip
     if ready_s is None or not recovery["recovered"]:
         figures["restarted_nodes"] = True  # it did not recover by itself: restore it for whatever runs next
         for node in cluster_nodes:
