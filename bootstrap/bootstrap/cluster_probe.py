@@ -30,6 +30,11 @@ AGENT_WAIT = 10.0
 TOKEN_TTL = timedelta(minutes=10)
 
 
+def node_api(ctx: RunContext, node: Node) -> api.LiveKitAPI:
+    """The API of that node itself (no failover: which node answers is what the checks are about)."""
+    return api.LiveKitAPI(node.http_url, ctx.settings.api_key, ctx.settings.api_secret, failover=False)
+
+
 async def redis_command(ctx: RunContext, *args: str) -> bytes:
     """One command to the cluster's Redis, on its own host, authenticated with the generated password."""
     password = load_credentials().redis_password
@@ -119,7 +124,7 @@ async def check_room(
         if not check.joined:
             return check
         started = time.monotonic()
-        async with api.LiveKitAPI(entry.http_url, ctx.settings.api_key, ctx.settings.api_secret) as lk:
+        async with node_api(ctx, entry) as lk:
             try:
                 async with asyncio.timeout(AGENT_WAIT):
                     agent = await poll_until(lambda: _fresh_agent(ctx, room, lk, stale), POLL_INTERVAL)

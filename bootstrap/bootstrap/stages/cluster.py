@@ -28,7 +28,7 @@ from typing import Any
 from livekit import api
 
 from backend.tokens import participant_token
-from bootstrap.cluster_probe import WORKER_LOG, redis_command
+from bootstrap.cluster_probe import WORKER_LOG, node_api, redis_command
 from bootstrap.context import RunContext
 from bootstrap.lookups import find_ready_agent, poll_until
 from bootstrap.remote_client import SdkClient
@@ -150,7 +150,7 @@ async def run_cross_node(ctx: RunContext) -> str:
 
 async def _one_room(ctx: RunContext, creator: Node, name: str) -> str:
     cluster = nodes(ctx.stack)
-    async with api.LiveKitAPI(creator.http_url, ctx.settings.api_key, ctx.settings.api_secret, failover=False) as lk:
+    async with node_api(ctx, creator) as lk:
         await lk.room.create_room(api.CreateRoomRequest(name=name))
         ctx.rooms_joined.add(name)
         host_id = (await redis_command(ctx, "HGET", "room_node_map", name)).decode()

@@ -26,6 +26,7 @@ from backend.tokens import participant_token
 from bootstrap.cluster_probe import (
     WORKER_LOG,
     check_room,
+    node_api,
     node_status,
     redis_answers,
     redis_command,
@@ -115,7 +116,7 @@ def _inject(ctx: RunContext, victim: Node, way: str, on: bool) -> None:
 
 async def _room_on(ctx: RunContext, host: Node, via: Node, prefix: str) -> str:
     """A room placed on `host` (created through `via` until the node selector picks it)."""
-    async with api.LiveKitAPI(via.http_url, ctx.settings.api_key, ctx.settings.api_secret, failover=False) as lk:
+    async with node_api(ctx, via) as lk:
         for attempt in range(PLACEMENT_TRIES):
             name = f"{prefix}-{attempt}"
             await lk.room.create_room(api.CreateRoomRequest(name=name))
@@ -141,7 +142,7 @@ async def _participant_in(ctx: RunContext, room: str, entry: Node) -> tuple[SdkC
     joined = await client.join(token, 6.0)
     if not joined["joined"]:
         raise StageFailure(f"before the fault, the participant could not join {room}: {joined['error']}", FIX)
-    async with api.LiveKitAPI(entry.http_url, ctx.settings.api_key, ctx.settings.api_secret) as lk:
+    async with node_api(ctx, entry) as lk:
         async with asyncio.timeout(10.0):
             agent = await poll_until(lambda: find_ready_agent(ctx, room, lk), 0.1)
     exchanged = await client.exchange(agent.identity)
@@ -166,7 +167,7 @@ async def _reconnected_works(
     an agent in it, either the same job reconnected by its own SDK or one dispatched again (the participant's
     token carries the dispatch, which applies when a join recreates the room), and the data plane with it.
     None if no agent came."""
-    async with api.LiveKitAPI(survivor.http_url, ctx.settings.api_key, ctx.settings.api_secret) as lk:
+    async with node_api(ctx, survivor) as lk:
         try:
             async with asyncio.timeout(10.0):
                 agent = await poll_until(lambda: find_ready_agent(ctx, room, lk), 0.1)
