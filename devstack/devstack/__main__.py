@@ -19,7 +19,6 @@ from devstack.env_files import create_env_files
 from devstack.health import print_health
 from devstack.install import InstallError
 from devstack.native import StackError
-from devstack.netns import ClientHost
 from devstack.postgres import PostgresError
 from devstack.safe_files import UnsafePathError
 from devstack.server_config import ConfigError, load_config
@@ -99,7 +98,7 @@ def remove_network_leftovers() -> None:
     --paths` run killed by SIGKILL left behind (its node, TLS front and client host)."""
     stack = load_stack()
     native_cluster.down(stack, quiet=True)
-    paths_node.stop(stack, ClientHost("paths", stack.paths_subnet))
+    paths_node.stop(stack, paths_node.client_host(stack))
     tls_front.stop(paths_node.FRONT_DIR)
     if netns.missing_capability() is None and shutil.which("ip"):
         for removed in netns.sweep():

@@ -34,6 +34,11 @@ SIGNAL_NAME = "lk.paths.test"  # wss://lk.paths.test → the front on the host a
 TURN_NAME = "turn.paths.test"  # turns:turn.paths.test:443 → the front on the service address → TURN
 
 
+def client_host(stack: Stack) -> ClientHost:
+    """The paths check's client host: namespace lkh-paths on PATHS_SUBNET."""
+    return ClientHost("paths", stack.paths_subnet)
+
+
 def client_names(host: ClientHost) -> dict[str, str]:
     return {SIGNAL_NAME: host.host_address, TURN_NAME: host.service_address}
 

@@ -34,7 +34,6 @@ from devstack import install, local_ca, netns, paths_node, tls_front
 from devstack.netns import ClientHost
 from devstack.stack_env import RUNTIME_DIR
 
-HOST_NAME = "paths"  # the client host's namespace is lkh-paths
 ICE_TIMEOUT = 6.0  # a working path joins here in well under a second; the rtc SDK's own bound is 4 x 15 s
 AGENT_WAIT = 10.0
 TOKEN_TTL = timedelta(minutes=10)
@@ -64,12 +63,12 @@ async def run_client_host(ctx: RunContext) -> str:
         raise StageFailure("the pinned livekit-server is not built", "run `make paths` (builds it with Go)")
     paths = mode(ctx)
     _lock_out_other_runs(ctx)
-    host = ClientHost(HOST_NAME, ctx.stack.paths_subnet)
+    host = paths_node.client_host(ctx.stack)
     fault = FAULTS[paths.fault] if paths.fault else None
     tls = any(PATHS[name].needs_tls for name in paths.paths)
     paths.node_config = paths_node.paths_node_config(ctx.stack, host, fault.node_overrides if fault else None, tls=tls)
     await asyncio.to_thread(tls_front.stop, FRONT_DIR)  # one a killed run left, whether or not this run needs one
-    swept = await asyncio.to_thread(netns.sweep, netns.PREFIX + HOST_NAME)
+    swept = await asyncio.to_thread(netns.sweep, host.namespace)
     _finally(ctx, lambda: netns.remove(host))
     await asyncio.to_thread(netns.create, host, paths_node.client_names(host))
     paths.host = host
