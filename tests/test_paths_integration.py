@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -174,13 +175,22 @@ def start_run(*args: str) -> subprocess.Popen[str]:
 
 
 def wait_for_client_in_namespace(run: subprocess.Popen[str]) -> None:
+    """Until the participant (bootstrap.path_client) runs inside the client host: a path is under way (not
+    just the short-lived nft commands that set the host up)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and run.poll() is None:
-        pids = subprocess.run(["ip", "netns", "pids", "lkh-paths"], capture_output=True, text=True).stdout
-        if pids.strip():
+        pids = subprocess.run(["ip", "netns", "pids", "lkh-paths"], capture_output=True, text=True).stdout.split()
+        if any(b"bootstrap.path_client" in _cmdline(pid) for pid in pids):
             return
         time.sleep(0.05)
     pytest.fail("the run never started its client inside the client host")
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_ctrl_c_mid_path_ends_the_run_and_removes_everything() -> None:
