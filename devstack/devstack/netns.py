@@ -117,22 +117,14 @@ def create(host: ClientHost, names: dict[str, str] | None = None) -> None:
     """The namespace, its link to this host, addresses, default route and firewall, and `names` (name →
     address) in its own /etc/hosts; half-made is undone."""
     prefix = host.subnet.prefixlen
-    steps = [
-        ["ip", "netns", "add", host.namespace],
-        ["ip", "link", "add", host.host_link, "type", "veth", "peer", "name", host.client_link],
-        ["ip", "link", "set", host.client_link, "netns", host.namespace],
+    this_side = [
         ["ip", "addr", "add", f"{host.host_address}/{prefix}", "dev", host.host_link],
         ["ip", "addr", "add", f"{host.service_address}/{prefix}", "dev", host.host_link],
         ["ip", "link", "set", host.host_link, "up"],
-        ["ip", "-n", host.namespace, "addr", "add", f"{host.client_address}/{prefix}", "dev", host.client_link],
-        ["ip", "-n", host.namespace, "link", "set", host.client_link, "up"],
-        ["ip", "-n", host.namespace, "link", "set", "lo", "up"],
-        ["ip", "-n", host.namespace, "route", "add", "default", "via", host.host_address],
     ]
     try:
-        for step in steps:
-            _run(step)
-        _run(host.exec_argv(["nft", "-f", "-"]), stdin=guard_rules(host.subnet))
+        _attach(host.namespace, host.host_link, host.client_link, this_side, f"{host.client_address}/{prefix}",
+                host.host_address, guard_rules(host.subnet))  # fmt: skip
         host.hosts_file.parent.mkdir(parents=True, exist_ok=True)
         lines = ["127.0.0.1 localhost", *(f"{address} {name}" for name, address in (names or {}).items())]
         host.hosts_file.write_text("\n".join(lines) + "\n")
@@ -196,21 +188,31 @@ def create_lan(lan: Lan, hosts: list[LanHost]) -> None:
         _run(["ip", "link", "set", lan.bridge, "up"])
         for host in hosts:
             outside, inside = f"{host.namespace}-h", f"{host.namespace}-c"
-            for step in (
-                ["ip", "netns", "add", host.namespace],
-                ["ip", "link", "add", outside, "type", "veth", "peer", "name", inside],
-                ["ip", "link", "set", inside, "netns", host.namespace],
-                ["ip", "link", "set", outside, "master", lan.bridge, "up"],
-                ["ip", "-n", host.namespace, "addr", "add", f"{host.address}/{prefix}", "dev", inside],
-                ["ip", "-n", host.namespace, "link", "set", inside, "up"],
-                ["ip", "-n", host.namespace, "link", "set", "lo", "up"],
-                ["ip", "-n", host.namespace, "route", "add", "default", "via", lan.gateway],
-            ):
-                _run(step)
-            _run(host.exec_argv(["nft", "-f", "-"]), stdin=guard_rules(lan.subnet, serves=host.serves))
+            _attach(host.namespace, outside, inside, [["ip", "link", "set", outside, "master", lan.bridge, "up"]],
+                    f"{host.address}/{prefix}", lan.gateway, guard_rules(lan.subnet, serves=host.serves))  # fmt: skip
     except (NetnsError, subprocess.TimeoutExpired):
         sweep(lan.prefix)
         raise
+
+
+def _attach(
+    namespace: str, outside: str, inside: str, this_side: list[list[str]], address: str, gateway: str, guard: str
+) -> None:
+    """A namespace joined to this machine by a veth pair (`outside` stays here, set up by `this_side`;
+    `inside` goes in with `address`), its loopback up, its default route via `gateway`, its firewall `guard`."""
+    steps = [
+        ["ip", "netns", "add", namespace],
+        ["ip", "link", "add", outside, "type", "veth", "peer", "name", inside],
+        ["ip", "link", "set", inside, "netns", namespace],
+        *this_side,
+        ["ip", "-n", namespace, "addr", "add", address, "dev", inside],
+        ["ip", "-n", namespace, "link", "set", inside, "up"],
+        ["ip", "-n", namespace, "link", "set", "lo", "up"],
+        ["ip", "-n", namespace, "route", "add", "default", "via", gateway],
+    ]
+    for step in steps:
+        _run(step)
+    _run(["ip", "netns", "exec", namespace, "nft", "-f", "-"], stdin=guard)
 
 
 def restrict(host: ClientHost, *, block_udp: bool = False, unreachable: tuple[str, ...] = ()) -> None:

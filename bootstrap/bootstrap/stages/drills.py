@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from livekit import api
@@ -25,6 +26,7 @@ from livekit import api
 from backend.tokens import participant_token
 from bootstrap.cluster_probe import (
     WORKER_LOG,
+    RoomCheck,
     check_room,
     node_api,
     node_status,
@@ -185,16 +187,29 @@ async def _reconnected_works(
 async def _rejoin(ctx: RunContext, survivor: Node, room: str, since: float, stale: frozenset[str]) -> dict[str, Any]:
     """Rejoin the lost room through the surviving node until it works end to end with an agent dispatched
     again (not the one from before, which may still be listed), or the window ends."""
-    attempts, last = 0, None
-    while time.monotonic() - since < RECOVERY_WINDOW:
+    attempts, last, recovered_s = await _until_a_room_works(
+        lambda attempt: check_room(ctx, survivor, room, f"rejoin-{attempt}", stale), since
+    )
+    if recovered_s is not None:
+        return {"recovered": True, "recovered_s": recovered_s, "how": "a new join", "rejoin_attempts": attempts,
+                "rejoin": _brief(last.figures)}  # fmt: skip
+    return {"recovered": False, "recovered_s": None, "rejoin_attempts": attempts, "rejoin_error": last.error}
+
+
+async def _until_a_room_works(
+    attempt: Callable[[int], Awaitable[RoomCheck]], since: float
+) -> tuple[int, RoomCheck, float | None]:
+    """`attempt(n)` for n = 1, 2, … until its room works or RECOVERY_WINDOW after `since` is over: how many
+    attempts, the last one, and when (seconds after `since`) a room worked, or None."""
+    attempts = 0
+    while True:
         attempts += 1
-        last = await check_room(ctx, survivor, room, f"rejoin-{attempts}", stale)
+        last = await attempt(attempts)
         if last.works:
-            return {"recovered": True, "recovered_s": round(time.monotonic() - since, 2), "how": "a new join",
-                    "rejoin_attempts": attempts, "rejoin": _brief(last.figures)}  # fmt: skip
+            return attempts, last, round(time.monotonic() - since, 2)
+        if time.monotonic() - since + SAMPLE_EVERY >= RECOVERY_WINDOW:
+            return attempts, last, None
         await asyncio.sleep(SAMPLE_EVERY)
-    return {"recovered": False, "recovered_s": None, "rejoin_attempts": attempts,
-            "rejoin_error": last.error if last else "no attempt"}  # fmt: skip
 
 
 def _brief(figures: dict[str, Any]) -> dict[str, Any]:
@@ -305,16 +320,12 @@ async def _until_ready_again(
 
 async def _new_rooms_work(ctx: RunContext, back: float, seconds: float) -> dict[str, Any]:
     entry = nodes(ctx.stack)[0]
-    attempts, last = 0, None
-    while time.monotonic() - back < RECOVERY_WINDOW:
-        attempts += 1
-        last = await check_room(ctx, entry, f"{ctx.room_name}-redis{seconds:.0f}-{attempts}", "after-redis")
-        if last.works:
-            return {"recovered": True, "recovered_s": round(time.monotonic() - back, 2), "room_attempts": attempts,
-                    "room": _brief(last.figures)}  # fmt: skip
-        await asyncio.sleep(SAMPLE_EVERY)
-    return {"recovered": False, "recovered_s": None, "room_attempts": attempts,
-            "room_error": last.error if last else "no attempt"}  # fmt: skip
+    attempts, last, recovered_s = await _until_a_room_works(
+        lambda attempt: check_room(ctx, entry, f"{ctx.room_name}-redis{seconds:.0f}-{attempt}", "after-redis"), back
+    )
+    if recovered_s is not None:
+        return {"recovered": True, "recovered_s": recovered_s, "room_attempts": attempts, "room": _brief(last.figures)}
+    return {"recovered": False, "recovered_s": None, "room_attempts": attempts, "room_error": last.error}
 
 
 def _worker_registrations() -> int:
