@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,22 +51,30 @@ ZERO_PADDING = 8
 
 @dataclass
 class Hearing:
-    """What the agent heard from one participant: audio frames, the loudest frame's RMS (int16 units) and that
-    frame's dominant frequency, and reliable packets on DATA_TOPIC."""
+    """What the agent heard from one participant: audio frames, the loudest frame's RMS (int16 units), the
+    dominant frequency of all it heard, and reliable packets on DATA_TOPIC.
+
+    The frequency is the peak of the frames' spectra summed, not the loudest frame's: a single decoder glitch
+    (measured once: a frame of RMS 13182 whose strongest frequency was the lowest bin, 12 Hz) is louder than any
+    tone, but one frame among dozens does not outweigh the tone in the sum."""
 
     frames: int = 0
     peak_rms: float = 0.0
     dominant_hz: float = 0.0
     packets: int = 0
+    spectrum: np.ndarray | None = field(default=None, repr=False)  # the frames' magnitude spectra, summed
 
     def add(self, frame: rtc.AudioFrame) -> float:
         """Count `frame` in; returns its RMS."""
         samples = np.frombuffer(frame.data, dtype=np.int16).astype(np.float32)
         self.frames += 1
         rms = float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
-        if rms > self.peak_rms:
-            self.peak_rms = rms
-            self.dominant_hz = dominant_frequency(samples, frame.sample_rate)
+        self.peak_rms = max(self.peak_rms, rms)
+        if samples.size:
+            spectrum = magnitude_spectrum(samples)
+            same_shape = self.spectrum is not None and self.spectrum.shape == spectrum.shape
+            self.spectrum = self.spectrum + spectrum if same_shape else spectrum
+            self.dominant_hz = peak_frequency(self.spectrum, samples.size, frame.sample_rate)
         return rms
 
     def as_json(self) -> str:
@@ -77,11 +85,19 @@ class Hearing:
 def dominant_frequency(samples: np.ndarray, sample_rate: int) -> float:
     """The strongest frequency in `samples` (DC excluded). A 10 ms frame alone resolves only 100 Hz; zero-padding
     it 8x reads the spectrum's peak on a 12.5 Hz grid (440 Hz comes out as 437.5, not 400)."""
-    size = samples.size * ZERO_PADDING
-    spectrum = np.abs(np.fft.rfft(samples, n=size))
+    return peak_frequency(magnitude_spectrum(samples), samples.size, sample_rate)
+
+
+def magnitude_spectrum(samples: np.ndarray) -> np.ndarray:
+    """|FFT| of `samples` zero-padded ZERO_PADDING times (see dominant_frequency)."""
+    return np.abs(np.fft.rfft(samples, n=samples.size * ZERO_PADDING))
+
+
+def peak_frequency(spectrum: np.ndarray, frame_size: int, sample_rate: int) -> float:
+    """The frequency of `spectrum`'s peak (DC excluded), for frames of `frame_size` samples."""
     if spectrum.size < 2:
         return 0.0
-    return float((int(np.argmax(spectrum[1:])) + 1) * sample_rate / size)
+    return float((int(np.argmax(spectrum[1:])) + 1) * sample_rate / (frame_size * ZERO_PADDING))
 
 
 class EchoAgent:
