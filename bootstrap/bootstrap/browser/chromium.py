@@ -80,6 +80,8 @@ class Chromium:
         if binary is None:
             raise ChromiumError("chromium is not installed: run `make browser-deps` (Debian package chromium)")
         account = self._account()
+        if account is not None:
+            self._handed_over()
         if self._trust_ca is not None:
             await self._trust(self._trust_ca, account)
         flags = [*FLAGS, *([f"--unsafely-treat-insecure-origin-as-secure={insecure_origin_as_secure}"]
@@ -108,6 +110,10 @@ class Chromium:
         account = pwd.getpwnam(ensure_service_user(BROWSER_USER))
         os.chown(self._profile, account.pw_uid, account.pw_gid)  # mkdtemp made it 0700
         return account
+
+    def _handed_over(self) -> None:
+        """The profile belongs to the browser account from here on: whatever runs as it may replace anything in
+        it. Nothing to do; the tests plant symlinks here, as that account could."""
 
     def _entry(self, account: pwd.struct_passwd | None) -> tuple[list[str], dict[str, Any]]:
         """How the process becomes the browser user, with no supplementary groups (root's would be kept): by
