@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from bench.lk_output import parse_agent_load_test, ratio_or_reason
-from bootstrap.load_figures import percentile, summary
+from bootstrap.stats import percentile, summary
 from devstack.stack_env import REPO_ROOT as ROOT
 from devstack.stack_env import load_stack
 

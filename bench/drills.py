@@ -16,7 +16,7 @@ import subprocess
 import sys
 from typing import Any
 
-from bootstrap.__main__ import DRILLS
+from bootstrap.modes.cluster.drills import DRILLS
 from devstack.stack_env import REPO_ROOT
 
 PY = str(REPO_ROOT / ".venv" / "bin" / "python")

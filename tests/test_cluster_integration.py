@@ -32,7 +32,7 @@ def cluster_leftovers() -> list[str]:
     prefix = lan(STACK).prefix
     found = [n for n in netns.namespaces() + netns.links() if n.startswith(prefix)]
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    ours = ("livekit-a/", "livekit-b/", "cluster-redis", "agent_runtime", "bootstrap.path_client")
+    ours = ("livekit-a/", "livekit-b/", "cluster-redis", "agent_runtime", "bootstrap.participant_process")
     return found + [line for line in ps.splitlines() if any(mark in line for mark in ours)]
 
 

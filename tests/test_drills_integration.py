@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bootstrap.cluster_probe import node_status
+from bootstrap.modes.cluster.cluster_probe import node_status
 from devstack.nodes import client_host, nodes, worker_host
 from devstack.stack_env import REPO_ROOT, Stack, load_stack
 from tests.conftest import PY, bootstrap_report, native_cluster, run_module

@@ -1,15 +1,22 @@
 """The house rules, checked: dependencies flow bootstrap → devstack / backend / agent_runtime and never back,
-no two modules share a name, browser pieces load only in browser mode, and devstack's CLI lists its verbs."""
+no two modules share a name, browser pieces load only in browser mode, each mode keeps to its own room (the
+engine and stages never import a mode, no mode imports another, the CLI imports only the registry and names no
+mode), and devstack's CLI lists its verbs."""
 
 from __future__ import annotations
 
+import argparse
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bootstrap.context import RunContext
+from bootstrap.modes import Mode, Plan
+from bootstrap.stages import Stage
 from devstack.stack_env import REPO_ROOT
 from tests.conftest import run_module
 
@@ -29,13 +36,17 @@ ALLOWED = {
 }
 
 
-def imported_packages(path: Path) -> set[str]:
+def imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), str(path))
     names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
     names += [
         node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module and not node.level
     ]
-    return {name.split(".")[0] for name in names} & set(PACKAGES)
+    return set(names)
+
+
+def imported_packages(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in imported_modules(path)} & set(PACKAGES)
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -69,7 +80,7 @@ def test_no_two_modules_share_a_name() -> None:
 
 def test_a_single_run_never_imports_the_browser_pieces() -> None:
     probe = (
-        "import sys, bootstrap.__main__ as m; m.select_stages(m.parse_args([]));"
+        "import sys, bootstrap.__main__ as m; m.plan(m.parse_args([]));"
         "print(sorted(n for n in sys.modules if n.startswith('bootstrap.browser')))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
@@ -105,3 +116,106 @@ def test_makefile_calls_devstack_for_the_stack_verbs() -> None:
     for verb in ("up", "down", "status", "logs", "health", "check-config", "cluster-up", "cluster-down"):
         assert f"\t@$(DEVSTACK) {verb}\n" in makefile, verb
     assert not (REPO_ROOT / "scripts" / "stack.sh").exists()
+
+
+BOOTSTRAP = PACKAGES["bootstrap"]
+MODES_DIR = BOOTSTRAP / "modes"
+
+
+def mode_of(path: Path) -> str:
+    """The mode a module under modes/ belongs to ("" for the registry and the interface)."""
+    part = path.relative_to(MODES_DIR).parts[0].removesuffix(".py")
+    return "" if part in ("__init__", "base") else part
+
+
+def test_the_engine_and_stages_never_import_a_mode() -> None:
+    engine = [p for p in BOOTSTRAP.rglob("*.py") if MODES_DIR not in p.parents and p.name != "__main__.py"]
+    offenders = {
+        f"{path.relative_to(REPO_ROOT)} imports {name}"
+        for path in engine
+        for name in imported_modules(path)
+        if name == "bootstrap.modes" or name.startswith("bootstrap.modes.")
+    }
+    assert engine and not offenders
+
+
+def test_no_mode_imports_another() -> None:
+    offenders = set()
+    for path in MODES_DIR.rglob("*.py"):
+        if not (own := mode_of(path)):
+            continue
+        for name in imported_modules(path):
+            other = name.removeprefix("bootstrap.modes.").split(".")[0] if name.startswith("bootstrap.modes.") else ""
+            if other and other not in (own, "base"):
+                offenders.add(f"{path.relative_to(REPO_ROOT)} imports {name}")
+    assert not offenders
+
+
+def test_the_cli_imports_only_the_registry_and_names_no_mode() -> None:
+    from bootstrap.modes import MODES
+
+    main = BOOTSTRAP / "__main__.py"
+    assert {n for n in imported_modules(main) if n.startswith("bootstrap.modes")} == {"bootstrap.modes"}
+    parser = argparse.ArgumentParser()
+    MODES.add_arguments(parser)
+    options = {action.dest for action in parser._actions} - {"help"}
+    flags = {flag for action in parser._actions for flag in action.option_strings} - {"-h", "--help"}
+    names = {mode.name for mode in MODES}
+    tree = ast.parse(main.read_text())
+    named = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)} & options
+    named |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)} & (names | options)
+    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    named |= {flag for flag in flags for text in strings if flag in text}
+    assert options and flags and not named
+
+
+def test_the_mode_checks_can_fail(tmp_path: Path) -> None:
+    """The checks above catch what they claim: a CLI reading args.load, an engine module importing a mode."""
+    cli = tmp_path / "cli.py"
+    cli.write_text("from bootstrap.modes.load import LoadMode\nif args.load: pass\n")
+    assert "bootstrap.modes.load" in imported_modules(cli)
+    tree = ast.parse(cli.read_text())
+    assert "load" in {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+
+
+class HelloMode(Mode):
+    """A mode defined here, registered without editing any module of the project."""
+
+    name = "hello"
+    flag = "--hello"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--hello", metavar="WHO", help="say hello to WHO")
+
+    def selected(self, args: argparse.Namespace) -> bool:
+        return args.hello is not None
+
+    def resolve(self, args: argparse.Namespace) -> str | None:
+        return "--hello needs a name" if args.hello == "" else None
+
+    def timeout(self, args: argparse.Namespace) -> float:
+        return 7.0
+
+    def plan(self, args: argparse.Namespace) -> Plan:
+        async def greet(ctx: RunContext) -> str:
+            return f"hello, {args.hello}"
+
+        return Plan([Stage("greet", greet, 5.0)], lambda ctx: {"hello": args.hello})
+
+
+def test_a_mode_registered_from_outside_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from bootstrap import __main__ as cli
+    from bootstrap.modes import MODES
+
+    MODES.register(HelloMode())
+    try:
+        assert cli.parse_args(["--hello", "you"]).timeout == 7.0
+        assert cli.main(["--hello", "you", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out.splitlines()[-1])
+        with pytest.raises(SystemExit):
+            cli.parse_args(["--hello", "you", "--load", "2"])
+    finally:
+        MODES.unregister("hello")
+    assert [(s["name"], s["status"], s["detail"]) for s in report["stages"]] == [("greet", "pass", "hello, you")]
+    assert report["hello"] == "you"
+    assert "separate modes" in capsys.readouterr().err

@@ -3,7 +3,8 @@
 import pytest
 from livekit import api
 
-from bootstrap.load_figures import DeliveryFigures, LoadFigures, RoomTriggers, percentile, summary
+from bootstrap.modes.load.load_figures import DeliveryFigures, LoadFigures, RoomTriggers
+from bootstrap.stats import percentile, summary
 
 pytestmark = pytest.mark.unit
 

@@ -12,8 +12,8 @@ import pytest
 from bootstrap import runner
 from bootstrap.__main__ import parse_args
 from bootstrap.ice import Candidate, Offered, OfferRecorder, parse_candidate
-from bootstrap.network_paths import PATHS
-from bootstrap.path_diagnosis import check_pair, explain_no_join
+from bootstrap.modes.paths.network_paths import PATHS
+from bootstrap.modes.paths.path_diagnosis import check_pair, explain_no_join
 from bootstrap.result import StageSkipped, Status
 from bootstrap.stages import Stage
 from devstack.netns import ClientHost

@@ -36,7 +36,7 @@ def leftovers() -> list[str]:
     """Namespaces, links and processes of a paths run still on this machine."""
     found = netns.namespaces() + netns.links()
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    ours = ("livekit-paths", "bootstrap.path_client", "lkh-paths")  # the node and nginx (their paths), clients
+    ours = ("livekit-paths", "bootstrap.participant_process", "lkh-paths")  # the node and nginx (their paths), clients
     found += [line for line in ps.splitlines() if any(mark in line for mark in ours)]
     return found
 
@@ -175,12 +175,12 @@ def start_run(*args: str) -> subprocess.Popen[str]:
 
 
 def wait_for_client_in_namespace(run: subprocess.Popen[str]) -> None:
-    """Until the participant (bootstrap.path_client) runs inside the client host: a path is under way (not
+    """Until the participant (bootstrap.participant_process) runs inside the client host: a path is under way (not
     just the short-lived nft commands that set the host up)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and run.poll() is None:
         pids = subprocess.run(["ip", "netns", "pids", "lkh-paths"], capture_output=True, text=True).stdout.split()
-        if any(b"bootstrap.path_client" in _cmdline(pid) for pid in pids):
+        if any(b"bootstrap.participant_process" in _cmdline(pid) for pid in pids):
             return
         time.sleep(0.05)
     pytest.fail("the run never started its client inside the client host")

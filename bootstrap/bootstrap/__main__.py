@@ -23,22 +23,12 @@ from agent_runtime.ffi_exit import exit_without_finalization
 from backend.logging import configure_logging, redact, register_secret
 from backend.settings import SettingsError, load_settings
 from bootstrap import report, runner
-from bootstrap.context import BrowserMode, ClusterMode, LoadMode, PathsMode, RunContext
-from bootstrap.network_paths import DEFAULT_PATHS, FAULTS, PATHS
+from bootstrap.context import RunContext
+from bootstrap.modes import DEFAULT_TIMEOUT, MODES, Mode, Plan
 from bootstrap.result import RunResult
-from bootstrap.stages import CLUSTER_STAGES, LOAD_STAGES, STAGES, Stage, browser_stage, drill_stages, paths_stages
-from devstack.compose import webhook_bind_address
-from devstack.nodes import lan, nodes
+from bootstrap.stages import Stage
 from devstack.server_config import ConfigError, load_config
 from devstack.stack_env import LIVEKIT_YAML, StackEnvError, load_stack
-
-DEFAULT_TIMEOUT = 60.0
-DRILLS = ("node-loss", "redis-outage")
-DRILL_TIMEOUT = 240.0  # a drill's default --timeout: redis-outage waits out 5 + 40 s of outage and each recovery
-DEFAULT_CONCURRENCY = 4
-# Load mode's default --timeout: a margin of about 3x over the ~7 rooms/s measured on 2 cores.
-LOAD_TIMEOUT_BASE = 30.0
-LOAD_TIMEOUT_PER_ROOM = 0.5
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -57,10 +47,27 @@ def error_json(message: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The common flags here, each mode's own from the registry; what they imply is filled in (exit 2 on a
+    usage error)."""
     parser = ArgumentParser(
         prog="python -m bootstrap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.json_output = "--json" in (sys.argv[1:] if argv is None else argv)
+    _add_common_arguments(parser)
+    MODES.add_arguments(parser)
+    args = parser.parse_args(argv)
+    if error := MODES.resolve(args):
+        parser.error(error)
+    if args.timeout is None:
+        args.timeout = MODES.select(args).timeout(args)
+    if args.timeout <= runner.CLEANUP_RESERVE:
+        parser.error(f"--timeout must be more than {runner.CLEANUP_RESERVE:.0f} seconds")
+    if args.junit is not None and args.junit.is_dir():
+        parser.error(f"--junit {args.junit} is a directory: give the report's file path, e.g. reports/bootstrap.xml")
+    return args
+
+
+def _add_common_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="log each stage's progress (stderr)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     parser.add_argument("--junit", type=Path, metavar="PATH", help="also write the report as JUnit XML")
@@ -68,8 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--timeout",
         type=float,
         metavar="SECONDS",
-        help=f"bound for the whole run, cleanup included (default {DEFAULT_TIMEOUT:.0f}; with --load N: "
-        f"{LOAD_TIMEOUT_BASE:.0f} + {LOAD_TIMEOUT_PER_ROOM} per room, if more)",
+        help=f"bound for the whole run, cleanup included (default {DEFAULT_TIMEOUT:.0f}; {MODES.timeout_notes()})",
     )
     parser.add_argument("--env-file", type=Path, default=Path(".env"), help="settings file (default .env)")
     parser.add_argument(
@@ -80,102 +86,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the server's config, for the webhook port and checks (default docker/livekit.yaml)",
     )
     parser.add_argument(
-        "--browser", action="store_true", help="add the browser stage: headless Chromium joins through frontend/"
-    )
-    parser.add_argument(
-        "--frontend-env",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="where the browser stage reads NEXT_PUBLIC_LIVEKIT_URL (default frontend/.env.local)",
-    )
-    parser.add_argument(
         "--webhook-host",
         default=None,
         help="address the receiver binds (default: 127.0.0.1 natively, the Docker bridge's gateway under Compose)",
     )
-    parser.add_argument(
-        "--load",
-        type=int,
-        default=0,
-        metavar="N",
-        help="load mode: N rooms, each joined, dispatched and its webhooks verified",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=DEFAULT_CONCURRENCY,
-        metavar="C",
-        help=f"rooms in flight at once in load mode (default {DEFAULT_CONCURRENCY}, for 2 cores)",
-    )
-    parser.add_argument(
-        "--cluster",
-        action="store_true",
-        help="cluster mode: two nodes sharing Redis (`make cluster-up`), checked across nodes",
-    )
-    parser.add_argument(
-        "--paths",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="NAMES",
-        help=f"paths mode: a client on another host (a network namespace; needs root) over each network path: "
-        f"comma-separated, of {', '.join(PATHS)} (default: {','.join(DEFAULT_PATHS)})",
-    )
-    parser.add_argument(
-        "--fault",
-        choices=list(FAULTS),
-        help="with --paths: reproduce a misconfiguration users hit, to see its FAIL and fix ("
-        + "; ".join(f"{f.name}: {f.description}" for f in FAULTS.values())
-        + ")",
-    )
-    parser.add_argument(
-        "--drill",
-        choices=DRILLS,
-        help="with --cluster: take a part of the cluster away on purpose and measure what recovers "
-        "(node-loss: the room's node killed, then cut off; redis-outage: Redis stopped 5 s, then 40 s)",
-    )
-    args = parser.parse_args(argv)
-    if args.drill and not args.cluster:
-        parser.error("--drill needs --cluster: it runs against the cluster `make cluster-up` starts")
-    if sum([bool(args.load), args.browser, args.cluster, args.paths is not None]) > 1:
-        parser.error("--load, --browser, --cluster and --paths are separate modes: run them one at a time")
-    if args.fault and args.paths is None:
-        parser.error("--fault needs --paths: it reproduces a misconfiguration on the paths check's own node")
-    if args.paths is not None:
-        args.paths = _path_names(parser, args.paths, args.fault)
-    if args.load < 0 or args.concurrency < 1:
-        parser.error("--load must be >= 0 and --concurrency >= 1")
-    if args.timeout is None and args.drill:
-        args.timeout = DRILL_TIMEOUT
-    if args.timeout is None:
-        args.timeout = max(DEFAULT_TIMEOUT, LOAD_TIMEOUT_BASE + LOAD_TIMEOUT_PER_ROOM * args.load)
-    if args.timeout <= runner.CLEANUP_RESERVE:
-        parser.error(f"--timeout must be more than {runner.CLEANUP_RESERVE:.0f} seconds")
-    if args.junit is not None and args.junit.is_dir():
-        parser.error(f"--junit {args.junit} is a directory: give the report's file path, e.g. reports/bootstrap.xml")
-    return args
 
 
-def _path_names(parser: ArgumentParser, given: str, fault: str | None) -> list[str]:
-    names = [n.strip() for n in given.split(",") if n.strip()]
-    if not names:
-        return list(FAULTS[fault].paths) if fault else list(DEFAULT_PATHS)
-    if unknown := [n for n in names if n not in PATHS]:
-        parser.error(f"--paths: unknown path {', '.join(unknown)}; known: {', '.join(PATHS)}")
-    return list(dict.fromkeys(names))
-
-
-def select_stages(args: argparse.Namespace) -> list[Stage]:
-    if args.paths is not None:
-        return paths_stages(args.paths)
-    if args.drill:
-        return drill_stages(args.drill)
-    if args.cluster:
-        return CLUSTER_STAGES
-    if args.load:
-        return LOAD_STAGES
-    return [*STAGES, browser_stage()] if args.browser else STAGES
+def plan(args: argparse.Namespace) -> tuple[Mode, Plan]:
+    mode = MODES.select(args)
+    return mode, mode.plan(args)
 
 
 def _webhook_port(path: Path, urls: list[str]) -> int:
@@ -193,8 +112,9 @@ def _webhook_port(path: Path, urls: list[str]) -> int:
     return port
 
 
-def build_context(args: argparse.Namespace) -> RunContext:
-    """Settings and config, validated before anything connects (errors here exit 2)."""
+def build_context(args: argparse.Namespace, mode: Mode | None = None) -> RunContext:
+    """Settings and config, validated before anything connects (errors here exit 2); the server and webhook
+    host are the mode's target."""
     settings = load_settings([args.env_file])
     config = load_config(args.livekit_config)
     stack = load_stack()
@@ -202,27 +122,17 @@ def build_context(args: argparse.Namespace) -> RunContext:
     register_secret(settings.api_secret)
     for warning in settings.warnings:
         structlog.get_logger("bootstrap").warning(warning)
-    if args.cluster:  # the API calls and cleanup go to node a; the nodes post webhooks to us on the bridge
-        settings = dataclasses.replace(settings, livekit_url=nodes(stack)[0].ws_url)
-    ctx = RunContext(
+    target = (mode or MODES.select(args)).target(args, stack)
+    if target.livekit_url:
+        settings = dataclasses.replace(settings, livekit_url=target.livekit_url)
+    return RunContext(
         settings=settings,
         stack=stack,
         agent_name=stack.agent_name,
-        webhook_host=args.webhook_host or (lan(stack).gateway if args.cluster else webhook_bind_address()),
+        webhook_host=args.webhook_host or target.receiver_host(),
         webhook_port=webhook_port,
         deadline=time.monotonic() + args.timeout,
     )
-    if args.load:
-        ctx.load = LoadMode(args.load, args.concurrency)
-    if args.browser:
-        ctx.browser = BrowserMode(args.frontend_env)
-    if args.cluster:
-        ctx.cluster = ClusterMode(drill_name=args.drill or "")
-    if args.paths is not None:
-        # The run's own node: the worker, the API calls and cleanup all go to it, not to the stack's.
-        ctx.settings = dataclasses.replace(settings, livekit_url=f"ws://127.0.0.1:{stack.paths_node_port}")
-        ctx.paths = PathsMode(args.paths, args.fault)
-    return ctx
 
 
 async def run_with_signals(ctx: RunContext, stages: list[Stage]) -> RunResult:
@@ -250,28 +160,17 @@ def main(argv: list[str] | None = None) -> int:
         # The stage lines already say what arrived; a line per webhook or agent is --verbose detail (--load 50: 350).
         for chatty in ("backend.webhook_receiver", "agent_runtime"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
+    mode, run = plan(args)
     try:
-        ctx = build_context(args)
+        ctx = build_context(args, mode)
     except (SettingsError, ConfigError, StackEnvError) as exc:
         print(f"configuration error: {redact(str(exc))}", file=sys.stderr)
         if args.json:
             print(error_json(str(exc)))
         return 2
-    result = asyncio.run(run_with_signals(ctx, select_stages(args)))
+    result = asyncio.run(run_with_signals(ctx, run.stages))
     result.context.update(server=ctx.settings.livekit_url, pinned=ctx.stack.livekit_version)
-    if ctx.load is not None and ctx.load.figures is not None:
-        result.extra["load"] = ctx.load.figures.as_dict()
-    if ctx.paths is not None:
-        result.extra["paths"] = ctx.paths.figures
-    if ctx.cluster is not None:
-        result.extra["cluster"] = ctx.cluster.figures
-        if ctx.cluster.drill_name:
-            result.extra["drill"] = {"name": ctx.cluster.drill_name, **ctx.cluster.drill}
-    if ctx.audio is not None or ctx.data is not None:
-        result.extra["media"] = {
-            "audio": ctx.audio.as_dict() if ctx.audio else None,
-            "data": ctx.data.as_dict() if ctx.data else None,
-        }
+    result.extra.update(run.figures(ctx))
     print(report.render_json(result) if args.json else report.render_text(result), flush=True)
     if args.junit:  # after the report: a JUnit file that cannot be written must not cost the verdict
         try:

@@ -19,7 +19,7 @@ import numpy as np
 from livekit import rtc
 
 from agent_runtime.echo import ECHO_TRACK_PREFIX, FRAME_MS, HEARD_METHOD, SAMPLE_RATE, dominant_frequency
-from bootstrap.load_figures import summary
+from bootstrap.stats import summary
 
 MARKER_HZ = tuple(1000 + 200 * k for k in range(16))
 PIP_FRAMES = 4  # 40 ms of tone: two whole 10 ms frames survive any alignment and a jitter buffer shortening it

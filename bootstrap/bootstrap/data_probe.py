@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from livekit import rtc
 
 from agent_runtime.echo import DATA_TOPIC, HEARD_METHOD, PING_METHOD
-from bootstrap.load_figures import summary
+from bootstrap.stats import summary
 
 RPC_TIMEOUT = 2.0
 ECHO_WAIT = 2.0  # after the last packet was sent: how long the rest may take before they count as lost

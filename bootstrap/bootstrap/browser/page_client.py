@@ -1,6 +1,6 @@
 """The participant on a client host as a real browser: Chromium inside the namespace opens frontend/ (served on
 the host side of the link), which joins with livekit-client. The same two steps as the rtc SDK's client
-(bootstrap.path_client), with the same result shapes, so a path does not care which client crossed it:
+(bootstrap.participant_process), with the same result shapes, so a path does not care which client crossed it:
   join()          the page connects; its selected candidate pair from the browser's own stats (RTCRtpSender
                   getStats(): transport → selected candidate-pair → local and remote candidates);
   exchange(agent) RPC round trips (livekit-client's performRpc to the agent's ping), what the agent heard from
@@ -21,7 +21,7 @@ from agent_runtime.echo import HEARD_METHOD, PING_METHOD
 from bootstrap.audio_probe import HEARD_RMS
 from bootstrap.browser.chromium import Chromium
 from bootstrap.browser.frontend_server import FrontendServer
-from bootstrap.load_figures import summary
+from bootstrap.stats import summary
 
 OSCILLATOR_HZ = 440.0  # frontend/app.js
 FREQUENCY_TOLERANCE = 30.0

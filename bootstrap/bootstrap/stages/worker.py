@@ -11,7 +11,9 @@ from bootstrap.context import RunContext
 from bootstrap.result import StageFailure
 
 
-async def run(ctx: RunContext) -> str:
+async def run(ctx: RunContext, *, job_processes: int = 0) -> str:
+    """`job_processes`: 0 runs each job on a thread of this process; N > 0 runs each in a process of its own,
+    N of them kept warm."""
     # An authenticated API call first: the worker's own retries would hide a 401 behind "failed to connect".
     await ctx.api.room.list_rooms(api.ListRoomsRequest())
     config = WorkerConfig(
@@ -24,8 +26,8 @@ async def run(ctx: RunContext) -> str:
         # a single run exits long before. Load mode: a process per job, warm ones ready (started during the
         # warm-up), so agents echoing audio do not share this process's interpreter with the participants:
         # with threads, 1-2 rooms in 50 lost an audio marker to the contention.
-        job_executor=agents.JobExecutorType.PROCESS if ctx.load else agents.JobExecutorType.THREAD,
-        idle_runners=ctx.load.concurrency if ctx.load else 0,
+        job_executor=agents.JobExecutorType.PROCESS if job_processes else agents.JobExecutorType.THREAD,
+        idle_runners=job_processes,
     )
     ctx.worker = create_worker(config)
     registered: asyncio.Future[str] = asyncio.get_running_loop().create_future()

@@ -1,7 +1,7 @@
 """Load mode (--load N): N rooms through the whole path, `--concurrency` at a time. Each room: a token with
 an explicit dispatch, a participant joined, the agent seen joining (delivered by the SFU, not the worker's
 say-so), a few RPC round trips and audio markers echoed by the agent, its three webhooks verified, then the
-room deleted. Figures go to ctx.load.figures.
+room deleted. Figures go to the mode's state (LoadState.figures).
 
 Before the rooms, load mode waits out livekit-server's agent-name refresh (see _settle_server_agent_cache)."""
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 
 import structlog
 from livekit import api, rtc
@@ -17,11 +18,12 @@ from livekit import api, rtc
 from backend.logging import redact
 from backend.tokens import participant_token
 from bootstrap.audio_probe import AudioPathError, AudioProbe
-from bootstrap.context import LoadMode, RunContext
+from bootstrap.context import RunContext
 from bootstrap.data_probe import DataFigures, ping
-from bootstrap.load_figures import DeliveryFigures, LoadFigures, RoomTriggers, summary
 from bootstrap.lookups import find_agent, find_ready_agent, poll_until
+from bootstrap.modes.load.load_figures import DeliveryFigures, LoadFigures, RoomTriggers
 from bootstrap.result import StageFailure
+from bootstrap.stats import summary
 
 log = structlog.get_logger("bootstrap")
 
@@ -45,17 +47,19 @@ REGISTRATION_PUBLISH_GRACE = 0.25
 WARMUP_SECONDS = REGISTRATION_PUBLISH_GRACE + SERVER_AGENT_CHECK_SECONDS + REGISTRATION_PUBLISH_GRACE
 
 
-def _mode(ctx: RunContext) -> LoadMode:
-    if ctx.load is None:
-        raise StageFailure("the load stage ran outside load mode", "run it with `python -m bootstrap --load N`")
-    return ctx.load
+@dataclass
+class LoadState:
+    """--load N: N rooms through the whole path, `concurrency` at a time."""
+
+    rooms: int
+    concurrency: int
+    figures: LoadFigures | None = None  # set by the load stage, read by the report
 
 
-async def run(ctx: RunContext) -> str:
-    mode = _mode(ctx)
-    figures = mode.figures = LoadFigures(mode.rooms, mode.concurrency)
-    gate = asyncio.Semaphore(mode.concurrency)
-    names = _room_names(ctx)
+async def run(ctx: RunContext, state: LoadState) -> str:
+    figures = state.figures = LoadFigures(state.rooms, state.concurrency)
+    gate = asyncio.Semaphore(state.concurrency)
+    names = _room_names(ctx, state)
     figures.warmup_seconds = await _settle_server_agent_cache(ctx)
     figures.started_at = time.monotonic()
     await asyncio.gather(*(_one_room(ctx, name, gate, figures) for name in names))
@@ -76,16 +80,16 @@ async def run(ctx: RunContext) -> str:
     return detail
 
 
-async def on_timeout(ctx: RunContext) -> StageFailure:
+async def on_timeout(ctx: RunContext, state: LoadState) -> StageFailure:
     """How far the load got when --timeout ran out, and the --timeout this pace needs."""
-    figures = _mode(ctx).figures
+    figures = state.figures
     if figures is None or not figures.started_at:
         return StageFailure(
             "--timeout ran out while waiting out livekit-server's agent-name refresh, before any room",
             f"raise --timeout (load mode first waits {WARMUP_SECONDS:.1f} s)",
         )
     figures.seconds = time.monotonic() - figures.started_at
-    _count_webhooks(ctx, _room_names(ctx), figures)
+    _count_webhooks(ctx, _room_names(ctx, state), figures)
     pace = figures.finished / figures.seconds if figures.finished else 0.0
     need = f"about {figures.warmup_seconds + figures.rooms / pace + 10:.0f} s" if pace else "more"
     return StageFailure(
@@ -95,8 +99,8 @@ async def on_timeout(ctx: RunContext) -> StageFailure:
     )
 
 
-def _room_names(ctx: RunContext) -> list[str]:
-    return [f"{ctx.room_name}-{i:03d}" for i in range(_mode(ctx).rooms)]
+def _room_names(ctx: RunContext, state: LoadState) -> list[str]:
+    return [f"{ctx.room_name}-{i:03d}" for i in range(state.rooms)]
 
 
 async def _settle_server_agent_cache(ctx: RunContext) -> float:

@@ -1,4 +1,4 @@
-"""`python -m bootstrap.path_client`: the participant on a client host (run inside its network namespace by the
+"""`python -m bootstrap.participant_process`: the participant on a client host (run inside its network namespace by the
 paths check, bootstrap.stages.paths). It holds no API secret: its token comes from the parent.
 
 Line protocol, one JSON object per line:

@@ -16,7 +16,7 @@ from livekit import api
 from backend.tokens import participant_token
 from bootstrap.context import RunContext
 from bootstrap.lookups import find_ready_agent, poll_until
-from bootstrap.remote_client import SdkClient
+from bootstrap.remote_participant import SdkClient
 from devstack.credentials import load_credentials
 from devstack.health import redis_command as devstack_redis_command
 from devstack.nodes import Node, client_host, redis_host

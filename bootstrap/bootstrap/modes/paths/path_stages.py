@@ -6,29 +6,31 @@ client-host  (needs CAP_NET_ADMIN, else skipped) stale hosts and nodes of earlie
 worker       the no-op worker registers with that node (the worker stage, on the host).
 path NAME    one per path, each on its own (one failing does not skip the next): the client host's firewall
              set for the path; a participant joins from inside it into a fresh room with the agent dispatched
-             (the rtc SDK in a child process, bootstrap.path_client, or Chromium, bootstrap.browser.page_client);
+             (the rtc SDK in a child process, bootstrap.participant_process, or Chromium,
+             bootstrap.browser.page_client);
              its own stats name the selected pair, which must be the path's; then the data plane crosses it
              with the agent. A join that fails is explained from what the client was offered
-             (bootstrap.path_diagnosis).
+             (bootstrap.modes.paths.path_diagnosis).
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from backend.tokens import participant_token
-from bootstrap.context import PathsMode, RunContext
+from bootstrap.context import RunContext
 from bootstrap.ice import Offered
 from bootstrap.lookups import find_ready_agent, poll_until
-from bootstrap.network_paths import FAULTS, PATHS, SDK, NetworkPath
-from bootstrap.path_diagnosis import check_pair, explain_no_join
-from bootstrap.remote_client import PathClient, SdkClient
+from bootstrap.modes.paths.network_paths import FAULTS, PATHS, SDK, NetworkPath
+from bootstrap.modes.paths.path_diagnosis import check_pair, explain_no_join
+from bootstrap.remote_participant import PathClient, SdkClient
 from bootstrap.result import StageFailure, StageSkipped
 from devstack import install, local_ca, netns, paths_node, tls_front
 from devstack.netns import ClientHost
@@ -42,26 +44,36 @@ FRONT_DIR = paths_node.FRONT_DIR
 LOCK_FILE = RUNTIME_DIR / "paths.lock"
 
 
-def mode(ctx: RunContext) -> PathsMode:
-    assert ctx.paths is not None, "paths stages run in paths mode only"
-    return ctx.paths
+@dataclass
+class PathsState:
+    """--paths: a client host in a network namespace, a node of the run's own, one stage per network path."""
+
+    paths: list[str]  # the paths to prove, in order (network_paths.PATHS)
+    fault: str | None = None  # a misconfiguration reproduced on purpose (network_paths.FAULTS)
+    host: ClientHost | None = None  # the client host, once created (client-host stage)
+    node_config: dict[str, Any] = field(default_factory=dict)  # the config the node runs
+    node_log: Path | None = None  # its log: the server's side of a failure
+    node_log_start: int = 0  # where this run's part of it starts (earlier runs' lines come before)
+    ca_cert: Path | None = None  # the local CA the clients trust, when a path needs TLS
+    front_log: Path | None = None  # the TLS front's error log (a refused handshake is there)
+    figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # per path, for the report
 
 
-def client_host(ctx: RunContext) -> ClientHost:
-    host = mode(ctx).host
+def client_host(state: PathsState) -> ClientHost:
+    host = state.host
     if host is None:
         raise StageFailure("no client host", "fix the client-host stage first")
     return host
 
 
-async def run_client_host(ctx: RunContext) -> str:
+async def run_client_host(ctx: RunContext, state: PathsState) -> str:
     if reason := netns.missing_capability():
         raise StageSkipped(reason)
     if missing := install.missing_paths_packages():
         raise StageFailure(f"missing {', '.join(missing)}", "run `make paths` (python -m devstack install-native)")
     if not install.livekit_server_binary(ctx.stack).exists():
         raise StageFailure("the pinned livekit-server is not built", "run `make paths` (builds it with Go)")
-    paths = mode(ctx)
+    paths = state
     _lock_out_other_runs(ctx)
     host = paths_node.client_host(ctx.stack)
     fault = FAULTS[paths.fault] if paths.fault else None
@@ -77,7 +89,7 @@ async def run_client_host(ctx: RunContext) -> str:
     paths.node_log, paths.node_log_start = log, log.stat().st_size if log.exists() else 0
     await asyncio.to_thread(paths_node.start, ctx.stack, host, paths.node_config)
     if tls:
-        await _start_tls_front(ctx, host)
+        await _start_tls_front(ctx, host, state)
     leftovers = f"; swept {', '.join(swept)} left by an earlier run" if swept else ""
     injected = f"; fault {fault.name}: {fault.description}" if fault else ""
     turn = "on" if paths.node_config["turn"].get("enabled") else "off"
@@ -96,16 +108,16 @@ def _finally(ctx: RunContext, step: Callable[[], None]) -> None:
     ctx.finalizers.append(run)
 
 
-async def _start_tls_front(ctx: RunContext, host: ClientHost) -> None:
+async def _start_tls_front(ctx: RunContext, host: ClientHost, state: PathsState) -> None:
     if reason := tls_front.missing():
         raise StageFailure(reason, "run `make paths`")
     tls = await asyncio.to_thread(local_ca.issue, paths_node.TLS_DIR, [paths_node.SIGNAL_NAME, paths_node.TURN_NAME])
-    mode(ctx).ca_cert = tls.ca_cert
+    state.ca_cert = tls.ca_cert
     front = tls_front.Front(host.host_address, host.service_address, ctx.stack.paths_node_port,
                             ctx.stack.paths_turn_tls_port, host.host_address, FRONT_DIR)  # fmt: skip
     _finally(ctx, lambda: tls_front.stop(FRONT_DIR))
     front.error_log.unlink(missing_ok=True)  # this run's lines only: the diagnosis reads it
-    mode(ctx).front_log = front.error_log
+    state.front_log = front.error_log
     await asyncio.to_thread(tls_front.start, front, tls)
     for _ in range(50):  # nginx binds within milliseconds; its error log says why when it does not
         if await _listening(host.host_address, 443) and await _listening(host.service_address, 443):
@@ -144,15 +156,8 @@ def _lock_out_other_runs(ctx: RunContext) -> None:
     ctx.finalizers.insert(0, unlock)  # runs last of all
 
 
-def path_runner(path: NetworkPath) -> Callable[[RunContext], Awaitable[str]]:
-    async def run(ctx: RunContext) -> str:
-        return await run_path(ctx, path)
-
-    return run
-
-
-async def run_path(ctx: RunContext, path: NetworkPath) -> str:
-    paths, host = mode(ctx), client_host(ctx)
+async def run_path(ctx: RunContext, path: NetworkPath, state: PathsState) -> str:
+    paths, host = state, client_host(state)
     fault = FAULTS[paths.fault] if paths.fault else None
     blocked = path.block_udp or bool(fault and fault.block_udp)
     unreachable = (host.service_address,) if path.block_turn_tls else ()
@@ -167,7 +172,7 @@ async def run_path(ctx: RunContext, path: NetworkPath) -> str:
     paths.figures[path.name] = figures
     signal = f"{host.host_address}:{ctx.stack.paths_node_port}"
     url = f"wss://{paths_node.SIGNAL_NAME}" if path.tls_signal else f"ws://{signal}"
-    client = await _client(ctx, path, host, url)
+    client = await _client(state, path, host, url)
     ctx.closers.append(client.close)
     joined = await client.join(token, ICE_TIMEOUT)
     figures.update(url=url, join_s=joined["join_s"], pairs=joined["pairs"])
@@ -197,8 +202,7 @@ def _this_runs_log(path: Path | None, start: int) -> str:
         return log.read().decode(errors="replace")
 
 
-async def _client(ctx: RunContext, path: NetworkPath, host: ClientHost, url: str) -> PathClient:
-    paths = mode(ctx)
+async def _client(paths: PathsState, path: NetworkPath, host: ClientHost, url: str) -> PathClient:
     fault = FAULTS[paths.fault] if paths.fault else None
     ca = paths.ca_cert if fault is None or fault.trust_ca else None
     if path.client == SDK:

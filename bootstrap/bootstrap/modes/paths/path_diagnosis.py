@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from bootstrap.ice import Candidate, Offered
-from bootstrap.network_paths import NetworkPath
+from bootstrap.modes.paths.network_paths import NetworkPath
 from bootstrap.result import StageFailure
 from devstack.netns import ClientHost
 

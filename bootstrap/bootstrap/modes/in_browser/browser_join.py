@@ -1,4 +1,4 @@
-"""Stage (opt-in, --browser): a real browser joins. Headless Chromium opens frontend/ (livekit-client from
+"""The browser stage (--browser): a real browser joins. Headless Chromium opens frontend/ (livekit-client from
 npm), which joins this run's room with a token from the backend, publishes a 440 Hz oscillator and sees the
 agent. Checked through the server API and a verified track_published webhook; then audio both ways: the
 agent reports (over RPC) hearing the oscillator's frequency, and the page's WebAudio analyser hears the
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from backend.tokens import participant_token
 from bootstrap.audio_probe import HEARD_RMS, agent_hearing
 from bootstrap.browser.chromium import Chromium
 from bootstrap.browser.frontend_server import CLIENT_JS, URL_SETTING, FrontendServer, frontend_env_file
-from bootstrap.context import BrowserMode, RunContext
+from bootstrap.context import RunContext
 from bootstrap.lookups import find_active, poll_until
 from bootstrap.result import StageFailure
 
@@ -29,16 +30,16 @@ ECHO_MIN_DB = -70.0  # a WebAudio analyser bin this loud is a tone, not the sile
 SCREENSHOT = Path("reports") / "browser-failure.png"
 
 
-def _mode(ctx: RunContext) -> BrowserMode:
-    if ctx.browser is None:
-        raise StageFailure("the browser stage ran outside browser mode", "run `python -m bootstrap --browser`")
-    return ctx.browser
+@dataclass
+class BrowserState:
+    frontend_env: Path | None = None  # where the page reads NEXT_PUBLIC_LIVEKIT_URL (None: frontend/.env.local)
+    chromium: Chromium | None = None  # set by the browser stage, for its timeout explanation
 
 
-async def run(ctx: RunContext) -> str:
+async def run(ctx: RunContext, state: BrowserState) -> str:
     if not CLIENT_JS.exists():
         raise StageFailure("frontend/node_modules has no livekit-client", "run `make browser-deps` (npm ci)")
-    mode = _mode(ctx)
+    mode = state
     server = FrontendServer(mode.frontend_env or frontend_env_file())
     await server.start()
     ctx.closers.append(server.stop)
@@ -52,7 +53,7 @@ async def run(ctx: RunContext) -> str:
         if page.get("error"):
             shot = await browser.screenshot(SCREENSHOT)
             raise StageFailure(f"the page failed: {page['error']} (screenshot: {shot})", _fix(page["error"]))
-        if page.get("published") and await _server_confirms(ctx):
+        if page.get("published") and await _server_confirms(ctx, browser):
             break
         await asyncio.sleep(POLL_INTERVAL)
     heard = await poll_until(lambda: _agent_heard_the_oscillator(ctx), POLL_INTERVAL)
@@ -94,7 +95,7 @@ def _fix(error: str) -> str:
     return "open the saved screenshot and `make logs`; check the browser can reach ports 7880, 7881 and 7882/udp"
 
 
-async def _server_confirms(ctx: RunContext) -> bool:
+async def _server_confirms(ctx: RunContext, chromium: Chromium) -> bool:
     """The server lists the browser ACTIVE with an audio track, a verified webhook says it was published,
     and the page lists the agent among the participants it sees."""
     browser = await find_active(ctx, ctx.room_name, IDENTITY)
@@ -103,16 +104,14 @@ async def _server_confirms(ctx: RunContext) -> bool:
     published = any(
         e.event == "track_published" and e.participant.identity == IDENTITY for e in ctx.sink.for_room(ctx.room_name)
     )
-    chromium = _mode(ctx).chromium
-    assert chromium is not None  # started by run() before it polls
     seen = {p["identity"] for p in (await page_state(chromium)).get("participants", [])}
     return published and ctx.agent_identity in seen
 
 
-async def on_timeout(ctx: RunContext) -> StageFailure:
+async def on_timeout(ctx: RunContext, state: BrowserState) -> StageFailure:
     page: dict[str, Any] = {}
     shot = ""
-    if (chromium := _mode(ctx).chromium) is not None:
+    if (chromium := state.chromium) is not None:
         try:
             page = await page_state(chromium)
             shot = f"; screenshot: {await chromium.screenshot(SCREENSHOT)}"

@@ -1,6 +1,6 @@
 """A participant on another host (a network namespace), driven from this process: what the paths and cluster
 stages share. `PathClient` is the two steps every such participant takes; `SdkClient` is the rtc SDK's, a
-`python -m bootstrap.path_client` child process inside the host, spoken to in JSON lines (its module says the
+`python -m bootstrap.participant_process` child process inside the host, spoken to in JSON lines (its module says the
 protocol); Chromium's is bootstrap.browser.page_client."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class PathClient(Protocol):
 
 
 class SdkClient:
-    """The rtc SDK's participant: `python -m bootstrap.path_client` inside the client host, spoken to in JSON
+    """The rtc SDK's participant: `python -m bootstrap.participant_process` inside the client host, spoken to in JSON
     lines (its module says the protocol). It trusts the local CA through SSL_CERT_FILE, which the SDK's
     signalling (rustls with rustls-native-certs) reads; it holds no API secret."""
 
@@ -48,7 +48,7 @@ class SdkClient:
             env["SSL_CERT_FILE"] = str(trust_ca)
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         process = await asyncio.create_subprocess_exec(
-            *on_host([sys.executable, "-m", "bootstrap.path_client"]),
+            *on_host([sys.executable, "-m", "bootstrap.participant_process"]),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env,
         )  # fmt: skip
         return cls(process, stderr, url, relay)

@@ -2,7 +2,7 @@
 
 A path is what the client host's network allows, which client crosses it and how it connects; it passes when
 the client's own stats show the expected candidate pair and the data plane crosses it with the agent. A fault
-breaks one thing users get wrong; its run must FAIL, with a cause the diagnosis (bootstrap.path_diagnosis)
+breaks one thing users get wrong; its run must FAIL, with a cause the diagnosis (bootstrap.modes.paths.path_diagnosis)
 derives from what the client was offered and what happened, never from the fault's name.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SDK = "rtc-sdk"  # the Python rtc SDK (LiveKit's Rust SDK underneath), bootstrap.path_client
+SDK = "rtc-sdk"  # the Python rtc SDK (LiveKit's Rust SDK underneath), bootstrap.participant_process
 CHROMIUM = "chromium"  # Debian's Chromium running frontend/ (livekit-client), bootstrap.browser.page_client
 
 

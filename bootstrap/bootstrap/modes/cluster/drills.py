@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from livekit import api
 
 from backend.tokens import participant_token
-from bootstrap.cluster_probe import (
+from bootstrap.context import RunContext
+from bootstrap.lookups import find_ready_agent, poll_until
+from bootstrap.modes.cluster.cluster_probe import (
     WORKER_LOG,
     RoomCheck,
     check_room,
@@ -35,9 +38,7 @@ from bootstrap.cluster_probe import (
     registered,
     room_works,
 )
-from bootstrap.context import RunContext
-from bootstrap.lookups import find_ready_agent, poll_until
-from bootstrap.remote_client import SdkClient
+from bootstrap.remote_participant import SdkClient
 from bootstrap.result import StageFailure
 from devstack import native_cluster
 from devstack.nodes import Node, client_host, nodes
@@ -60,17 +61,23 @@ def _always_restore(ctx: RunContext) -> None:
     ctx.closers.append(restore)
 
 
-def _figures(ctx: RunContext) -> dict[str, Any]:
-    assert ctx.cluster is not None, "drills run in cluster mode only"
-    return ctx.cluster.drill
+@dataclass
+class DrillFigures:
+    """A drill's figures, per fault it injected (node-loss: "killed", "cut off"; redis-outage: "5s", "40s")."""
+
+    name: str
+    faults: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.faults}
 
 
-async def run_node_loss(ctx: RunContext) -> str:
+async def run_node_loss(ctx: RunContext, drill: DrillFigures) -> str:
     _always_restore(ctx)
     victim, survivor = nodes(ctx.stack)  # the worker registered through b: it survives a's loss
     summary = []
     for way in ("killed", "cut off"):
-        figures = _figures(ctx)[way] = await _lose_node(ctx, victim, survivor, way)
+        figures = drill.faults[way] = await _lose_node(ctx, victim, survivor, way)
         recovered = f"recovered in {figures['recovered_s']:.1f} s" if figures["recovered"] else "recovered: no"
         heard = _what_the_participant_was_told(figures["participant"])
         summary.append(f"{way}: GET / {figures['fault_observed']} after {figures['fault_observed_s']:.1f} s, "
@@ -245,11 +252,11 @@ async def _until_whole(ctx: RunContext, what: str) -> None:
     raise StageFailure(f"the cluster was not whole again within {RESTORE_WAIT:.0f} s ({what})", FIX)
 
 
-async def run_redis_outage(ctx: RunContext) -> str:
+async def run_redis_outage(ctx: RunContext, drill: DrillFigures) -> str:
     _always_restore(ctx)
     summary = []
     for seconds in OUTAGES:
-        figures = _figures(ctx)[f"{seconds:.0f}s"] = await _redis_outage(ctx, seconds)
+        figures = drill.faults[f"{seconds:.0f}s"] = await _redis_outage(ctx, seconds)
         recovered = f"new rooms work {figures['recovered_s']:.1f} s after" if figures["recovered"] else "recovered: no"
         seen = sorted({s for row in figures["timeline"] for s in row["status"].values()})
         worker = "the worker re-registered" if figures["worker_reregistered"] else "the worker stayed registered"
@@ -334,3 +341,22 @@ def _worker_registrations() -> int:
         return sum('"registered"' in line for line in WORKER_LOG.read_text(errors="replace").splitlines())
     except FileNotFoundError:
         return 0
+
+
+@dataclass(frozen=True)
+class Drill:
+    name: str
+    description: str  # for --help
+    run: Callable[[RunContext, DrillFigures], Awaitable[str]]
+
+
+# The drills `--cluster --drill NAME` runs, by name: the one map (the CLI and bench/drills.py read it).
+DRILLS: dict[str, Drill] = {
+    drill.name: drill
+    for drill in (
+        Drill("node-loss", "the room's node killed, then cut off", run_node_loss),
+        Drill("redis-outage", f"Redis stopped {OUTAGES[0]:.0f} s, then {OUTAGES[1]:.0f} s", run_redis_outage),
+    )
+}
+# A drill's default --timeout: redis-outage waits out 5 + 40 s of outage and each recovery.
+DRILL_TIMEOUT = 240.0

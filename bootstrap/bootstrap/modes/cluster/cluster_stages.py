@@ -5,7 +5,7 @@ nodes       both nodes answer GET / with OK at their own addresses, and both are
             Redis (hash `nodes`), which they reach over the network on a host of its own.
 worker      `python -m agent_runtime` on the worker's own host registers through node b.
 cross-node  for a room created through each node: Redis says which node hosts it; a participant on its own
-            host (bootstrap.path_client) joins through the OTHER node, and its own stats must show its media
+            host (bootstrap.participant_process) joins through the OTHER node, and its own stats must show its media
             going to the HOST node's address; the agent is dispatched from the worker's host; reliable packets,
             RPCs and audio markers cross the nodes with it; the room's webhooks (sent by its host to this
             machine, on the bridge) arrive verified.
@@ -22,16 +22,17 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from livekit import api
 
 from backend.tokens import participant_token
-from bootstrap.cluster_probe import WORKER_LOG, node_api, redis_command
 from bootstrap.context import RunContext
 from bootstrap.lookups import find_ready_agent, poll_until
-from bootstrap.remote_client import SdkClient
+from bootstrap.modes.cluster.cluster_probe import WORKER_LOG, node_api, redis_command
+from bootstrap.remote_participant import SdkClient
 from bootstrap.result import StageFailure
 from devstack import netns
 from devstack.health import probe_livekit
@@ -139,16 +140,23 @@ async def _stop_worker(process: asyncio.subprocess.Process, host: netns.LanHost)
     await asyncio.to_thread(netns.kill_processes_in, host.namespace)
 
 
-async def run_cross_node(ctx: RunContext) -> str:
+@dataclass
+class ClusterRooms:
+    """What the cross-node stage measured, per room (its name → host, entry node, pairs, data plane)."""
+
+    rooms: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+async def run_cross_node(ctx: RunContext, figures: ClusterRooms) -> str:
     details = []
     for creator in nodes(ctx.stack):
-        details.append(await _one_room(ctx, creator, f"{ctx.room_name}-{creator.name}"))
+        details.append(await _one_room(ctx, creator, f"{ctx.room_name}-{creator.name}", figures))
     # Placement is the server's choice (its node selector), so both rooms may land on one node; what is
     # proven either way is that the entry node differs from the host for every room.
     return "; ".join(details)
 
 
-async def _one_room(ctx: RunContext, creator: Node, name: str) -> str:
+async def _one_room(ctx: RunContext, creator: Node, name: str, figures: ClusterRooms) -> str:
     cluster = nodes(ctx.stack)
     async with node_api(ctx, creator) as lk:
         await lk.room.create_room(api.CreateRoomRequest(name=name))
@@ -172,9 +180,8 @@ async def _one_room(ctx: RunContext, creator: Node, name: str) -> str:
         dispatch_s = time.monotonic() - started
         exchanged = await client.exchange(agent.identity)
         await client.close()
-    assert ctx.cluster is not None
-    ctx.cluster.figures[name] = {"host": host.name, "entry": entry.name, "pairs": joined["pairs"],
-                                 "dispatch_s": round(dispatch_s, 3), **exchanged}  # fmt: skip
+    figures.rooms[name] = {"host": host.name, "entry": entry.name, "pairs": joined["pairs"],
+                           "dispatch_s": round(dispatch_s, 3), **exchanged}  # fmt: skip
     if exchanged["failure"]:
         raise StageFailure(f"across nodes (room on {host.name}, joined via {entry.name}): {exchanged['failure']}",
                            f"see {host.log_file}")  # fmt: skip

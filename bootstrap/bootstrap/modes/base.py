@@ -1,0 +1,75 @@
+"""What a mode is: the one interface `python -m bootstrap` drives every mode through.
+
+A mode owns its flags, their validation and what they imply, its default --timeout, its target (the server and
+the webhook host the run uses), its stages and their typed state, and the figures it adds to the report. The
+CLI knows none of them by name: it asks the registry (bootstrap.modes.MODES) which mode the arguments select.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from bootstrap.context import RunContext
+from bootstrap.stages import Stage
+from devstack.compose import webhook_bind_address
+from devstack.stack_env import Stack
+
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a run points: the server it verifies (None: LIVEKIT_URL from the settings) and the address its
+    webhook receiver binds (None: where the stack's server posts, 127.0.0.1 natively)."""
+
+    livekit_url: str | None = None
+    webhook_host: str | None = None
+
+    def receiver_host(self) -> str:
+        return self.webhook_host or webhook_bind_address()
+
+
+@dataclass
+class Plan:
+    """One run of a mode: its stages, bound to the mode's own state, and how to read that state back as the
+    report's extra figures (JSON keys) once the stages ran."""
+
+    stages: list[Stage]
+    figures: Callable[[RunContext], dict[str, Any]] = field(default=lambda ctx: {})
+
+
+class Mode:
+    """A mode of `python -m bootstrap`. Subclasses set `name` and `flag` and override what they need."""
+
+    name: ClassVar[str]
+    flag: ClassVar[str] = ""  # the option that selects it ("" for the default mode)
+    default: ClassVar[bool] = False  # selected when no other mode is
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Declare this mode's own options."""
+
+    def selected(self, args: argparse.Namespace) -> bool:
+        """Whether `args` ask for this mode."""
+        return False
+
+    def resolve(self, args: argparse.Namespace) -> str | None:
+        """Check this mode's options (whether or not it is selected: an option of its own given to another mode
+        is an error too) and fill in what they imply; an error message, or None."""
+        return None
+
+    def timeout(self, args: argparse.Namespace) -> float:
+        """The default --timeout of a run of this mode."""
+        return DEFAULT_TIMEOUT
+
+    def timeout_note(self) -> str:
+        """How this mode's default --timeout differs from the common one, for --help ("" if it does not)."""
+        return ""
+
+    def target(self, args: argparse.Namespace, stack: Stack) -> Target:
+        return Target()
+
+    def plan(self, args: argparse.Namespace) -> Plan:
+        raise NotImplementedError
