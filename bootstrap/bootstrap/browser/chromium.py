@@ -2,7 +2,10 @@
 evaluate JavaScript, take a screenshot. No browser download: it runs the system `chromium`.
 
 DevTools runs over a pipe (`--remote-debugging-pipe`), never a TCP port: a port on loopback would let
-any local process drive the browser. As root, Chromium runs as an unprivileged system user."""
+any local process drive the browser. As root, Chromium runs as an unprivileged system user, and the profile is
+that user's from the hand-over on: root makes everything it puts there (the stderr log, the NSS store) while the
+profile is still its own 0700 directory, hands it all over with lchown, and afterwards never opens, writes,
+chowns or reads a path in it (the log is read back through the descriptor root opened)."""
 
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ PIPE_WRAPPER = ["sh", "-c", 'exec "$0" "$@" 3<&0 4>&1 </dev/null >/dev/null']
 BROWSER_USER = "livekit-browser"
 KEPT_ENV = {"PATH", "LANG", "LC_ALL", "TZ"}
 START_TIMEOUT = 15.0
-LOG = "chromium-stderr.log"  # in the profile: read when Chromium dies early
+LOG = "chromium-stderr.log"  # in the profile; read back (through our descriptor) when Chromium dies early
+LOG_TAIL_BYTES = 16384
 MAX_MESSAGE = 1 << 28  # a full-page PNG screenshot, base64, fits many times over
 
 
@@ -63,6 +67,7 @@ class Chromium:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._session = ""
+        self._log: int | None = None  # Chromium's stderr, opened before the hand-over
 
     @property
     def pid(self) -> int | None:
@@ -80,23 +85,26 @@ class Chromium:
         if binary is None:
             raise ChromiumError("chromium is not installed: run `make browser-deps` (Debian package chromium)")
         account = self._account()
-        if account is not None:
-            self._handed_over()
+        # While the profile is root's own 0700 directory: nobody else can have planted anything in it yet.
+        self._log = os.open(self._profile / LOG, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            0o600)  # fmt: skip
         if self._trust_ca is not None:
-            await self._trust(self._trust_ca, account)
+            await self._trust(self._trust_ca)
+        if account is not None:
+            self._hand_over(account)
+            self._handed_over()
         flags = [*FLAGS, *([f"--unsafely-treat-insecure-origin-as-secure={insecure_origin_as_secure}"]
                            if insecure_origin_as_secure else [])]  # fmt: skip
         prefix, switch = self._entry(account)
         to_chromium, from_chromium = os.pipe(), os.pipe()  # (read, write) each; not inherited by default
         await self._connect(to_chromium[1], from_chromium[0])  # our ends: close() closes them, whatever happens
         try:
-            with (self._profile / LOG).open("wb") as log:
-                self._process = await asyncio.create_subprocess_exec(
-                    *prefix, *PIPE_WRAPPER, binary, *flags, f"--user-data-dir={self._profile}", "about:blank",
-                    stdin=to_chromium[0], stdout=from_chromium[1], stderr=log,
-                    env=self._env(), start_new_session=True,  # own process group: close() ends the renderers too
-                    **switch,
-                )  # fmt: skip
+            self._process = await asyncio.create_subprocess_exec(
+                *prefix, *PIPE_WRAPPER, binary, *flags, f"--user-data-dir={self._profile}", "about:blank",
+                stdin=to_chromium[0], stdout=from_chromium[1], stderr=self._log,
+                env=self._env(), start_new_session=True,  # own process group: close() ends the renderers too
+                **switch,
+            )  # fmt: skip
         finally:
             os.close(to_chromium[0])  # the child's ends: with them closed here, EOF means Chromium is gone
             os.close(from_chromium[1])
@@ -104,16 +112,23 @@ class Chromium:
             await self.send("Browser.getVersion", page=False)  # answered once DevTools is up
 
     def _account(self) -> pwd.struct_passwd | None:
-        """As root: the unprivileged browser user, owning the profile. As anyone else: None (nothing changes)."""
+        """As root: the unprivileged browser user. As anyone else: None (nothing changes)."""
         if os.geteuid() != 0:
             return None
-        account = pwd.getpwnam(ensure_service_user(BROWSER_USER))
-        os.chown(self._profile, account.pw_uid, account.pw_gid)  # mkdtemp made it 0700
-        return account
+        return pwd.getpwnam(ensure_service_user(BROWSER_USER))
+
+    def _hand_over(self, account: pwd.struct_passwd) -> None:
+        """Everything in the profile, then the profile itself (mkdtemp made it 0700), to the browser account:
+        deepest first, so it can write nowhere in there before root is done; lchown, never through a link."""
+        for directory, subdirectories, files in os.walk(self._profile, topdown=False):
+            for name in [*files, *subdirectories]:
+                os.chown(os.path.join(directory, name), account.pw_uid, account.pw_gid, follow_symlinks=False)
+        os.chown(self._profile, account.pw_uid, account.pw_gid, follow_symlinks=False)
 
     def _handed_over(self) -> None:
         """The profile belongs to the browser account from here on: whatever runs as it may replace anything in
-        it. Nothing to do; the tests plant symlinks here, as that account could."""
+        it, so root touches no path in it any more. Nothing to do; the tests plant symlinks here, as that account
+        could."""
 
     def _entry(self, account: pwd.struct_passwd | None) -> tuple[list[str], dict[str, Any]]:
         """How the process becomes the browser user, with no supplementary groups (root's would be kept): by
@@ -127,8 +142,9 @@ class Chromium:
             return ["ip", "netns", "exec", self._namespace, "setpriv", *ids, "--"], {}
         return [], {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
-    async def _trust(self, ca: Path, account: pwd.struct_passwd | None) -> None:
-        """`ca` in this profile's own NSS store (Chromium on Linux reads $HOME/.pki/nssdb), trusted for TLS."""
+    async def _trust(self, ca: Path) -> None:
+        """`ca` in this profile's own NSS store (Chromium on Linux reads $HOME/.pki/nssdb), trusted for TLS. Made
+        before the hand-over, which gives the store to the browser account with the rest of the profile."""
         store = self._profile / ".pki" / "nssdb"
         store.mkdir(parents=True)
         database = ["-d", f"sql:{store}"]
@@ -139,9 +155,6 @@ class Chromium:
             _, error = await done.communicate()
             if done.returncode != 0:
                 raise ChromiumError(f"{' '.join(command[:2])} failed: {error.decode().strip()} (libnss3-tools)")
-        if account is not None:
-            for path in [self._profile / ".pki", *(self._profile / ".pki").rglob("*")]:
-                os.chown(path, account.pw_uid, account.pw_gid)
 
     def _env(self) -> dict[str, str]:
         """A minimal environment, so none of our secrets or root's runtime dirs reach the browser, with
@@ -180,10 +193,14 @@ class Chromium:
         return None if self._process is None else await self._process.wait()
 
     def _log_tail(self) -> str:
-        """Chromium's last stderr lines: why it stopped (e.g. "No usable sandbox!")."""
+        """Chromium's last stderr lines: why it stopped (e.g. "No usable sandbox!"). Read through the descriptor
+        opened before the hand-over: the name in the profile may point anywhere by now."""
+        if self._log is None:
+            return "no log"
         with contextlib.suppress(OSError):
-            lines = (self._profile / LOG).read_text(errors="replace").splitlines()
-            return " | ".join(lines[-3:]) or "no output"
+            size = os.fstat(self._log).st_size
+            tail = os.pread(self._log, LOG_TAIL_BYTES, max(0, size - LOG_TAIL_BYTES))
+            return " | ".join(tail.decode(errors="replace").splitlines()[-3:]) or "no output"
         return "no log"
 
     async def send(self, method: str, params: dict[str, Any] | None = None, *, page: bool = True) -> dict[str, Any]:
@@ -227,5 +244,8 @@ class Chromium:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
             await self._process.wait()
+        if self._log is not None:
+            os.close(self._log)
+            self._log = None
         with contextlib.suppress(OSError):
-            shutil.rmtree(self._profile)
+            shutil.rmtree(self._profile)  # fd-based: it unlinks a planted link, never follows it
