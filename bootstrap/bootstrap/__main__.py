@@ -27,6 +27,7 @@ from bootstrap.context import RunContext
 from bootstrap.modes import DEFAULT_TIMEOUT, MODES, Mode, Plan
 from bootstrap.result import RunResult
 from bootstrap.stages import Stage
+from devstack.compose import webhook_bind_address
 from devstack.server_config import ConfigError, load_config
 from devstack.stack_env import LIVEKIT_YAML, StackEnvError, load_stack
 
@@ -129,7 +130,7 @@ def build_context(args: argparse.Namespace, mode: Mode | None = None) -> RunCont
         settings=settings,
         stack=stack,
         agent_name=stack.agent_name,
-        webhook_host=args.webhook_host or target.receiver_host(),
+        webhook_host=args.webhook_host or target.webhook_host or webhook_bind_address(),
         webhook_port=webhook_port,
         deadline=time.monotonic() + args.timeout,
     )

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from bootstrap.context import RunContext
 from bootstrap.stages import Stage
-from devstack.compose import webhook_bind_address
-from devstack.stack_env import Stack
+
+if TYPE_CHECKING:  # a mode that verifies a deployment elsewhere imports nothing of devstack
+    from devstack.stack_env import Stack
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -27,9 +28,6 @@ class Target:
 
     livekit_url: str | None = None
     webhook_host: str | None = None
-
-    def receiver_host(self) -> str:
-        return self.webhook_host or webhook_bind_address()
 
 
 @dataclass
@@ -69,6 +67,7 @@ class Mode:
         return ""
 
     def target(self, args: argparse.Namespace, stack: Stack) -> Target:
+        """Where this run points; the default: the development stack as .env and docker/livekit.yaml say."""
         return Target()
 
     def plan(self, args: argparse.Namespace) -> Plan:
