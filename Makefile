@@ -12,7 +12,7 @@ export UV_COMPILE_BYTECODE := 1
 DEVSTACK := $(PY) -m devstack
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools lk browser-deps net-deps bench bench-drills cluster-up cluster-down paths env up down status logs health check-config bootstrap backend worker test lint fmt clean
+.PHONY: help install tools lk browser-deps net-deps bench bench-drills cluster-up cluster-down paths-up paths-down paths env up down status logs health check-config bootstrap backend worker test lint fmt clean
 
 COMPOSECHECK := .tools/composecheck
 ACTIONLINT := .tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
@@ -108,8 +108,13 @@ net-deps: install ## What the network tests need (as root): iproute2, nftables, 
 	@if [ "$$(id -u)" = 0 ]; then $(DEVSTACK) install-native; \
 	else echo "not root: the network tests (namespaces: paths, cluster, drills) will be skipped"; fi
 
-paths: install env ## A client on another host (network namespace; root) over each network path: udp, turn-udp, tcp, turn-tls, wss
-	@$(DEVSTACK) install-native
+paths-up: install env ## The paths lab (root): a client host, and a node host with its own livekit-server behind a TLS front
+	@$(DEVSTACK) paths-up
+
+paths-down: install ## Remove the paths lab
+	@$(DEVSTACK) paths-down
+
+paths: paths-up ## A client on another host (the paths lab) over each network path: udp, turn-udp, tcp, turn-tls, wss
 	$(PY) -m bootstrap --paths $(PATHS_ARGS)
 
 bench: install ## Benchmark the running stack: load mode vs lk perf, warm verdict vs manual lk, data-plane figures

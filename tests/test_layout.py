@@ -90,10 +90,14 @@ def test_a_single_run_never_imports_the_browser_pieces() -> None:
     assert "bootstrap.browser.chromium" in out.stdout
 
 
+DEVSTACK_VERBS = ("up", "down", "status", "logs", "health", "check-config", "cluster-up", "cluster-down", "paths-up",
+                  "paths-down")  # fmt: skip
+
+
 def test_devstack_help_lists_every_verb() -> None:
     result = run_module("devstack", "--help", timeout=30)
     assert result.returncode == 0
-    for verb in ("up", "down", "status", "logs", "health", "check-config", "cluster-up", "cluster-down"):
+    for verb in DEVSTACK_VERBS:
         assert f"\n  {verb} " in result.stdout, verb
 
 
@@ -113,7 +117,7 @@ def test_devstack_bad_usage_exits_2_naming_the_cause(args: list[str], message: s
 
 def test_makefile_calls_devstack_for_the_stack_verbs() -> None:
     makefile = (REPO_ROOT / "Makefile").read_text()
-    for verb in ("up", "down", "status", "logs", "health", "check-config", "cluster-up", "cluster-down"):
+    for verb in DEVSTACK_VERBS:
         assert f"\t@$(DEVSTACK) {verb}\n" in makefile, verb
     assert not (REPO_ROOT / "scripts" / "stack.sh").exists()
 

@@ -1,7 +1,7 @@
 """`python -m devstack VERB`: bring the development stack (livekit-server, Redis, PostgreSQL) up and down and
 tell its health. Docker Compose runs it when a Docker engine answers (`docker info`), native processes
 otherwise (`--runner` overrides the choice). The Makefile's env, up, down, status, logs, health,
-check-config, cluster-up, cluster-down and paths targets call this.
+check-config, cluster-up, cluster-down, paths-up and paths-down targets call this.
 
 Exit codes: 0 done (health/status: everything up), 1 failed or a service down, 2 usage or configuration error.
 """
@@ -9,11 +9,10 @@ Exit codes: 0 done (health/status: everything up), 1 failed or a service down, 2
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from collections.abc import Callable
 
-from devstack import compose, install, native, native_cluster, netns, paths_node, tls_front
+from devstack import compose, install, native, native_cluster, paths_lab
 from devstack.credentials import CredentialsError
 from devstack.env_files import create_env_files
 from devstack.health import print_health
@@ -34,6 +33,9 @@ VERBS = {
     "check-config": "check docker/livekit.yaml (YAML, keys, webhook key) before any server starts",
     "cluster-up": "two livekit-server nodes sharing Redis (then `python -m bootstrap --cluster`)",
     "cluster-down": "stop the two cluster nodes",
+    "paths-up": "the paths lab (root): a client host and a node host, its livekit-server behind a TLS front (then "
+    "`python -m bootstrap --paths`); restores it when it is up",
+    "paths-down": "remove the paths lab (what paths-up recorded)",
     "install-native": "install what native runs and `make paths` need (Redis, PostgreSQL, iproute2, nftables, "
     "nginx, libnss3-tools, the pinned livekit-server); start nothing",
 }
@@ -94,15 +96,11 @@ def native_verbs(args: argparse.Namespace) -> dict[str, Callable[[], int | None]
 
 
 def remove_network_leftovers() -> None:
-    """What `make down` also removes: the cluster (its processes, hosts and bridge), and what a `bootstrap
-    --paths` run killed by SIGKILL left behind (its node, TLS front and client host)."""
+    """What `make down` also removes: the labs, the cluster (its processes, hosts and bridge) and the paths lab
+    (its node, TLS front and hosts), and with the last of them the root namespace's guard."""
     stack = load_stack()
     native_cluster.down(stack, quiet=True)
-    paths_node.stop(stack, paths_node.client_host(stack))
-    tls_front.stop(paths_node.FRONT_DIR)
-    if netns.missing_capability() is None and shutil.which("ip"):
-        for removed in netns.sweep():
-            print(f"  removed {removed} (left by a killed `bootstrap --paths` run)", file=sys.stderr)
+    paths_lab.down(stack)
 
 
 def use_compose(runner: str, verb: str) -> bool:
@@ -123,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             return print_health(load_stack())
         if args.verb == "check-config":
             return check_config()
+        if args.verb in ("paths-up", "paths-down"):  # native whatever runs the stack: namespaces of this machine
+            stack = load_stack()
+            paths_lab.up(stack) if args.verb == "paths-up" else paths_lab.down(stack)
+            return 0
         if args.verb == "install-native":
             install.ensure_packages(paths=True)
             install.ensure_livekit_server(load_stack())

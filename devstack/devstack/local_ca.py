@@ -15,7 +15,7 @@ from pathlib import Path
 
 from devstack.safe_files import ensure_dir, write_private
 
-DAYS = 2  # the check's lifetime is minutes; a stolen key is worthless by the day after
+DAYS = 2  # a lab lives hours (paths-up makes it afresh within 12 h of expiry); a stolen key is soon worthless
 
 
 class LocalCaError(RuntimeError):
@@ -36,6 +36,20 @@ def _openssl(*args: str, stdin: str | None = None) -> str:
     return done.stdout
 
 
+def files(directory: Path) -> TlsFiles:
+    """Where `issue` puts its files in `directory`."""
+    return TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+
+
+def valid_for(tls: TlsFiles, *, hours: int) -> bool:
+    """Whether the server certificate exists and is still valid `hours` from now."""
+    if not tls.cert.exists():
+        return False
+    done = subprocess.run(["openssl", "x509", "-checkend", str(hours * 3600), "-noout", "-in", str(tls.cert)],
+                          capture_output=True, timeout=30, check=False)  # fmt: skip
+    return done.returncode == 0
+
+
 def issue(directory: Path, names: list[str]) -> TlsFiles:
     """A fresh CA and a server certificate for `names` (DNS names), in `directory` (root only, 0700)."""
     ensure_dir(directory, mode=0o700)
@@ -54,8 +68,8 @@ def issue(directory: Path, names: list[str]) -> TlsFiles:
                               "extendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")  # fmt: skip
         server_cert = _openssl("x509", "-req", "-in", str(request), "-CA", str(work / "ca.pem"), "-CAkey", str(ca_key),
                                "-CAcreateserial", "-days", str(DAYS), "-extfile", str(extensions))  # fmt: skip
-        files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-        write_private(files.ca_cert, ca_cert, mode=0o644)
-        write_private(files.cert, server_cert + ca_cert, mode=0o600)
-        write_private(files.key, server_key.read_text(), mode=0o600)
-    return files  # the CA's key is gone with the scratch directory: nothing more can be signed
+        issued = files(directory)
+        write_private(issued.ca_cert, ca_cert, mode=0o644)
+        write_private(issued.cert, server_cert + ca_cert, mode=0o600)
+        write_private(issued.key, server_key.read_text(), mode=0o600)
+    return issued  # the CA's key is gone with the scratch directory: nothing more can be signed

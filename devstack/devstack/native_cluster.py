@@ -1,7 +1,8 @@
 """`make cluster-up` natively: the cluster's hosts (devstack.nodes) as network namespaces on a bridge, its
 Redis and its two nodes each on its own host, as their unprivileged accounts. Needs root (namespaces); without
 it, it says so and starts nothing. `cluster-down` (and `make down`) stop every process and remove every
-namespace and link it made; `cluster-up` first removes what an earlier one left (by the `lkh-c-` prefix)."""
+namespace and link it made; `cluster-up` first removes what an earlier one left (by the `lkh-c-` prefix). The
+root namespace's guard (devstack.root_guard) comes and goes with it (and with the paths lab)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import signal
 import sys
 import time
 
-from devstack import install, native, netns, nodes
+from devstack import install, native, netns, nodes, root_guard
 from devstack.credentials import load_credentials
 from devstack.health import probe_livekit, redis_command
 from devstack.native import Service, StackError
@@ -59,6 +60,7 @@ def up(stack: Stack) -> None:
     down(stack, quiet=True)  # what an earlier cluster-up left, killed or not
     lan = nodes.lan(stack)
     netns.create_lan(lan, _hosts(stack))
+    root_guard.update(stack)  # this machine's address on the bridge (the webhook receiver's) answers the hosts only
     print(f"  hosts     {', '.join(f'{h.name} {h.address}' for h in _hosts(stack))} on {lan.bridge}", file=sys.stderr)
     redis, *node_services = services(stack)
     native.start_missing([redis])
@@ -140,3 +142,5 @@ def down(stack: Stack, *, quiet: bool = False) -> None:
         for removed in netns.sweep(nodes.lan(stack).prefix):
             if not removed.endswith(("-h", "-c")) and not quiet:
                 print(f"  removed   {removed}", file=sys.stderr)
+        if shutil.which("nft"):
+            root_guard.update(stack)  # removed with the last lab

@@ -195,6 +195,21 @@ def create_lan(lan: Lan, hosts: list[LanHost]) -> None:
         raise
 
 
+def add_address(host: LanHost, address: str) -> None:
+    """A second address for `host` on its link (a second service on the same port)."""
+    _run(["ip", "-n", host.namespace, "addr", "add", f"{address}/{host.lan.subnet.prefixlen}", "dev",
+          f"{host.namespace}-c"])  # fmt: skip
+
+
+def write_hosts_file(namespace: str, names: dict[str, str]) -> Path:
+    """`names` (name → address) in what `namespace` sees as /etc/hosts (`ip netns exec` mounts it there)."""
+    path = Path("/etc/netns", namespace, "hosts")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["127.0.0.1 localhost", *(f"{address} {name}" for name, address in names.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _attach(
     namespace: str, outside: str, inside: str, this_side: list[list[str]], address: str, gateway: str, guard: str
 ) -> None:
@@ -215,7 +230,7 @@ def _attach(
     _run(["ip", "netns", "exec", namespace, "nft", "-f", "-"], stdin=guard)
 
 
-def restrict(host: ClientHost, *, block_udp: bool = False, unreachable: tuple[str, ...] = ()) -> None:
+def restrict(host: ClientHost | LanHost, *, block_udp: bool = False, unreachable: tuple[str, ...] = ()) -> None:
     """One path's firewall on top of the guard, replacing the last path's: no UDP out at all (a firewall that
     allows TCP only), and/or nothing to the `unreachable` addresses."""
     with contextlib.suppress(NetnsError):
@@ -278,6 +293,17 @@ def kill_processes_in(namespace: str) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
+
+
+def remove_namespace(namespace: str) -> None:
+    """The namespace's processes, the namespace (its links and firewall with it) and its /etc files."""
+    _remove_namespace(namespace)
+
+
+def remove_link(link: str) -> None:
+    """A link on this machine, if it exists."""
+    with contextlib.suppress(NetnsError):
+        _run(["ip", "link", "delete", link])
 
 
 def _remove_namespace(namespace: str) -> None:

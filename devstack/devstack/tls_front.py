@@ -23,6 +23,7 @@ from devstack.safe_files import ensure_dir, write_private
 STREAM_MODULE = NGINX_STREAM_MODULE
 ROOT = Account(None, 0, 0)
 PID_RECORD = "nginx.pid.record"  # ours (processes.PidRecord), beside nginx's own nginx.pid
+ERROR_LOG = "nginx-error.log"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Front:
     turn_tls_port: int  # the node's plain TURN-over-TCP port (external_tls), on its bind address
     turn_bind: str  # that port's address
     directory: Path
+    namespace: str | None = None  # the host it runs on (the node's: 127.0.0.1 is the node's loopback there)
 
     @property
     def pid_file(self) -> Path:
@@ -45,15 +47,15 @@ class Front:
     @property
     def error_log(self) -> Path:
         """At info: nginx logs a client's refused TLS handshake ("alert unknown ca") there."""
-        return self.directory / "nginx-error.log"
+        return self.directory / ERROR_LOG
 
 
 def missing() -> str | None:
     """Why the front cannot run here (None when it can)."""
     if not shutil.which("nginx"):
-        return "nginx is not installed: run `make paths` (devstack install-native installs nginx)"
+        return "nginx is not installed: run `make paths-up` (devstack install-native installs nginx)"
     if not STREAM_MODULE.exists():
-        return f"{STREAM_MODULE} is missing: install Debian's libnginx-mod-stream (`make paths` does)"
+        return f"{STREAM_MODULE} is missing: install Debian's libnginx-mod-stream (`make paths-up` does)"
     return None
 
 
@@ -99,8 +101,12 @@ def start(front: Front, tls: TlsFiles) -> int:
     """nginx in the foreground of its own session, recorded like every service we start; returns its pid."""
     ensure_dir(front.directory, mode=0o755)  # www-data's worker needs to enter it for its temp paths
     conf = write_private(front.directory / "nginx.conf", config(front, tls))
-    command = [shutil.which("nginx") or "nginx", "-c", str(conf), "-e", str(front.error_log)]
-    record = processes.start(command, ROOT, log=front.log_file, pid_file=front.pid_file, cwd=front.directory)
+    nginx = shutil.which("nginx") or "nginx"
+    command = [nginx, "-c", str(conf), "-e", str(front.error_log)]
+    if front.namespace:  # `ip netns exec` execs nginx: one pid throughout
+        command = ["ip", "netns", "exec", front.namespace, *command]
+    record = processes.start(command, ROOT, log=front.log_file, pid_file=front.pid_file, cwd=front.directory,
+                             executable=nginx)  # fmt: skip
     return record.pid
 
 
