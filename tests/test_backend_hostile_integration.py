@@ -1,5 +1,6 @@
-"""`python -m backend`, the real receiver process, under many stalled senders (#15): /healthz keeps answering
-within a generous bound, the stalled bodies are cut after the read timeout, and SIGTERM stops it at once."""
+"""`python -m backend`, the real receiver process, under many stalled senders (#15, #24): /healthz keeps
+answering within a generous bound, the stalled bodies are cut after the read timeout, senders past its
+connection cap are turned away at once, and SIGTERM stops it within the documented 2 s."""
 
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ import pytest
 
 from backend.webhook_receiver import BODY_READ_TIMEOUT, WEBHOOK_PATH
 from devstack.stack_env import REPO_ROOT, Stack
-from tests.conftest import PY
+from tests.conftest import PY, sign_webhook
 
 pytestmark = pytest.mark.faults
 STALLED = 100
 HEALTHZ_BOUND = 1.0  # generous: the benchmark reports the real figure
+STOP_BOUND = 2.0  # docs/livekit-setup.md: "stops within 2 s however many senders are stalled"
 
 
 def free_port() -> int:
@@ -38,6 +40,7 @@ class Backend:
     process: subprocess.Popen[bytes]
     port: int
     log: Path  # its stderr: a file, since a pipe nobody reads would block it on a full buffer
+    auth: str  # a genuine signature (of a body nobody sends whole): the receiver reads the body only then
 
 
 @contextlib.contextmanager
@@ -61,7 +64,7 @@ def backend_process(stack: Stack, descriptor_limit: int | None = None) -> Iterat
         while healthz(port) is None:
             assert process.poll() is None and time.monotonic() < deadline, "python -m backend did not start"
             time.sleep(0.1)
-        yield Backend(process, port, log)
+        yield Backend(process, port, log, sign_webhook(b"{" * 100, stack.api_key, stack.api_secret))
     finally:
         if process.poll() is None:
             process.kill()
@@ -84,29 +87,30 @@ def healthz(port: int) -> float | None:
         return None
 
 
-def stall(port: int) -> socket.socket:
-    """A webhook whose headers promise 100 bytes, of which one arrives."""
-    conn = socket.create_connection(("127.0.0.1", port))
-    conn.sendall(
-        f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: x\r\nContent-Length: 100\r\n\r\n{{".encode()
-    )
+def stall(backend: Backend) -> socket.socket:
+    """A signed webhook whose headers promise 100 bytes, of which one arrives."""
+    conn = socket.create_connection(("127.0.0.1", backend.port))
+    head = f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: {backend.auth}\r\nContent-Length: 100\r\n\r\n"
+    conn.sendall(head.encode() + b"{")
     return conn
 
 
 def test_stalled_senders_neither_starve_healthz_nor_hold_the_receiver(backend: Backend) -> None:
     process, port = backend.process, backend.port
-    stalled = [stall(port) for _ in range(STALLED)]
+    stalled = [stall(backend) for _ in range(STALLED)]
     try:
         answers = [healthz(port) for _ in range(5)]
         assert all(a is not None and a < HEALTHZ_BOUND for a in answers), answers
         time.sleep(BODY_READ_TIMEOUT + 1)
         cut = sum(1 for conn in stalled if conn.recv(64).startswith(b"HTTP/1.1 408"))
         assert cut == STALLED  # every stalled body was answered 408 once its time ran out
-        stalled.append(stall(port))  # and one more, still mid-body when the stop comes
+        stalled.append(stall(backend))  # and one more, still mid-body when the stop comes
+        time.sleep(0.2)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=10)
-        assert time.monotonic() - started < 4.0
+        print(f"stopped {time.monotonic() - started:.2f} s after SIGTERM")
+        assert time.monotonic() - started < STOP_BOUND
     finally:
         for conn in stalled:
             conn.close()
@@ -119,23 +123,37 @@ def backend_with_256_descriptors(stack: Stack) -> Iterator[Backend]:
         yield running
 
 
-def test_running_out_of_descriptors_neither_spins_the_log_nor_lasts(backend_with_256_descriptors: Backend) -> None:
-    process, port = backend_with_256_descriptors.process, backend_with_256_descriptors.port
+def test_more_senders_than_descriptors_are_turned_away_at_once(backend_with_256_descriptors: Backend) -> None:
+    backend = backend_with_256_descriptors
     stalled = []
     try:
         for _ in range(300):  # more than its 256 descriptors
             with contextlib.suppress(OSError):
-                stalled.append(stall(port))
-        # Those it could accept are cut after BODY_READ_TIMEOUT, freeing descriptors; those waiting in the
-        # listen backlog are accepted then and cut one timeout later, and /healthz waits behind them in that
-        # backlog: measured, it answered again 14 s after the 300 senders stalled.
-        deadline = time.monotonic() + 3 * BODY_READ_TIMEOUT + 3
-        while healthz(port) is None:
+                stalled.append(stall(backend))
+        # Its connection cap (128 here, below the descriptors) answers the others 503 at once: no descriptor
+        # table runs full, nothing waits in the listen backlog. Before the cap, /healthz answered again only
+        # 14 s after 300 senders stalled; now once the held bodies are cut, after BODY_READ_TIMEOUT (5.2 s).
+        time.sleep(0.5)
+        turned_away = sum(1 for conn in stalled if _answer(conn).startswith(b"HTTP/1.1 503"))
+        assert turned_away >= 300 - 128, turned_away
+        deadline = time.monotonic() + BODY_READ_TIMEOUT + 3
+        while healthz(backend.port) is None:
             assert time.monotonic() < deadline, "the receiver did not recover once the stalled bodies were cut"
+            time.sleep(0.1)
     finally:
         for conn in stalled:
             conn.close()
-        process.terminate()
-    process.wait(timeout=10)
-    spins = backend_with_256_descriptors.log.read_text(errors="replace").count("out of system resource")
-    assert 1 <= spins <= 5, f"{spins} lines about exhausted descriptors"  # seen at all, and one per 5 s at most
+        backend.process.terminate()
+    backend.process.wait(timeout=10)
+    assert "out of system resource" not in backend.log.read_text(errors="replace")
+
+
+def _answer(conn: socket.socket) -> bytes:
+    """What the server has said on `conn` so far (nothing: b"")."""
+    conn.setblocking(False)
+    try:
+        return conn.recv(64)
+    except BlockingIOError:
+        return b""
+    finally:
+        conn.setblocking(True)

@@ -23,7 +23,6 @@ from tests.conftest import WebhookClient, running_receiver, sign_webhook
 
 pytestmark = pytest.mark.unit
 KEY, SECRET = "devkey", "bounds-test-secret-" + "b" * 24
-REPRODUCTION = pytest.mark.xfail(strict=True, reason="#24 item 3: reproduction, fixed next")
 DOCUMENTED_IDS, DOCUMENTED_ID_BYTES = 10_000, 64
 DOCUMENTED_ROOMS, DOCUMENTED_ROOM_CHARS = 1_000, 256
 
@@ -70,7 +69,6 @@ def head(content_length: int, auth: str) -> bytes:
 # --- the memory of seen events ---------------------------------------------------------------------------------
 
 
-@REPRODUCTION
 def test_20000_ids_leave_the_memory_within_its_documented_bound() -> None:
     from backend.webhook_receiver import RecentIds
 
@@ -83,7 +81,6 @@ def test_20000_ids_leave_the_memory_within_its_documented_bound() -> None:
     assert not recent.first_time(ids[-1], now=20.0)  # the newest are still caught as duplicates
 
 
-@REPRODUCTION
 def test_an_id_longer_than_64_bytes_is_refused_by_the_memory() -> None:
     from backend.webhook_receiver import RecentIds
 
@@ -94,7 +91,6 @@ def test_an_id_longer_than_64_bytes_is_refused_by_the_memory() -> None:
     assert (len(recent), recent.bytes) == (1, 64)
 
 
-@REPRODUCTION
 def test_per_room_duplicate_counts_are_bounded_and_kept_to_the_window() -> None:
     from backend.webhook_receiver import RoomCounts
 
@@ -110,7 +106,6 @@ def test_per_room_duplicate_counts_are_bounded_and_kept_to_the_window() -> None:
     assert (len(rooms), rooms.bytes) == (0, 0)
 
 
-@REPRODUCTION
 async def test_500_events_over_http_keep_the_receiver_within_its_bound(receiver) -> None:  # type: ignore[no-untyped-def]
     client, received = receiver
     recent, stats = client.app[RECENT_KEY], client.app[STATS_KEY]
@@ -126,7 +121,6 @@ async def test_500_events_over_http_keep_the_receiver_within_its_bound(receiver)
     assert (len(received), stats.duplicates) == (450, 50)
 
 
-@REPRODUCTION
 @pytest.mark.parametrize("length", [65, 60_000])
 async def test_a_signed_event_with_an_overlong_id_is_refused(receiver, length: int) -> None:  # type: ignore[no-untyped-def]
     client, received = receiver
@@ -139,7 +133,6 @@ async def test_a_signed_event_with_an_overlong_id_is_refused(receiver, length: i
 # --- the token before the body -----------------------------------------------------------------------------------
 
 
-@REPRODUCTION
 @pytest.mark.parametrize(
     ("case", "auth"),
     [
@@ -203,7 +196,6 @@ def backend_app() -> web.Application:
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-@REPRODUCTION
 async def test_connections_past_the_cap_get_503_at_once_and_are_served_again_below_it() -> None:
     from backend.serving import Listener
 
@@ -212,7 +204,7 @@ async def test_connections_past_the_cap_get_503_at_once_and_are_served_again_bel
     held = [await asyncio.open_connection("127.0.0.1", listener.port) for _ in range(3)]
     try:
         await asyncio.sleep(0.1)
-        assert listener.connections == 3
+        assert listener.open_connections == 3
         started = time.monotonic()
         answer = await raw_exchange(listener.port, HEALTHZ, wait=2.0)
         assert answer.startswith(b"HTTP/1.1 503"), answer
@@ -227,7 +219,6 @@ async def test_connections_past_the_cap_get_503_at_once_and_are_served_again_bel
         await listener.stop()
 
 
-@REPRODUCTION
 async def test_the_sink_closes_slow_headers_and_idle_connections_after_the_header_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -253,7 +244,6 @@ async def test_the_sink_closes_slow_headers_and_idle_connections_after_the_heade
         await sink.stop()
 
 
-@REPRODUCTION
 async def test_the_sink_keeps_at_most_its_bound_of_events() -> None:
     from bootstrap.webhook_sink import WebhookSink
 

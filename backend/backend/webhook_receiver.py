@@ -1,22 +1,26 @@
 """The signed-webhook receiver: `POST /api/webhooks/livekit`.
 
-Every request is verified with livekit-api's WebhookReceiver (JWT signed with the webhook key's secret,
-its `sha256` claim equal to the hash of the raw body). Only verified events reach the handlers, and each
-event id only once. Reads are bounded in size and time, so a slow or hostile sender cannot hold the receiver.
+Every request is verified as livekit-api's WebhookReceiver does (JWT signed with the webhook key's secret,
+its `sha256` claim equal to the hash of the raw body), the token before any of the body is read. Only verified
+events reach the handlers, and each event id only once. Reads are bounded in size and time, and the memory of
+seen ids in count and size, so a slow or hostile sender cannot hold or grow the receiver.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import jwt
 import structlog
 from aiohttp import web
-from google.protobuf.json_format import ParseError
+from google.protobuf.json_format import Parse, ParseError
 from livekit import api
 
 from backend.settings import Settings
@@ -36,9 +40,88 @@ DEDUPE_WINDOW = MAX_TOKEN_VALIDITY
 
 EventHandler = Callable[[api.WebhookEvent], Awaitable[None]]
 HANDLERS_KEY = web.AppKey("webhook_handlers", list[EventHandler])
-RECEIVER_KEY = web.AppKey("webhook_receiver", api.WebhookReceiver)
+VERIFIER_KEY = web.AppKey("webhook_token_verifier", api.TokenVerifier)
 
 log = structlog.get_logger("backend.webhook_receiver")
+
+
+# The memory of what was seen is bounded in count and size, not only in time: a sender holding the key could
+# otherwise grow it without limit with fresh ids. LiveKit's event ids are "EV_" + 12 characters: a longer id
+# (a body may hold 64 KiB) is refused. 10,000 ids cover what a `--load 50` run delivers (150 events) many times
+# over; when full, the oldest id is forgotten (a copy of it arriving later would be handled again).
+MAX_EVENT_ID_BYTES = 64
+MAX_RECENT_IDS = 10_000
+# Duplicates are counted per room for as long as ids are remembered (DEDUPE_WINDOW), for at most this many
+# rooms, each name cut at livekit-server's default limit.max_room_name_length (256 characters).
+MAX_DUPLICATE_ROOMS = 1_000
+MAX_ROOM_NAME_CHARS = 256
+
+
+class RecentIds:
+    """Event ids seen within `window` seconds, at most `max_entries` of them (oldest first, pruned as it goes).
+    `len()` and `.bytes` (the ids' UTF-8 size) are its own counters of what it holds."""
+
+    def __init__(self, window: float = DEDUPE_WINDOW, max_entries: int = MAX_RECENT_IDS) -> None:
+        self.window, self.max_entries = window, max_entries
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self.bytes = 0
+        self.forgotten_early = 0  # ids dropped because the memory was full, before their window ended
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def first_time(self, event_id: str, now: float) -> bool:
+        if len(event_id.encode()) > MAX_EVENT_ID_BYTES:
+            raise ValueError(f"event id of {len(event_id.encode())} bytes: more than {MAX_EVENT_ID_BYTES}")
+        while self._seen and next(iter(self._seen.values())) < now - self.window:
+            self._forget_oldest()
+        if event_id in self._seen:
+            return False
+        while len(self._seen) >= self.max_entries:
+            self._forget_oldest()
+            self.forgotten_early += 1
+        self._seen[event_id] = now
+        self.bytes += len(event_id.encode())
+        return True
+
+    def _forget_oldest(self) -> None:
+        event_id, _ = self._seen.popitem(last=False)
+        self.bytes -= len(event_id.encode())
+
+
+class RoomCounts:
+    """Duplicates per room within `window` seconds of the room's last one, for at most `max_rooms` rooms (the
+    least recently counted forgotten first), names cut at MAX_ROOM_NAME_CHARS; `len()` and `.bytes` as above."""
+
+    def __init__(self, window: float = DEDUPE_WINDOW, max_rooms: int = MAX_DUPLICATE_ROOMS) -> None:
+        self.window, self.max_rooms = window, max_rooms
+        self._counts: OrderedDict[str, tuple[int, float]] = OrderedDict()  # room -> (count, last time)
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def add(self, room: str, now: float) -> None:
+        room = room[:MAX_ROOM_NAME_CHARS]
+        self._prune(now)
+        count, _ = self._counts.pop(room, (0, now))
+        if not count:
+            while len(self._counts) >= self.max_rooms:
+                self._forget_oldest()
+            self.bytes += len(room.encode())
+        self._counts[room] = (count + 1, now)
+
+    def counts(self, now: float) -> dict[str, int]:
+        self._prune(now)
+        return {room: count for room, (count, _) in self._counts.items()}
+
+    def _prune(self, now: float) -> None:
+        while self._counts and next(iter(self._counts.values()))[1] < now - self.window:
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        room, _ = self._counts.popitem(last=False)
+        self.bytes -= len(room.encode())
 
 
 @dataclass
@@ -48,26 +131,10 @@ class DeliveryStats:
     handled: int = 0
     duplicates: int = 0
     refused: int = 0
-    duplicates_by_room: Counter[str] = field(default_factory=Counter)
+    duplicates_by_room: RoomCounts = field(default_factory=RoomCounts)
 
 
 STATS_KEY = web.AppKey("webhook_stats", DeliveryStats)
-
-
-class RecentIds:
-    """Event ids seen within DEDUPE_WINDOW seconds (oldest first, pruned as it goes)."""
-
-    def __init__(self, window: float = DEDUPE_WINDOW) -> None:
-        self.window = window
-        self._seen: OrderedDict[str, float] = OrderedDict()
-
-    def first_time(self, event_id: str, now: float) -> bool:
-        while self._seen and next(iter(self._seen.values())) < now - self.window:
-            self._seen.popitem(last=False)
-        if event_id in self._seen:
-            return False
-        self._seen[event_id] = now
-        return True
 
 
 RECENT_KEY = web.AppKey("webhook_recent_ids", RecentIds)
@@ -75,7 +142,7 @@ RECENT_KEY = web.AppKey("webhook_recent_ids", RecentIds)
 
 def add_webhook_route(app: web.Application, settings: Settings) -> list[EventHandler]:
     """Mount the receiver on `app`; append handlers to the returned list to get verified events."""
-    app[RECEIVER_KEY] = api.WebhookReceiver(api.TokenVerifier(settings.api_key, settings.api_secret))
+    app[VERIFIER_KEY] = api.TokenVerifier(settings.api_key, settings.api_secret)
     app[HANDLERS_KEY] = []
     app[STATS_KEY] = DeliveryStats()
     app[RECENT_KEY] = RecentIds()
@@ -84,9 +151,23 @@ def add_webhook_route(app: web.Application, settings: Settings) -> list[EventHan
 
 
 async def _receive(request: web.Request) -> web.Response:
+    """The token first, from the headers alone (signature, issuer, `exp`, validity), then the body: an unsigned
+    or expired request is answered before a byte of its body is read (and its connection closed)."""
     auth = request.headers.get("Authorization", "")
     if not auth:
-        return _reject(request, 401, "missing Authorization header")
+        return _reject(request, 401, "missing Authorization header", close=True)
+    try:
+        # As livekit-api's WebhookReceiver.receive does, in two halves: TokenVerifier.verify checks the JWT
+        # (HS256 with the secret, issuer = the key, `exp` required), then its sha256 claim must hash the body.
+        claims = request.app[VERIFIER_KEY].verify(auth)
+        expected = base64.b64decode(claims.sha256, validate=True) if claims.sha256 else b""
+    except Exception as exc:  # jwt errors, ValueError, binascii.Error: every way a token can be bad
+        return _reject(request, 401, f"verification failed: {exc}", close=True)
+    if not expected:
+        return _reject(request, 401, "verification failed: sha256 was not found in the token", close=True)
+    if (validity := _validity(auth)) > MAX_TOKEN_VALIDITY:
+        reason = f"token valid for {validity:.0f} s, more than {MAX_TOKEN_VALIDITY:.0f} s"
+        return _reject(request, 401, reason, close=True)
     if (request.content_length or 0) > MAX_BODY_BYTES:
         return _reject(request, 413, f"body of {request.content_length} bytes: more than {MAX_BODY_BYTES}", close=True)
     try:
@@ -94,24 +175,26 @@ async def _receive(request: web.Request) -> web.Response:
             raw = await request.read()
     except TimeoutError:
         return _reject(request, 408, f"body not received within {BODY_READ_TIMEOUT:.0f} s", close=True)
+    if not hmac.compare_digest(hashlib.sha256(raw).digest(), expected):
+        return _reject(request, 401, "verification failed: hash mismatch")
     try:
-        event = request.app[RECEIVER_KEY].receive(raw.decode("utf-8"), auth)
+        event = Parse(raw.decode("utf-8"), api.WebhookEvent(), ignore_unknown_fields=True)
     except UnicodeDecodeError:
         return _reject(request, 400, "body is not UTF-8")
     except ParseError:
         return _reject(request, 400, "signed body is not a webhook event")
-    except Exception as exc:  # the SDK raises plain Exceptions and jwt errors for every verification failure
-        return _reject(request, 401, f"verification failed: {exc}")
-    if (validity := _validity(auth)) > MAX_TOKEN_VALIDITY:
-        return _reject(request, 401, f"token valid for {validity:.0f} s, more than {MAX_TOKEN_VALIDITY:.0f} s")
     return await _handle_once(request, event)
 
 
 async def _handle_once(request: web.Request, event: api.WebhookEvent) -> web.Response:
-    stats = request.app[STATS_KEY]
-    if not request.app[RECENT_KEY].first_time(event.id, time.monotonic()):
+    stats, now = request.app[STATS_KEY], time.monotonic()
+    try:
+        first = request.app[RECENT_KEY].first_time(event.id, now)
+    except ValueError as exc:  # an id no server makes, too long to remember
+        return _reject(request, 400, str(exc))
+    if not first:
         stats.duplicates += 1
-        stats.duplicates_by_room[event.room.name] += 1
+        stats.duplicates_by_room.add(event.room.name, now)
         log.info("webhook duplicate", webhook_event=event.event, id=event.id)
         return web.Response(text="duplicate")  # 200: the sender must not retry it
     stats.handled += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 
 from aiohttp import web
@@ -11,28 +12,30 @@ from aiohttp.typedefs import Handler
 from livekit import api
 
 from backend.app import create_app
+from backend.serving import Listener
 from backend.settings import Settings
-from backend.webhook_receiver import STATS_KEY
+from backend.webhook_receiver import MAX_RECENT_IDS, STATS_KEY
 
 EventPredicate = Callable[[api.WebhookEvent], bool]
 
 
 class WebhookSink:
-    """Serves POST /api/webhooks/livekit (verification is the backend's) and records what passed it."""
+    """Serves POST /api/webhooks/livekit (verification is the backend's) and records what passed it: the last
+    `max_events` verified events (as many as the receiver remembers ids; older ones are forgotten)."""
 
-    def __init__(self, settings: Settings, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.events: list[api.WebhookEvent] = []
+    def __init__(self, settings: Settings, host: str, port: int, max_events: int = MAX_RECENT_IDS) -> None:
+        self.host, self.port, self.max_events = host, port, max_events
+        self.events: deque[api.WebhookEvent] = deque()
         self.arrived_at: dict[str, float] = {}  # event id -> time.monotonic() when it was verified here
-        self._by_room: dict[str, list[api.WebhookEvent]] = {}  # load mode asks per room, thousands of times
+        self._by_room: dict[str, deque[api.WebhookEvent]] = {}  # load mode asks per room, thousands of times
         self.received = 0  # every POST to the receiver, verified or not
         self._changed = asyncio.Condition()
         app, handlers = create_app(settings)
         self._app = app
         app.middlewares.append(self._count)
         handlers.append(self._record)
-        # A short shutdown: the server holds keep-alive connections open, which would stall cleanup.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        # Connections capped, headers and idle keep-alive bounded (backend.serving), and a short shutdown.
+        self._listener = Listener(app, host, port, shutdown_timeout=1.0)
 
     @web.middleware
     async def _count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -44,22 +47,30 @@ class WebhookSink:
         async with self._changed:
             self.arrived_at[event.id] = time.monotonic()
             self.events.append(event)
-            self._by_room.setdefault(event.room.name, []).append(event)
+            self._by_room.setdefault(event.room.name, deque()).append(event)
+            while len(self.events) > self.max_events:
+                self._forget(self.events.popleft())
             self._changed.notify_all()
 
+    def _forget(self, event: api.WebhookEvent) -> None:
+        """The oldest event: out of its room's list (where it is the first) and the arrival times."""
+        room = self._by_room[event.room.name]
+        room.popleft()
+        if not room:
+            del self._by_room[event.room.name]
+        self.arrived_at.pop(event.id, None)
+
     async def start(self) -> None:
-        await self._runner.setup()
-        # SO_REUSEADDR (aiohttp's default) lets a new run bind while the last run's connections close;
-        # on Linux it never lets two listeners share the port.
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        await self._listener.start()
 
     async def stop(self) -> None:
-        await self._runner.cleanup()
+        await self._listener.stop()
 
     @property
     def duplicates_by_room(self) -> dict[str, int]:
-        """Copies of an already handled event the receiver answered 200 without handling, per room."""
-        return dict(self._app[STATS_KEY].duplicates_by_room)
+        """Copies of an already handled event the receiver answered 200 without handling, per room (rooms with
+        a duplicate in the receiver's dedupe window)."""
+        return self._app[STATS_KEY].duplicates_by_room.counts(time.monotonic())
 
     def for_room(self, room: str) -> list[api.WebhookEvent]:
         return list(self._by_room.get(room, ()))
