@@ -1,0 +1,87 @@
+"""`down` signals only what `up` started (devstack.processes.running): a pid file's record names a process only
+while all of it still matches what /proc says of that pid (start time, owner, executable) and what the service
+is (its account and its executable). Each check is tried alone here, on a real process of ours; no root needed,
+no stack (issue 24: deleting the identity check failed no test)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from devstack.processes import Account, PidRecord, running
+from devstack.safe_files import write_private
+
+pytestmark = pytest.mark.unit
+SLEEP = os.path.realpath("/bin/sleep")
+CAT = os.path.realpath("/bin/cat")
+ME = Account(None, os.getuid(), os.getgid())
+
+
+@pytest.fixture
+def sleeper() -> Iterator[PidRecord]:
+    """A live process of ours, once it runs `sleep`, as /proc describes it (what `up` would record)."""
+    process = subprocess.Popen([SLEEP, "60"], start_new_session=True)
+    try:
+        record = PidRecord.of(process.pid)
+        assert record is not None and record.exe == SLEEP, record
+        yield record
+    finally:
+        process.kill()
+        process.wait()
+
+
+def pid_file(tmp_path: Path, text: str) -> Path:
+    return write_private(tmp_path / "service.pid", text)
+
+
+def test_the_record_up_wrote_names_its_process(tmp_path: Path, sleeper: PidRecord) -> None:
+    assert PidRecord.parse(str(sleeper)) == sleeper
+    assert running(pid_file(tmp_path, str(sleeper)), SLEEP, ME) == sleeper.pid
+
+
+def test_a_recycled_pid_is_not_ours(tmp_path: Path, sleeper: PidRecord) -> None:
+    """The pid now belongs to a process started at another time than the recorded one."""
+    earlier = replace(sleeper, start_time=str(int(sleeper.start_time) - 1))
+    assert running(pid_file(tmp_path, str(earlier)), SLEEP, ME) is None
+
+
+def test_a_process_of_another_owner_is_not_ours(tmp_path: Path, sleeper: PidRecord) -> None:
+    """The record says what the service's account would have started, and so does the account; the process at
+    that pid (same start time, same executable) belongs to someone else."""
+    service = Account("svc", ME.uid + 4242, ME.gid + 4242)
+    claimed = replace(sleeper, uid=service.uid)
+    assert running(pid_file(tmp_path, str(claimed)), SLEEP, service) is None
+
+
+def test_a_process_running_another_executable_is_not_ours(tmp_path: Path, sleeper: PidRecord) -> None:
+    """The record says the service's executable (cat), the owner and start time match: /proc says sleep."""
+    claimed = replace(sleeper, exe=CAT)
+    assert running(pid_file(tmp_path, str(claimed)), CAT, ME) is None
+
+
+def test_a_record_that_is_not_what_the_service_runs_is_not_ours(tmp_path: Path, sleeper: PidRecord) -> None:
+    """The record matches /proc exactly, but names neither the service's executable nor its account."""
+    assert running(pid_file(tmp_path, str(sleeper)), CAT, ME) is None
+    assert running(pid_file(tmp_path, str(sleeper)), SLEEP, Account("svc", ME.uid + 1, ME.gid)) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{pid}", "{pid} {start}", "{pid} {start} {exe}", "x{pid} {start} {uid} {exe}", "{pid} {start} u{uid} {exe}", ""],
+)
+def test_a_record_of_another_layout_is_never_trusted(tmp_path: Path, sleeper: PidRecord, text: str) -> None:
+    planted = text.format(pid=sleeper.pid, start=sleeper.start_time, uid=sleeper.uid, exe=sleeper.exe)
+    assert running(pid_file(tmp_path, planted), SLEEP, ME) is None
+
+
+def test_a_pid_file_that_is_a_symlink_is_not_read(tmp_path: Path, sleeper: PidRecord) -> None:
+    """Whoever could plant a link there would point it at a record of their choosing."""
+    elsewhere = pid_file(tmp_path, str(sleeper))
+    link = tmp_path / "linked.pid"
+    link.symlink_to(elsewhere)
+    assert running(link, SLEEP, ME) is None
