@@ -34,7 +34,7 @@ from backend.app import create_app
 from backend.settings import validate
 from bootstrap.context import RunContext
 from bootstrap.stages import STAGES, Stage
-from devstack import install
+from devstack import install, paths_lab
 from devstack.health import check_all
 from devstack.server_config import node_config, node_ports, render
 from devstack.stack_env import REPO_ROOT, Stack, load_stack
@@ -161,6 +161,19 @@ def stack() -> Iterator[Stack]:
     yield settings
     if started_here:
         run_module("devstack", "down")
+
+
+@pytest.fixture(scope="session")
+def paths_lab_up() -> Iterator[Stack]:
+    """`make paths-up` once per session (needs root): a lab already up is reused, restored to its own config;
+    taken down at the end only when this session brought it up."""
+    settings = load_stack()
+    started_here = paths_lab.why_down(settings) is not None
+    result = run_module("devstack", "paths-up", timeout=300)
+    assert result.returncode == 0, f"the paths lab did not come up:\n{result.stderr}"
+    yield settings
+    if started_here:
+        run_module("devstack", "paths-down")
 
 
 @contextlib.contextmanager
