@@ -26,10 +26,10 @@ $(UV):
 	python3 -m venv .tools/uv
 	.tools/uv/bin/pip install --quiet uv==$(UV_VERSION)
 
-.venv/.installed: $(UV) uv.lock pyproject.toml backend/pyproject.toml agent-runtime/pyproject.toml devstack/pyproject.toml bootstrap/pyproject.toml
+.venv/.installed: $(UV) uv.lock pyproject.toml backend/pyproject.toml agent-runtime/pyproject.toml devstack/pyproject.toml bootstrap/pyproject.toml pytest-livekit-harness/pyproject.toml examples/pitch-agent/pyproject.toml
 	$(UV) sync --locked --quiet
 	@# The workspace's own packages are installed editable, outside what uv compiles: compile them too.
-	@$(PY) -m compileall -q backend/backend agent-runtime/agent_runtime devstack/devstack bootstrap/bootstrap
+	@$(PY) -m compileall -q backend/backend agent-runtime/agent_runtime devstack/devstack bootstrap/bootstrap pytest-livekit-harness/livekit_harness_pytest examples/pitch-agent/pitch_agent
 	@touch $@
 
 install: .venv/.installed ## Create .venv from the lock file (uv.lock)

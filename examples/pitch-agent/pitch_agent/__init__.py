@@ -1,0 +1,1 @@
+"""Example later epic: the pitch agent."""

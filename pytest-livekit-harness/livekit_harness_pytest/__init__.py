@@ -1,0 +1,1 @@
+"""pytest plugin for LiveKit agents: a verified stack, rooms, real workers, participants, webhooks."""

@@ -1,0 +1,1 @@
+"""The plugin (registered through the pytest11 entry point)."""
