@@ -63,3 +63,27 @@ def test_unknown_errors_name_their_type_and_redact_secrets() -> None:
     failure = diagnose("token", ValueError("bad a-registered-secret-value-0123456789"), make_context(), 1.0)
     assert failure.cause == "ValueError: bad ***"
     assert "--verbose" in failure.fix
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ("invalid token: x, error: token has invalid claims: token is not valid yet", "clock"),
+        ("invalid token: x, error: token has invalid claims: token is expired", "clock"),
+        ("invalid token: x, error: token signature is invalid: signature is invalid", "auth"),
+        ("invalid API key: nobody", "auth"),
+    ],
+)
+def test_a_refused_token_is_named_clock_or_auth_from_what_the_server_said(message: str, kind: str) -> None:
+    """Issue 25: a clock ahead is named as the clock, not as a key mismatch, in every mode (the local run too)."""
+    failure = diagnose("worker", api.TwirpError("unauthenticated", message, status=401), make_context(), 1.0)
+    assert failure.kind == kind
+    assert ("clock" in failure.fix) == (kind == "clock")
+
+
+def test_every_diagnosed_failure_carries_a_kind() -> None:
+    ctx = make_context()
+    assert diagnose("join", TimeoutError(), ctx, 1.0).kind == "timeout"
+    assert diagnose("media", StageFailure("no echo", "fix"), ctx, 1.0).kind == "media"
+    assert diagnose("path udp", StageFailure("no pair", "fix"), ctx, 1.0).kind == "media"
+    assert diagnose("dispatch", RuntimeError("odd"), ctx, 1.0).kind == "config"

@@ -48,7 +48,7 @@ def test_json_shape() -> None:
     assert data["status"] == "fail"
     assert [s["name"] for s in data["stages"]] == STAGE_NAMES
     assert [s["status"] for s in data["stages"]] == ["pass", "pass", "pass", "fail"] + ["skipped"] * (N - 4)
-    assert set(data["stages"][0]) == {"name", "status", "seconds", "detail", "cause", "fix"}
+    assert set(data["stages"][0]) == {"name", "status", "seconds", "detail", "cause", "fix", "kind"}
 
 
 def test_junit_counts_and_failure_text() -> None:
@@ -62,3 +62,18 @@ def test_junit_counts_and_failure_text() -> None:
 
 def test_empty_run_is_not_a_pass() -> None:
     assert not RunResult([], 0.0).passed
+
+
+def test_a_warning_passes_and_shows_its_cause_and_kind() -> None:
+    """WARN (issue 25): the run passes (exit 0) and says so, the stage's cause, fix and kind shown, in JSON too."""
+    stages = [
+        StageResult("endpoint", Status.PASS, 0.1, "ok"),
+        StageResult("keys", Status.WARN, 0.1, "clock 900 s behind", "tokens under 840 s fail", "sync", "clock"),
+    ]
+    result = RunResult(stages, 1.0)
+    assert result.passed and result.status is Status.WARN
+    text = render_text(result)
+    assert "! keys" in text and "cause: tokens under 840 s fail  [clock]" in text
+    assert text.splitlines()[-1] == "PASS with 1 warning  1/2 stages passed in 1.00s"
+    data = json.loads(render_json(result))
+    assert data["status"] == "warn" and data["stages"][1]["kind"] == "clock"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import signal
@@ -21,7 +20,7 @@ import structlog
 
 from agent_runtime.ffi_exit import exit_without_finalization
 from backend.logging import configure_logging, redact, register_secret
-from backend.settings import SettingsError, load_settings
+from backend.settings import Settings, SettingsError, load_settings, read_env, validate
 from bootstrap import report, runner
 from bootstrap.context import RunContext
 from bootstrap.modes import DEFAULT_TIMEOUT, MODES, Mode, Plan
@@ -116,24 +115,33 @@ def _webhook_port(path: Path, urls: list[str]) -> int:
 def build_context(args: argparse.Namespace, mode: Mode | None = None) -> RunContext:
     """Settings and config, validated before anything connects (errors here exit 2); the server and webhook
     host are the mode's target."""
-    settings = load_settings([args.env_file])
-    config = load_config(args.livekit_config)
     stack = load_stack()
-    webhook_port = _webhook_port(args.livekit_config, config.webhook_urls)
+    target = (mode or MODES.select(args)).target(args, stack)
+    settings = _settings(args.env_file, target.livekit_url)
+    if target.webhook_port is None:  # the stack's server posts them: its config says where
+        config = load_config(args.livekit_config)
+        webhook_port = _webhook_port(args.livekit_config, config.webhook_urls)
+    else:
+        webhook_port = target.webhook_port
     register_secret(settings.api_secret)
     for warning in settings.warnings:
         structlog.get_logger("bootstrap").warning(warning)
-    target = (mode or MODES.select(args)).target(args, stack)
-    if target.livekit_url:
-        settings = dataclasses.replace(settings, livekit_url=target.livekit_url)
     return RunContext(
         settings=settings,
         stack=stack,
-        agent_name=stack.agent_name,
+        agent_name=target.agent_name or stack.agent_name,
         webhook_host=args.webhook_host or target.webhook_host or webhook_bind_address(),
         webhook_port=webhook_port,
         deadline=time.monotonic() + args.timeout,
     )
+
+
+def _settings(env_file: Path, url: str | None) -> Settings:
+    """The key and secret (and, without a target URL, LIVEKIT_URL) from the environment and the env file."""
+    if url is None:
+        return load_settings([env_file])
+    files = [env_file] if env_file.is_file() else []
+    return validate({**read_env(files), "LIVEKIT_URL": url}, files or [env_file])
 
 
 async def run_with_signals(ctx: RunContext, stages: list[Stage]) -> RunResult:

@@ -8,13 +8,34 @@ from livekit import api, rtc
 
 from backend.logging import redact
 from bootstrap.context import RunContext
-from bootstrap.result import StageFailure
+from bootstrap.result import Kind, StageFailure
 
 KEY_FIX = "set LIVEKIT_API_KEY / LIVEKIT_API_SECRET in .env to a pair listed under `keys:` in docker/livekit.yaml"
 ICE_FIX = (
     "the server must advertise an address this client can reach: `rtc.node_ip: 127.0.0.1` and "
     "`use_external_ip: false` in docker/livekit.yaml, with TCP 7881 and UDP 7882 reachable"
 )
+CLOCK_FIX = (
+    "sync this machine's clock (NTP: `timedatectl set-ntp true`, or chrony) and the server's; tokens are "
+    "refused outside their validity window, give or take the server's 60 s leeway"
+)
+# What the server's 401 says of a token outside its validity window (livekit/protocol auth → golang-jwt v5).
+CLOCK_REFUSALS = {
+    "token is not valid yet": "its clock is behind this machine's (the token's nbf is in the server's future)",
+    "token used before issued": "its clock is behind this machine's (the token's iat is in the server's future)",
+    "token is expired": "its clock is ahead of this machine's by more than the token's lifetime, or the token is old",
+}
+# The kind of a failure a stage raised without naming one: what that stage proves decides it.
+STAGE_KINDS = {
+    "services": Kind.NOT_READY,
+    "worker": Kind.NETWORK,
+    "join": Kind.MEDIA,
+    "data": Kind.MEDIA,
+    "media": Kind.MEDIA,
+    "dispatch": Kind.CONFIG,
+    "webhooks": Kind.CONFIG,
+    "token": Kind.CONFIG,
+}
 TIMEOUT_FIXES = {
     "worker": "check LIVEKIT_URL in .env reaches the server's /agent endpoint (port 7880) and `make logs`",
     "join": ICE_FIX,
@@ -25,7 +46,23 @@ TIMEOUT_FIXES = {
 def diagnose(stage: str, exc: BaseException, ctx: RunContext, waited: float) -> StageFailure:
     """The cause and fix for `exc`, with any token or secret the error echoed redacted."""
     failure = _diagnose(stage, exc, ctx, waited)
-    return StageFailure(redact(failure.cause), redact(failure.fix))
+    return StageFailure(redact(failure.cause), redact(failure.fix), failure.kind or kind_of(stage, exc))
+
+
+def kind_of(stage: str, exc: BaseException) -> Kind:
+    """The kind of a failure that did not name its own: a timeout, else what the failing stage proves (a path
+    stage: media), else config."""
+    if isinstance(exc, TimeoutError):
+        return Kind.TIMEOUT
+    if stage.startswith("path"):
+        return Kind.MEDIA
+    return STAGE_KINDS.get(stage, Kind.CONFIG)
+
+
+def clock_refusal(message: str) -> str | None:
+    """What a server's refusal says of the clocks, when it refused a token for its validity window (else None)."""
+    lowered = message.lower()
+    return next((meaning for words, meaning in CLOCK_REFUSALS.items() if words in lowered), None)
 
 
 def _diagnose(stage: str, exc: BaseException, ctx: RunContext, waited: float) -> StageFailure:
@@ -33,14 +70,22 @@ def _diagnose(stage: str, exc: BaseException, ctx: RunContext, waited: float) ->
         return exc
     url = ctx.settings.http_url
     if isinstance(exc, api.TwirpError) and exc.status in (401, 403):
+        if clock := clock_refusal(exc.message):
+            return StageFailure(
+                f"HTTP {exc.status} from {url}: the server refused the token for its validity window: {clock}",
+                CLOCK_FIX,
+                Kind.CLOCK,
+            )
         return StageFailure(
             f"HTTP {exc.status} from {url}: the API key/secret in .env do not match `keys` in docker/livekit.yaml",
             KEY_FIX,
+            Kind.AUTH,
         )
     if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
         return StageFailure(
             f"cannot reach LiveKit at {url}: {exc}",
             "start the stack (`make up`) and check LIVEKIT_URL in .env uses port 7880",
+            Kind.NETWORK,
         )
     if isinstance(exc, rtc.ConnectError):
         return _diagnose_connect(str(exc), ctx)
@@ -48,15 +93,20 @@ def _diagnose(stage: str, exc: BaseException, ctx: RunContext, waited: float) ->
         return StageFailure(
             f"{stage} did not finish within {waited:.1f}s",
             TIMEOUT_FIXES.get(stage, "raise --timeout, or see `make logs` for the server's side"),
+            Kind.TIMEOUT,
         )
     return StageFailure(f"{type(exc).__name__}: {exc}", "see the log above (`--verbose`) and `make logs`")
 
 
 def _diagnose_connect(message: str, ctx: RunContext) -> StageFailure:
     lowered = message.lower()
+    if clock := clock_refusal(message):
+        return StageFailure(f"the server at {ctx.settings.ws_url} refused the token: {clock} ({message})", CLOCK_FIX,
+                            Kind.CLOCK)  # fmt: skip
     if "401" in lowered or "unauthorized" in lowered or "invalid token" in lowered:
         return StageFailure(
             f"the server at {ctx.settings.ws_url} refused the token ({message})",
             KEY_FIX + "; and mint a fresh token (an expired one is refused too)",
+            Kind.AUTH,
         )
-    return StageFailure(f"rtc connect to {ctx.settings.ws_url} failed: {message}", ICE_FIX)
+    return StageFailure(f"rtc connect to {ctx.settings.ws_url} failed: {message}", ICE_FIX, Kind.MEDIA)

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 from bootstrap.result import RunResult, Status
 
-MARKS = {Status.PASS: "✓", Status.FAIL: "✗", Status.SKIPPED: "-"}
+MARKS = {Status.PASS: "✓", Status.FAIL: "✗", Status.SKIPPED: "-", Status.WARN: "!"}
 # Figures whose summary each stage's line already gives (one stage per path): in the JSON only.
 PER_STAGE_EXTRAS = {"paths", "cluster", "drill"}
 
@@ -22,14 +22,16 @@ def render_text(result: RunResult) -> str:
     for stage in result.stages:
         detail = stage.detail if stage.status is not Status.SKIPPED else f"skipped: {stage.cause or 'not run'}"
         lines.append(f"  {MARKS[stage.status]} {stage.name:<9} {detail:<{width}} {stage.seconds:6.2f}s")
-        if stage.status is Status.FAIL:
-            lines.append(f"      cause: {stage.cause}")
+        if stage.status in (Status.FAIL, Status.WARN):
+            lines.append(f"      cause: {stage.cause}" + (f"  [{stage.kind}]" if stage.kind else ""))
             lines.append(f"      fix:   {stage.fix}")
     for name, figures in result.extra.items():
         if name not in PER_STAGE_EXTRAS:
             lines.append(f"  {name}: " + json.dumps(figures, ensure_ascii=False))
     passed = sum(s.status is Status.PASS for s in result.stages)
     verdict = "PASS" if result.passed else "FAIL"
+    if warned := sum(s.status is Status.WARN for s in result.stages):
+        verdict += f" with {warned} warning{'s' if warned > 1 else ''}"
     lines.append(f"{verdict}  {passed}/{len(result.stages)} stages passed in {result.seconds:.2f}s")
     return "\n".join(lines)
 
@@ -47,6 +49,7 @@ def to_dict(result: RunResult) -> dict[str, object]:
                 "detail": s.detail,
                 "cause": s.cause,
                 "fix": s.fix,
+                "kind": s.kind,
             }
             for s in result.stages
         ],

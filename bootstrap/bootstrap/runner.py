@@ -16,8 +16,8 @@ from livekit import api
 
 from backend.logging import redact
 from bootstrap.context import RunContext
-from bootstrap.diagnosis import diagnose
-from bootstrap.result import RunResult, StageFailure, StageResult, StageSkipped, Status
+from bootstrap.diagnosis import diagnose, kind_of
+from bootstrap.result import Kind, RunResult, StageFailure, StageResult, StageSkipped, StageWarning, Status
 from bootstrap.stages import Stage
 from bootstrap.webhook_sink import WebhookSink
 from devstack.ports import port_owner
@@ -55,7 +55,7 @@ async def run(ctx: RunContext, stages: list[Stage]) -> RunResult:
 def _failed_prerequisite(results: list[StageResult], stages: list[Stage]) -> StageResult | None:
     """The first stage run so far that is a prerequisite (not independent) and did not pass, if any."""
     done = zip(results, stages[: len(results)], strict=True)
-    return next((r for r, s in done if not s.independent and r.status is not Status.PASS), None)
+    return next((r for r, s in done if not s.independent and r.status not in (Status.PASS, Status.WARN)), None)
 
 
 async def _run_stage(ctx: RunContext, stage: Stage) -> StageResult:
@@ -65,23 +65,30 @@ async def _run_stage(ctx: RunContext, stage: Stage) -> StageResult:
     log.debug("stage started", stage=name, budget=round(budget, 1))
     try:
         if budget <= 0:
-            raise StageFailure("the run's --timeout was used up before this stage", "raise --timeout")
+            raise StageFailure("the run's --timeout was used up before this stage", "raise --timeout", Kind.TIMEOUT)
         async with asyncio.timeout(budget):
             detail = await stage.run(ctx)
     except asyncio.CancelledError:
         _uncancel()
         failure = StageFailure(INTERRUPTED, "run it again; cleanup has been done")
-        return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix)
+        return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix,
+                           Kind.INTERRUPTED)  # fmt: skip
+    except StageWarning as warned:
+        log.info("stage warned", stage=name, cause=redact(warned.cause))
+        return StageResult(name, Status.WARN, time.monotonic() - started, redact(warned.detail), redact(warned.cause),
+                           redact(warned.fix), warned.kind)  # fmt: skip
     except StageSkipped as skipped:
         log.info("stage skipped", stage=name, reason=str(skipped))
         return StageResult(name, Status.SKIPPED, time.monotonic() - started, "", str(skipped))
     except TimeoutError as exc:
         failure = await _explain_timeout(ctx, stage, exc, budget)
-        return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix)
+        return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix,
+                           failure.kind or Kind.TIMEOUT)  # fmt: skip
     except Exception as exc:
         failure = diagnose(name, exc, ctx, budget)
         log.debug("stage failed", stage=name, error=repr(exc))
-        return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix)
+        return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix,
+                           failure.kind or Kind.CONFIG)  # fmt: skip
     seconds = time.monotonic() - started
     log.info("stage passed", stage=name, seconds=round(seconds, 3), detail=detail)
     return StageResult(name, Status.PASS, seconds, detail)
@@ -93,7 +100,7 @@ async def _explain_timeout(ctx: RunContext, stage: Stage, exc: TimeoutError, bud
         try:
             async with asyncio.timeout(EXPLAIN_TIMEOUT):
                 failure = await stage.on_timeout(ctx)
-            return StageFailure(redact(failure.cause), redact(failure.fix))
+            return StageFailure(redact(failure.cause), redact(failure.fix), failure.kind or kind_of(stage.name, exc))
         except Exception as explain_error:
             log.debug("timeout explanation failed", stage=stage.name, error=repr(explain_error))
     return diagnose(stage.name, exc, ctx, budget)

@@ -28,6 +28,10 @@ class Target:
 
     livekit_url: str | None = None
     webhook_host: str | None = None
+    # A deployment elsewhere (--url): the receiver's port when it listens (0: no receiver at all), so the stack's
+    # server config is not read; the agent name the worker registers (None: the stack's).
+    webhook_port: int | None = None
+    agent_name: str | None = None
 
 
 @dataclass
