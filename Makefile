@@ -32,7 +32,16 @@ $(UV):
 	@$(PY) -m compileall -q backend/backend agent-runtime/agent_runtime devstack/devstack bootstrap/bootstrap pytest-livekit-harness/livekit_harness_pytest examples/pitch-agent/pitch_agent
 	@touch $@
 
-install: .venv/.installed ## Create .venv from the lock file (uv.lock)
+# The same lock for Debian's python3, root-owned and 0755: the interpreter the service accounts run the
+# participant and agent processes with (.venv's links under /root here, which they cannot enter).
+SERVICE_PYTHON := /usr/bin/python3
+.venv-services/.installed: .venv/.installed
+	@if [ -x $(SERVICE_PYTHON) ]; then \
+		UV_PROJECT_ENVIRONMENT=.venv-services $(UV) sync --locked --quiet --no-dev --python $(SERVICE_PYTHON) && \
+		chmod -R go+rX,go-w .venv-services && touch $@; \
+	else echo "no $(SERVICE_PYTHON): participants and agents on lab hosts cannot run unprivileged (their runs say so)"; fi
+
+install: .venv/.installed .venv-services/.installed ## Create .venv (and .venv-services, for the service accounts) from the lock file (uv.lock)
 
 $(COMPOSECHECK): tools/composecheck/main.go tools/composecheck/go.mod tools/composecheck/go.sum
 	cd tools/composecheck && CGO_ENABLED=0 go build -o ../../$(COMPOSECHECK) .

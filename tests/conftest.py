@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -289,3 +290,32 @@ def _livekit_ready(port: int) -> bool:
             return bool(resp.status == 200 and resp.read().strip() == b"OK")
     except OSError:
         return False
+
+
+def bootstrap_report_watching(
+    *args: str, marks: tuple[str, ...], timeout: float = 120
+) -> tuple[int, dict[str, Any], dict[str, set[str]]]:
+    """`bootstrap_report`, and meanwhile which users ran each Python process whose command line holds one of
+    `marks` (sampled from /proc every 50 ms while the run lasts; the `ip netns exec` and `setpriv` that exec
+    into it are namespace plumbing, not the process)."""
+    command = [PY, "-m", "bootstrap", "--json", *args]
+    seen: dict[str, set[str]] = {mark: set() for mark in marks}
+    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+        deadline = time.monotonic() + timeout
+        while run.poll() is None and time.monotonic() < deadline:
+            for proc in Path("/proc").glob("[0-9]*"):
+                try:
+                    cmdline = (proc / "cmdline").read_bytes()
+                    owner = proc.stat().st_uid
+                    python = "python" in os.readlink(proc / "exe")
+                except OSError:
+                    continue  # gone meanwhile
+                if not python:
+                    continue
+                for mark in marks:
+                    if mark.encode() in cmdline:
+                        seen[mark].add(pwd.getpwuid(owner).pw_name)
+            time.sleep(0.05)
+        out, err = run.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    assert out.count("\n") == 1, f"expected one JSON line, got:\n{out}\n{err}"
+    return run.returncode, json.loads(out), seen

@@ -18,7 +18,7 @@ import pytest
 from devstack import netns
 from devstack.nodes import client_host, lan, nodes, worker_host
 from devstack.stack_env import REPO_ROOT, Stack, load_stack
-from tests.conftest import PY, bootstrap_report, native_cluster, run_module
+from tests.conftest import PY, bootstrap_report, bootstrap_report_watching, native_cluster, run_module
 
 pytestmark = [
     pytest.mark.integration,
@@ -47,9 +47,24 @@ def cluster() -> Iterator[Stack]:
     assert cluster_leftovers() == [], "cluster-down left these behind"
 
 
+WATCHED = ("bootstrap.participant_process", "agent_runtime")  # the participant's and the worker's processes
+
+
 @pytest.fixture(scope="module")
-def passing_run(cluster: Stack) -> tuple[int, dict[str, Any]]:
-    return bootstrap_report("--cluster", "--timeout", "60", timeout=90)
+def watched_run(cluster: Stack) -> tuple[int, dict[str, Any], dict[str, set[str]]]:
+    return bootstrap_report_watching("--cluster", "--timeout", "60", marks=WATCHED, timeout=90)
+
+
+@pytest.fixture(scope="module")
+def passing_run(watched_run: tuple[int, dict[str, Any], dict[str, set[str]]]) -> tuple[int, dict[str, Any]]:
+    return watched_run[0], watched_run[1]
+
+
+def test_no_participant_or_worker_runs_as_root(watched_run: tuple[int, dict[str, Any], dict[str, set[str]]]) -> None:
+    """libwebrtc parses network input in the participant, and the worker holds the API secret: each runs as its
+    own unprivileged account, with the interpreter `make install` built for them (never a silent root)."""
+    owners = watched_run[2]
+    assert owners == {"bootstrap.participant_process": {"livekit-client"}, "agent_runtime": {"livekit-agent"}}
 
 
 def test_cluster_passes_across_nodes_and_hosts(passing_run: tuple[int, dict[str, Any]]) -> None:

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,9 +17,9 @@ from typing import IO, Any, Protocol
 
 from bootstrap.ice import RTC_DEBUG_ENV
 from bootstrap.result import StageFailure
+from devstack.service_python import CLIENT_ACCOUNT, ServicePythonError, Unprivileged, unprivileged
 
 EXCHANGE_WAIT = 25.0  # 100 packets, 20 RPCs and ~20 audio markers take about 2 s on a working path
-SECRET_VARIABLES = ("LIVEKIT_API_SECRET",)  # the participant's host never gets one
 
 
 class PathClient(Protocol):
@@ -35,23 +35,34 @@ class SdkClient:
     lines (its module says the protocol). It trusts the local CA through SSL_CERT_FILE, which the SDK's
     signalling (rustls with rustls-native-certs) reads; it holds no API secret."""
 
-    def __init__(self, process: asyncio.subprocess.Process, stderr: IO[bytes], url: str, relay: bool) -> None:
-        self.process, self.stderr, self.url, self.relay = process, stderr, url, relay
+    def __init__(
+        self, process: asyncio.subprocess.Process, stderr: IO[bytes], url: str, relay: bool, sandbox: Unprivileged
+    ) -> None:
+        self.process, self.stderr, self.url, self.relay, self.sandbox = process, stderr, url, relay, sandbox
 
     @classmethod
     async def start(
         cls, on_host: Callable[[list[str]], list[str]], url: str, *, relay: bool = False, trust_ca: Path | None = None
     ) -> SdkClient:
-        """The child on the host `on_host` wraps a command for (e.g. LanHost.exec_argv), to join `url`."""
-        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES} | RTC_DEBUG_ENV
-        if trust_ca is not None:
-            env["SSL_CERT_FILE"] = str(trust_ca)
+        """The child on the host `on_host` wraps a command for (e.g. LanHost.exec_argv), to join `url`, as the
+        unprivileged CLIENT_ACCOUNT: libwebrtc parses network input there, so it must not be root (nor able to
+        change its host's firewall or read our .env)."""
+        try:
+            sandbox = await asyncio.to_thread(unprivileged, CLIENT_ACCOUNT, "participant")
+        except ServicePythonError as exc:
+            raise StageFailure(f"cannot start the participant unprivileged: {exc}", "run `make install`") from None
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(sandbox.home), "PYTHONUNBUFFERED": "1"} | RTC_DEBUG_ENV
+        if trust_ca is not None:  # a copy it can read: the CA's own directory is root's
+            copy = sandbox.home / "ca.pem"
+            shutil.copyfile(trust_ca, copy)
+            copy.chmod(0o644)
+            env["SSL_CERT_FILE"] = str(copy)
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         process = await asyncio.create_subprocess_exec(
-            *on_host([sys.executable, "-m", "bootstrap.participant_process"]),
+            *on_host(sandbox.argv("bootstrap.participant_process")), cwd=sandbox.home,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env,
         )  # fmt: skip
-        return cls(process, stderr, url, relay)
+        return cls(process, stderr, url, relay, sandbox)
 
     async def join(self, token: str, ice_timeout: float) -> dict[str, Any]:
         await self._tell({"url": self.url, "token": token, "relay": self.relay, "ice_timeout": ice_timeout})
@@ -73,6 +84,7 @@ class SdkClient:
             self.process.kill()
         await self.process.wait()
         self.stderr.close()
+        self.sandbox.remove()
 
     def _stderr_tail(self) -> str:
         self.stderr.seek(0)

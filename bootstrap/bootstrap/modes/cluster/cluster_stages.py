@@ -17,10 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
-import pwd
 import signal
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,15 +33,12 @@ from bootstrap.remote_participant import SdkClient
 from bootstrap.result import StageFailure
 from devstack import netns
 from devstack.health import probe_livekit
-from devstack.install import ensure_service_user
-from devstack.native import StackError, check_reachable
 from devstack.nodes import Node, client_host, nodes, redis_host, worker_host
-from devstack.processes import Account
 from devstack.safe_files import ensure_dir, open_private_log
+from devstack.service_python import AGENT_ACCOUNT, ServicePythonError, Unprivileged, unprivileged
 
 POLL_INTERVAL = 0.1
 ICE_TIMEOUT = 6.0
-WORKER_ACCOUNT = "livekit-agent"  # the worker's host runs it unprivileged; it holds the API secret, nothing else
 WORKER_STOP_WAIT = 5.0
 
 
@@ -74,25 +68,24 @@ async def run_worker(ctx: RunContext) -> str:
     """The worker on a host of its own, through node b: dispatch across nodes goes through Redis."""
     entry = nodes(ctx.stack)[1]
     host = worker_host(ctx.stack)
-    account, as_whom = await _worker_account()
-    home = tempfile.mkdtemp(prefix="cluster-worker-")  # its HOME and cwd: no .env of ours to read
-    os.chown(home, account.pw_uid, account.pw_gid)
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": home, "PYTHONUNBUFFERED": "1",
+    try:
+        sandbox = await asyncio.to_thread(unprivileged, AGENT_ACCOUNT, "cluster-worker")
+    except ServicePythonError as exc:
+        raise StageFailure(f"cannot start the worker unprivileged: {exc}", "run `make install`") from None
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(sandbox.home), "PYTHONUNBUFFERED": "1",
            "LIVEKIT_URL": entry.ws_url, "LIVEKIT_API_KEY": ctx.settings.api_key,
            "LIVEKIT_API_SECRET": ctx.settings.api_secret, "LIVEKIT_AGENT_NAME": ctx.agent_name}  # fmt: skip
-    drop = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", "--"]
-    drop = drop if account.pw_uid else []
     ensure_dir(WORKER_LOG.parent, mode=0o700)
     WORKER_LOG.unlink(missing_ok=True)  # this run's lines only
     log = open_private_log(WORKER_LOG)
     try:
         process = await asyncio.create_subprocess_exec(
-            *host.exec_argv([*drop, sys.executable, "-m", "agent_runtime"]), cwd=home, env=env,
+            *host.exec_argv(sandbox.argv("agent_runtime")), cwd=sandbox.home, env=env,
             stdout=log, stderr=log, start_new_session=True,
         )  # fmt: skip
     finally:
         os.close(log)
-    ctx.closers.append(lambda: _stop_worker(process, host))
+    ctx.closers.append(lambda: _stop_worker(process, host, sandbox))
     while not (registered := _registered(WORKER_LOG)):
         if process.returncode is not None:
             tail = " | ".join(WORKER_LOG.read_text(errors="replace").splitlines()[-3:])
@@ -100,27 +93,9 @@ async def run_worker(ctx: RunContext) -> str:
                                f"check that its host reaches node b at {entry.ws_url}; see {WORKER_LOG}")  # fmt: skip
         await asyncio.sleep(POLL_INTERVAL)
     ctx.worker_id = registered
+    as_whom = sandbox.user.name if sandbox.user else "this process's user"
     return (f"registered {ctx.worker_id} as agent {ctx.agent_name!r} from host {host.address}, through node b, "
             f"as {as_whom}")  # fmt: skip
-
-
-async def _worker_account() -> tuple[pwd.struct_passwd, str]:
-    """The unprivileged worker account, when it can run this interpreter; else root (said in the report).
-    livekit-agents' job processes re-exec the interpreter (its forkserver), so the account must reach it:
-    an interpreter under /root (0700), as pyenv's is on this machine, it cannot."""
-    entry = pwd.getpwnam(await asyncio.to_thread(ensure_service_user, WORKER_ACCOUNT))
-    if why := await asyncio.to_thread(_cannot_run_python, Account(entry.pw_name, entry.pw_uid, entry.pw_gid)):
-        return pwd.getpwuid(0), f"root ({why})"
-    return entry, WORKER_ACCOUNT
-
-
-def _cannot_run_python(account: Account) -> str:
-    try:
-        for path in (Path(sys.executable), Path(sys.executable).resolve()):
-            check_reachable(path, account)
-    except StackError as exc:
-        return str(exc).split(", so", 1)[0].removeprefix("the ")
-    return ""
 
 
 def _registered(log: Path) -> str:
@@ -131,13 +106,15 @@ def _registered(log: Path) -> str:
     return ""
 
 
-async def _stop_worker(process: asyncio.subprocess.Process, host: netns.LanHost) -> None:
-    """Ctrl-C first (its jobs end, it unregisters), then SIGKILL for anything left on its host (job processes)."""
+async def _stop_worker(process: asyncio.subprocess.Process, host: netns.LanHost, sandbox: Unprivileged) -> None:
+    """Ctrl-C first (its jobs end, it unregisters), then SIGKILL for anything left on its host (job processes);
+    then its scratch directory goes."""
     with contextlib.suppress(ProcessLookupError):
         process.send_signal(signal.SIGINT)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(process.wait(), WORKER_STOP_WAIT)
     await asyncio.to_thread(netns.kill_processes_in, host.namespace)
+    sandbox.remove()
 
 
 @dataclass
