@@ -1,11 +1,14 @@
-"""Least privilege on the native stack, tried as another local user would. Each attack is planted as an
-unprivileged user (`runuser -u postgres` / `nobody`), never as root: an attack planted by root proves nothing.
-Only the checks of `down`'s own logic plant as root, and they say so."""
+"""Least privilege on the native stack, tried as another local user would. An attack is planted as an
+unprivileged user (`runuser -u postgres` / `nobody`): where that account cannot plant at all (the directories root
+writes in are root's, 0750), the test asserts the refusal itself. Where the point is the code's own logic (a link
+an older layout left behind, a pid file naming a stranger), root plants, the test says so, and it asserts that
+the plant is in place and is what the code reads before it checks the outcome."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -19,7 +22,10 @@ from pathlib import Path
 import pytest
 from dotenv import dotenv_values
 
+from devstack import postgres
 from devstack.ports import owner_pid
+from devstack.processes import PidRecord
+from devstack.safe_files import write_private
 from devstack.stack_env import REPO_ROOT, RUNTIME_DIR, Stack, load_stack
 from tests.conftest import run_module
 
@@ -96,33 +102,6 @@ def postgres_restored(stack: Stack) -> Iterator[None]:
         devstack("up", "postgres")
 
 
-@pytest.fixture
-def fresh_postgres_data(stack: Stack) -> Iterator[None]:
-    """PostgreSQL stopped and its data moved aside, so the next `up` runs initdb; put back afterwards."""
-    devstack("down", "postgres")
-    saved = PG_DIR / "data.saved-by-test"
-    shutil.rmtree(saved, ignore_errors=True)
-    (PG_DIR / "data").rename(saved)
-    try:
-        yield
-    finally:
-        run_module("devstack", "down", "postgres")
-        shutil.rmtree(PG_DIR / "data", ignore_errors=True)
-        saved.rename(PG_DIR / "data")
-        devstack("up", "postgres")
-
-
-@pytest.fixture
-def stranger() -> Iterator[int]:
-    """The pid of a process of `nobody`'s that nothing of ours started."""
-    process = subprocess.Popen(["sleep", "600"], user="nobody", cwd="/")
-    try:
-        yield process.pid
-    finally:
-        process.kill()
-        process.wait()
-
-
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -137,55 +116,102 @@ def start_time(pid: int) -> str:
 # ---------------------------------------------------------------- local path to root
 
 
-def test_planted_run_symlink_cannot_give_postgres_a_root_directory(stack: Stack) -> None:
+def owner_mode_text(path: Path) -> tuple[int, int, int, str]:
+    info = path.lstat()
+    return info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode), path.read_text() if path.is_file() else ""
+
+
+def test_service_accounts_cannot_plant_where_root_writes(stack: Stack) -> None:
+    """Each service's directory holds root's configs, log and pid file: root's, the service's group may only read
+    it, so its account can put nothing there (no symlink, no file, no replaced pid file)."""
+    for account, root_file in (("postgres", PG_PID_FILE), ("redis", RUNTIME_DIR / "redis" / "redis.conf"),
+                               ("livekit", RUNTIME_DIR / "livekit" / "livekit.yaml")):  # fmt: skip
+        directory = root_file.parent
+        assert root_file.exists(), f"{root_file}: nothing to attack (is the native stack up?)"
+        before = owner_mode_text(root_file)
+        try:
+            for attack in (f"ln -s /etc/shadow {directory}/planted", f"echo planted > {directory}/planted",
+                           f"rm -f {root_file}", f"echo '1 2 3 /bin/sh' > {root_file}"):  # fmt: skip
+                done = as_user(account, "sh", "-c", attack)
+                assert done.returncode != 0 and "Permission denied" in done.stderr, f"as {account}: {attack}: {done}"
+            assert owner_mode_text(root_file) == before
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                (directory / "planted").unlink()  # where the refusal failed
+
+
+def test_links_left_where_root_writes_are_replaced_never_followed(stack: Stack) -> None:
+    """Root plants (the code's own logic: an older layout, or an attacker who once could, left links behind)
+    a symlink at every path `up postgres` writes, makes or chowns in the service directory, each to a victim of
+    root's; `up` must replace each link with a file or directory of its own and leave every victim as it was."""
     victim = victim_dir()
+    victims = {name: victim / name for name in ("pg_hba.conf", ".pg_hba.conf.new", "pg_ident.conf", "postgres.log",
+                                                 "postgres.pid")}  # fmt: skip
+    for path in victims.values():
+        path.write_text(f"root's own {path.name}\n")
+        path.chmod(0o644)
+    before = {name: owner_mode_text(path) for name, path in [*victims.items(), ("run", victim)]}
     try:
         with postgres_restored(stack):
             devstack("down", "postgres")
-            as_user("postgres", "sh", "-c", f"rm -rf {PG_DIR}/run && ln -s {victim} {PG_DIR}/run")
-            run_module("devstack", "up", "postgres", timeout=60)
-            owner = victim.stat().st_uid
-            if (PG_DIR / "run").is_symlink():
-                (PG_DIR / "run").unlink()  # repair before the restore: this is the attack's leftover
-        assert owner == 0, "the victim directory was handed to postgres"
+            for name, target in [*victims.items(), ("run", victim)]:
+                planted = PG_DIR / name
+                if planted.is_dir() and not planted.is_symlink():
+                    shutil.rmtree(planted)
+                planted.unlink(missing_ok=True)
+                planted.symlink_to(target)
+                assert planted.is_symlink() and planted.resolve() == target.resolve()
+            started = run_module("devstack", "up", "postgres", timeout=90)
+            after = {name: owner_mode_text(path) for name, path in [*victims.items(), ("run", victim)]}
+            left = [name for name in [*victims, "run"] if (PG_DIR / name).is_symlink()]
+            for name in left:  # the attack's leftovers, removed before the restore
+                (PG_DIR / name).unlink()
+        assert started.returncode == 0, started.stderr
+        assert after == before, "root wrote, chmod'ed or chowned through a link"
+        assert left == [], f"links still in place (so never replaced): {left}"
+        assert (PG_DIR / "run").is_dir() and (PG_DIR / "pg_hba.conf").is_file() and PG_PID_FILE.is_file()
     finally:
         shutil.rmtree(victim, ignore_errors=True)
-
-
-def test_planted_password_file_symlink_cannot_overwrite_a_root_file(stack: Stack, fresh_postgres_data: None) -> None:
-    victim = victim_dir() / "precious"
-    victim.write_text("original\n")
-    try:
-        as_user("postgres", "ln", "-s", str(victim), str(PG_DIR / "initdb.pw"))
-        run_module("devstack", "up", "postgres", timeout=60)
-        assert victim.read_text() == "original\n"
-    finally:
-        (PG_DIR / "initdb.pw").unlink(missing_ok=True)
-        shutil.rmtree(victim.parent, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- down kills only its own
 
 
-def test_pid_file_planted_by_postgres_cannot_get_a_stranger_killed(stack: Stack, stranger: int) -> None:
-    pid = stranger
-    with postgres_restored(stack):
-        as_user("postgres", "sh", "-c", f"rm -f {PG_PID_FILE} && echo '{pid} {start_time(pid)}' > {PG_PID_FILE}")
-        run_module("devstack", "down", "postgres")
-        survived = alive(pid)
-    assert survived, "make down killed a process it never started"
+@pytest.fixture
+def real_pid_file(stack: Stack) -> Iterator[str]:
+    """The running postgres's own pid file, put back after the test: `down` finds a planted record not its own,
+    removes it as stale and stops nothing, so PostgreSQL itself runs on throughout."""
+    original = PG_PID_FILE.read_text()
+    try:
+        yield original
+    finally:
+        write_private(PG_PID_FILE, original)
+        assert run_module("devstack", "status").returncode == 0
 
 
-def test_down_checks_the_executable_not_just_pid_and_start_time(stack: Stack, stranger: int) -> None:
-    """Root writes the pid file here (a check of `down`'s logic, not an attack): a recorded pid whose start
-    time matches but whose executable and owner are not what `up` started must not be signalled."""
-    pid = stranger
-    with postgres_restored(stack):
-        PG_PID_FILE.unlink(missing_ok=True)
-        PG_PID_FILE.write_text(f"{pid} {start_time(pid)}")
-        run_module("devstack", "down", "postgres")
-        survived = alive(pid)
-    assert survived
+@pytest.mark.parametrize("owner", ["nobody", "postgres"])
+def test_down_signals_no_stranger_whose_record_looks_like_postgres(
+    stack: Stack, real_pid_file: str, owner: str
+) -> None:
+    """Root writes the pid file (a check of `down`'s own logic; postgres cannot, see above): the record is
+    exactly what `up` writes for PostgreSQL (4 fields, its account, its executable) with a stranger's pid and
+    start time. The stranger runs another executable (and, as nobody, is another owner): it must survive."""
+    stranger = subprocess.Popen(["sleep", "600"], user=owner, cwd="/")
+    try:
+        account = pwd.getpwnam("postgres")
+        postgres_exe = os.path.realpath(postgres.command(stack)[0])
+        planted = PidRecord(stranger.pid, start_time(stranger.pid), account.pw_uid, postgres_exe)
+        assert PidRecord.parse(real_pid_file) is not None and PidRecord.parse(real_pid_file).exe == postgres_exe  # type: ignore[union-attr]
+        write_private(PG_PID_FILE, str(planted))
+        assert PidRecord.parse(PG_PID_FILE.read_text()) == planted  # the parser accepts it: the identity check decides
+        down = run_module("devstack", "down", "postgres")
+        survived = alive(stranger.pid)
+    finally:
+        stranger.kill()
+        stranger.wait()
+    assert down.returncode == 0, down.stderr
+    assert survived, f"make down killed a process it never started ({owner}'s sleep)"
+    assert "postgres  not running" in down.stderr  # it judged the record not its own
 
 
 # ---------------------------------------------------------------- open doors
@@ -251,14 +277,43 @@ def test_no_runtime_or_env_file_is_readable_by_others(stack: Stack) -> None:
     assert not readable
 
 
-def test_no_command_line_shows_a_secret(stack: Stack) -> None:
-    secrets = [stack.api_secret, *(v for v in (secret("POSTGRES_PASSWORD"), secret("REDIS_PASSWORD")) if v)]
-    leaks = []
+def test_no_running_process_shows_a_secret_on_its_command_line(stack: Stack) -> None:
+    """A snapshot of /proc: it sees the long-lived processes (the three services among them), not a short-lived
+    one such as `lk` (see the next test)."""
+    secrets = [stack.api_secret, secret("POSTGRES_PASSWORD"), secret("REDIS_PASSWORD")]
+    assert all(secrets), "a secret is missing from .env.secrets: nothing to look for"
+    leaks, seen = [], set()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            seen.add(int(cmdline.parent.name))
             leaks += [f"{cmdline.parent.name}: {text[:80]}" for s in secrets if s in text]
+    services = {owner_pid(port) for port in (stack.postgres_port, stack.redis_port, stack.livekit_port)}
+    assert None not in services and services <= seen, "the services' command lines were not read"
     assert not leaks
+
+
+def test_lk_gets_the_secret_from_its_environment_never_its_command_line(stack: Stack, tmp_path: Path) -> None:
+    """`lk` runs for a moment, so no snapshot of /proc can see it: a stand-in `lk` first on PATH records the argv
+    and environment the code gives it: the token script (scripts/livekit-token.sh) and the benchmark's lk_args."""
+    record = tmp_path / "lk-argv"
+    fake = tmp_path / "bin" / "lk"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\n'
+                    f'[ -n "$LIVEKIT_API_SECRET" ] && echo "secret in env" >> {record}\necho token\n')  # fmt: skip
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "LIVEKIT_API_KEY": stack.api_key,
+           "LIVEKIT_API_SECRET": stack.api_secret}  # fmt: skip
+    done = subprocess.run(["scripts/livekit-token.sh", "a-room", "a-user"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0 and done.stdout == "token\n", done.stderr
+    argv = record.read_text().splitlines()
+    assert argv[:2] == ["token", "create"] and argv[-1] == "secret in env", argv  # the script ran our lk
+    assert not [arg for arg in argv[:-1] if stack.api_secret in arg], argv
+
+    from bench.bench import lk_args
+
+    assert not [arg for arg in lk_args(str(fake)) if stack.api_secret in arg]
 
 
 # ---------------------------------------------------------------- shutdown and restarts
