@@ -113,7 +113,7 @@ cluster-up: install env ## Two livekit-server nodes sharing Redis (Compose profi
 cluster-down: install ## Stop the two cluster nodes
 	@$(DEVSTACK) cluster-down
 
-net-deps: install ## What the network tests need (as root): iproute2, nftables, nginx, libnss3-tools, livekit-server
+net-deps: install ## What the network and canary tests need (as root): iproute2, nftables, nginx, libnss3-tools, prometheus, livekit-server
 	@if [ "$$(id -u)" = 0 ]; then $(DEVSTACK) install-native; \
 	else echo "not root: the network tests (namespaces: paths, cluster, drills) will be skipped"; fi
 

@@ -37,7 +37,7 @@ VERBS = {
     "`python -m bootstrap --paths`); restores it when it is up",
     "paths-down": "remove the paths lab (what paths-up recorded)",
     "install-native": "install what native runs and `make paths` need (Redis, PostgreSQL, iproute2, nftables, "
-    "nginx, libnss3-tools, the pinned livekit-server); start nothing",
+    "nginx, libnss3-tools, prometheus (promtool, the canary's rules), the pinned livekit-server); start nothing",
 }
 SERVICES = ("postgres", "redis", "livekit")
 

@@ -52,9 +52,18 @@ def missing_paths_packages() -> list[str]:
     return missing + ([] if NGINX_STREAM_MODULE.exists() else ["libnginx-mod-stream"])
 
 
+# The canary's alert rules are checked and unit-tested with promtool, and its integration test runs a real
+# Prometheus: Debian's `prometheus` package ships both (2.42 on bookworm).
+CANARY_TOOLS = {"promtool": "prometheus", "prometheus": "prometheus"}
+
+
+def missing_canary_packages() -> list[str]:
+    return sorted({package for tool, package in CANARY_TOOLS.items() if not shutil.which(tool)})
+
+
 def ensure_packages(*, paths: bool = False) -> None:
-    """The native stack's Debian packages (and with `paths`, the paths check's too)."""
-    missing = missing_packages() + (missing_paths_packages() if paths else [])
+    """The native stack's Debian packages (and with `paths`, what the tests need: the paths check's, the canary's)."""
+    missing = missing_packages() + (missing_paths_packages() + missing_canary_packages() if paths else [])
     if not missing:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
