@@ -18,6 +18,14 @@ from backend.settings import DEFAULT_AGENT_NAME
 log = logging.getLogger("agent_runtime")
 
 
+# The echo worker's capacity on this machine's 2 cores, from the held-load curve (`make bench-capacity`,
+# docs/scaling.md): the largest number of rooms held with audio p95 <= 300 ms and no marker lost.
+MAX_JOBS = 20
+# A hair under 1.0: livekit-agents sums per-job shares (load / jobs) to decide, and float rounding of
+# (max_jobs - 1)/max_jobs + 1/max_jobs must neither admit job max_jobs + 1 nor refuse job max_jobs.
+LOAD_THRESHOLD = 1.0 - 1e-6
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """How create_worker builds the AgentServer (named apart from livekit-agents' own WorkerOptions)."""
@@ -36,6 +44,9 @@ class WorkerConfig:
     # Job runners kept warm. A cold process runner costs seconds (importing livekit-agents); under load
     # runners are created one after another, so warm as many as jobs run at once.
     idle_runners: int = 1
+    # The most jobs it holds at once (0: no limit). Its reported load is its share of them, and at 1.0 it takes
+    # no more: the server then says no worker is available, instead of every room it holds degrading.
+    max_jobs: int = MAX_JOBS
 
 
 Session = Callable[[agents.JobContext], Awaitable[None]]
@@ -59,9 +70,21 @@ async def echo_session(ctx: agents.JobContext) -> None:
 os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
 
 
+def job_share(max_jobs: int) -> Callable[[agents.AgentServer], float]:
+    """The load function: the share of `max_jobs` the worker's running jobs take (0.0 always when max_jobs is 0).
+    Jobs, not CPU: livekit-agents' default (this machine's CPU, averaged over 2.5 s) counts whatever else runs on
+    the host - here the bootstrap's participants - and reacts only after a burst of jobs landed."""
+
+    def load(server: agents.AgentServer) -> float:
+        return len(server.active_jobs) / max_jobs if max_jobs else 0.0
+
+    return load
+
+
 def create_worker(options: WorkerConfig, session: Session = echo_session) -> agents.AgentServer:
     """An AgentServer running `session` for each job, with `options`' executor and warm runners, an
-    ephemeral health port and a constant load, so CPU spikes on a 2-core box never refuse a job."""
+    ephemeral health port, and a load that counts jobs against `max_jobs` (never CPU, so CPU spikes on a 2-core
+    box never refuse a job), full at LOAD_THRESHOLD."""
     server = agents.AgentServer(
         ws_url=options.ws_url,
         api_key=options.api_key,
@@ -70,11 +93,12 @@ def create_worker(options: WorkerConfig, session: Session = echo_session) -> age
         num_idle_processes=options.idle_runners,
         port=0,
         host="127.0.0.1",
-        load_fnc=lambda: 0.0,
+        load_fnc=job_share(options.max_jobs),
+        load_threshold=LOAD_THRESHOLD,
         max_retry=options.max_retry,
     )
     server.rtc_session(session, agent_name=options.agent_name)
     return server
 
 
-__all__ = ["Session", "WorkerConfig", "create_worker", "echo_session"]
+__all__ = ["LOAD_THRESHOLD", "MAX_JOBS", "Session", "WorkerConfig", "create_worker", "echo_session", "job_share"]

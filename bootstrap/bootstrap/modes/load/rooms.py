@@ -3,7 +3,7 @@ an explicit dispatch, a participant joined, the agent seen joining (delivered by
 say-so), a few RPC round trips and audio markers echoed by the agent, its three webhooks verified, then the
 room deleted. Figures go to the mode's state (LoadState.figures).
 
-Before the rooms, load mode waits out livekit-server's agent-name refresh (see _settle_server_agent_cache)."""
+Before the rooms, load mode waits out livekit-server's agent-name refresh (see settle_server_agent_cache)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ async def run(ctx: RunContext, state: LoadState) -> str:
     figures = state.figures = LoadFigures(state.rooms, state.concurrency)
     gate = asyncio.Semaphore(state.concurrency)
     names = _room_names(ctx, state)
-    figures.warmup_seconds = await _settle_server_agent_cache(ctx)
+    figures.warmup_seconds = await settle_server_agent_cache(ctx)
     figures.started_at = time.monotonic()
     await asyncio.gather(*(_one_room(ctx, name, gate, figures) for name in names))
     figures.seconds = time.monotonic() - figures.started_at
@@ -103,7 +103,7 @@ def _room_names(ctx: RunContext, state: LoadState) -> list[str]:
     return [f"{ctx.room_name}-{i:03d}" for i in range(state.rooms)]
 
 
-async def _settle_server_agent_cache(ctx: RunContext) -> float:
+async def settle_server_agent_cache(ctx: RunContext) -> float:
     """Start the server's agent-name refresh with a room whose dispatch names no worker (so no job runs),
     and wait until the refresh has ended; return the seconds this took."""
     started = time.monotonic()
