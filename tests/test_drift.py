@@ -16,6 +16,7 @@ from dotenv import dotenv_values
 
 from backend.settings import DEFAULT_AGENT_NAME
 from devstack.nodes import cluster_node_config, lan, nodes, redis_host
+from devstack.server_config import node_ports
 from devstack.stack_env import LIVEKIT_YAML, REPO_ROOT, Stack, load_stack
 from tests.conftest import TEST_SECRETS, composecheck
 
@@ -40,6 +41,8 @@ def test_livekit_yaml_matches_stack(stack: Stack) -> None:
     assert config["port"] == stack.livekit_port
     assert config["rtc"]["tcp_port"] == stack.rtc_tcp_port
     assert config["rtc"]["udp_port"] == stack.rtc_udp_port
+    assert config["prometheus"] == {"port": stack.livekit_prometheus_port}
+    assert node_ports(stack.livekit_port)["prometheus"] == config["prometheus"]  # the node rule: port + 3
     assert config["keys"] == {stack.api_key: stack.api_secret}
     assert config["webhook"]["api_key"] == stack.api_key
     assert [urlparse(u).port for u in config["webhook"]["urls"]] == [stack.webhook_port]
@@ -63,6 +66,7 @@ def test_compose_pins_and_ports_match_stack(stack: Stack, compose: dict[str, Any
         (str(stack.livekit_port), 7880, "tcp"),
         (str(stack.rtc_tcp_port), 7881, "tcp"),
         (str(stack.rtc_udp_port), 7882, "udp"),
+        (str(stack.livekit_prometheus_port), 7883, "tcp"),
     }
     assert compose["redis"]["ports"][0]["published"] == str(stack.redis_port)
     assert compose["postgres"]["ports"][0]["published"] == str(stack.postgres_port)

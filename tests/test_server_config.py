@@ -67,6 +67,7 @@ def test_overrides_merge_key_by_key() -> None:
     config = node_config({**node_ports(17000), "redis": {"address": "127.0.0.1:1"}})
     base = node_config()
     assert (config["port"], config["rtc"]["tcp_port"], config["rtc"]["udp_port"]) == (17000, 17001, 17002)
+    assert config["prometheus"] == {"port": 17003}  # a second node's metrics never collide with the stack's
     # Untouched rtc keys survive the nested merge; the source file is never changed.
     assert config["rtc"]["node_ip"] == base["rtc"]["node_ip"]
     assert config["redis"] == {"address": "127.0.0.1:1"}

@@ -77,8 +77,9 @@ def short_secrets(config: LiveKitConfig) -> list[str]:
 
 
 def node_ports(port: int) -> dict[str, Any]:
-    """A node's three ports by the project's rule (stack.env): ICE/TCP on port + 1, UDP media on port + 2."""
-    return {"port": port, "rtc": {"tcp_port": port + 1, "udp_port": port + 2}}
+    """A node's ports by the project's rule (stack.env): ICE/TCP on port + 1, UDP media on port + 2, its
+    Prometheus endpoint on port + 3 (so a second node on this machine never collides with the stack's)."""
+    return {"port": port, "rtc": {"tcp_port": port + 1, "udp_port": port + 2}, "prometheus": {"port": port + 3}}
 
 
 # A native node's ICE/UDP sockets on loopback only (without it the pinned server binds its UDP port on every

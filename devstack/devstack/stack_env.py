@@ -19,6 +19,11 @@ TOOLS_DIR = REPO_ROOT / ".tools"
 
 PATHS_SUBNET = ipaddress.IPv4Network("10.213.70.0/24")  # dataclass defaults; stack.env's values win
 CLUSTER_SUBNET = ipaddress.IPv4Network("10.213.71.0/24")
+# A test range must be free on this machine: not loopback or link-local, and overlapping no route it already has
+# (a LAN, a VPN, a container network) except those on the project's own links, which carry the range itself.
+RESERVED = {"loopback": ipaddress.IPv4Network("127.0.0.0/8"), "link-local": ipaddress.IPv4Network("169.254.0.0/16")}
+OWN_LINK_PREFIX = "lkh-"  # every namespace and link devstack.netns creates starts with it
+ROUTES = Path("/proc/net/route")  # this machine's IPv4 routes (the main table)
 
 
 # The cluster's hosts and their stack.env keys (CLUSTER_<KEY>_ADDRESS).
@@ -52,6 +57,7 @@ class Stack:
     # Their addresses in it: the cluster's Redis, nodes a and b, the worker, the participant.
     cluster_addresses: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
+    livekit_prometheus_port: int = 7883  # the server's Prometheus endpoint (the canary reads it): port + 3
 
     @property
     def livekit_http_url(self) -> str:
@@ -60,6 +66,34 @@ class Stack:
     @property
     def livekit_ws_url(self) -> str:
         return f"ws://{self.host}:{self.livekit_port}"
+
+
+def routes(table: Path = ROUTES) -> list[tuple[str, ipaddress.IPv4Network]]:
+    """(interface, destination) of each route in `table` (/proc/net/route's layout), the default route left out:
+    it overlaps every range, and a test range's hosts reach it through this machine anyway."""
+    found = []
+    try:
+        rows = table.read_text().splitlines()[1:]
+    except OSError:
+        return []
+    for row in rows:
+        fields = row.split()
+        if len(fields) < 8:
+            continue
+        destination, mask = (ipaddress.IPv4Address(bytes.fromhex(f)[::-1]) for f in (fields[1], fields[7]))
+        network = ipaddress.IPv4Network(f"{destination}/{mask}", strict=False)
+        if network.prefixlen:
+            found.append((fields[0], network))
+    return found
+
+
+def conflicting_route(network: ipaddress.IPv4Network, table: Path | None = None) -> str | None:
+    """The first route of this machine's (as `ip route` would print it) that `network` overlaps, outside the
+    project's own links; None when the range is free."""
+    for interface, destination in routes(table or ROUTES):
+        if not interface.startswith(OWN_LINK_PREFIX) and destination.overlaps(network):
+            return f"{destination} dev {interface}"
+    return None
 
 
 @cache
@@ -87,6 +121,13 @@ def load_stack(path: Path = STACK_ENV) -> Stack:
             raise StackEnvError(f"{path}: {key}={value!r} is not an IPv4 network (e.g. 10.213.70.0/24)") from None
         if not network.is_private or network.num_addresses < 4:
             raise StackEnvError(f"{path}: {key}={value!r} must be a private range of 4+ addresses, e.g. 10.213.70.0/24")
+        if reserved := next((name for name, block in RESERVED.items() if network.overlaps(block)), None):
+            raise StackEnvError(f"{path}: {key}={value!r} is {reserved}; pick a free private range, e.g. 10.213.70.0/24")
+        if route := conflicting_route(network):
+            raise StackEnvError(
+                f"{path}: {key}={value!r} overlaps this machine's route {route}: its hosts would be unreachable or "
+                "shadow that network; pick a private range no route uses (`ip route`)"
+            )
         return network
 
     def address(key: str, network: ipaddress.IPv4Network) -> str:
@@ -106,6 +147,7 @@ def load_stack(path: Path = STACK_ENV) -> Stack:
         livekit_port=port("LIVEKIT_PORT"),
         rtc_tcp_port=port("LIVEKIT_RTC_TCP_PORT"),
         rtc_udp_port=port("LIVEKIT_RTC_UDP_PORT"),
+        livekit_prometheus_port=port("LIVEKIT_PROMETHEUS_PORT"),
         redis_port=port("REDIS_PORT"),
         postgres_port=port("POSTGRES_PORT"),
         webhook_port=port("WEBHOOK_PORT"),
