@@ -223,3 +223,16 @@ def test_a_mode_registered_from_outside_runs(capsys: pytest.CaptureFixture[str])
     assert [(s["name"], s["status"], s["detail"]) for s in report["stages"]] == [("greet", "pass", "hello, you")]
     assert report["hello"] == "you"
     assert "separate modes" in capsys.readouterr().err
+
+
+def test_the_remote_mode_imports_nothing_of_devstack() -> None:
+    """Issue 25: the mode that verifies a deployment elsewhere must work where only the harness is installed."""
+    remote = MODES_DIR / "remote"
+    modules = list(remote.rglob("*.py"))
+    offenders = {
+        f"{path.relative_to(REPO_ROOT)} imports {name}"
+        for path in modules
+        for name in imported_modules(path)
+        if name == "devstack" or name.startswith("devstack.")
+    }
+    assert modules and not offenders

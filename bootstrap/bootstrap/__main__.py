@@ -136,12 +136,12 @@ def build_context(args: argparse.Namespace, mode: Mode | None = None) -> RunCont
     )
 
 
-def _settings(env_file: Path, url: str | None) -> Settings:
+def _settings(env_file: Path, target_url: str | None) -> Settings:
     """The key and secret (and, without a target URL, LIVEKIT_URL) from the environment and the env file."""
-    if url is None:
+    if target_url is None:
         return load_settings([env_file])
     files = [env_file] if env_file.is_file() else []
-    return validate({**read_env(files), "LIVEKIT_URL": url}, files or [env_file])
+    return validate({**read_env(files), "LIVEKIT_URL": target_url}, files or [env_file])
 
 
 async def run_with_signals(ctx: RunContext, stages: list[Stage]) -> RunResult:

@@ -16,6 +16,7 @@ from bootstrap.modes.cluster import ClusterMode
 from bootstrap.modes.in_browser import BrowserMode
 from bootstrap.modes.load import LoadMode
 from bootstrap.modes.paths import PathsMode
+from bootstrap.modes.remote import RemoteMode
 from bootstrap.modes.single import SingleMode
 
 
@@ -63,4 +64,4 @@ class Registry:
 
 __all__ = ["DEFAULT_TIMEOUT", "MODES", "Mode", "Plan", "Registry", "Target"]
 
-MODES = Registry([SingleMode(), LoadMode(), BrowserMode(), ClusterMode(), PathsMode()])
+MODES = Registry([SingleMode(), LoadMode(), BrowserMode(), ClusterMode(), PathsMode(), RemoteMode()])

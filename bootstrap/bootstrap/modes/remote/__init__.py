@@ -1,0 +1,172 @@
+"""Remote mode (`--url wss://host[:port]`): prove a deployment this code did not start or configure.
+
+The key and secret come from the environment or --env-file under LiveKit's names (LIVEKIT_API_KEY,
+LIVEKIT_API_SECRET); --ca-file trusts a private CA; --webhook-listen HOST:PORT receives the deployment's webhooks
+(without it the webhooks stage is skipped, saying how to enable it). Nothing local is needed: no stack, no
+docker/livekit.yaml. The echo agent runs here and registers with the target outbound, as real workers do, under a
+run-unique agent name (it can never take a production agent's jobs); the participant joins from here. The run
+creates one uniquely named room and deletes it, whatever the outcome; it lists, touches and dispatches nothing
+else (its only listing asks for its own room's name). Every check's evidence is in --json under `target`.
+
+This mode imports nothing of devstack (tests/test_layout.py): it must work where only the harness is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from livekit import agents
+
+from agent_runtime.agent import WorkerConfig, create_worker
+from bootstrap.context import RunContext
+from bootstrap.modes.base import Mode, Plan, Target
+from bootstrap.modes.remote import target_checks
+from bootstrap.modes.remote.target_checks import RemoteState
+from bootstrap.result import Kind, StageFailure, StageSkipped
+from bootstrap.stages import Stage, stage_named, token
+
+JOIN_TOKEN_TTL = timedelta(hours=1)  # as users' tokens live: a clock minutes behind still joins (and is warned)
+TIMEOUT = 45.0  # the healthy lab's whole run takes ~10 s; every fault is named well inside this
+SCHEMES = ("wss", "ws", "https", "http")
+
+
+class RemoteMode(Mode):
+    name = "remote"
+    flag = "--url"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("remote mode (a deployment elsewhere)")
+        group.add_argument(
+            "--url",
+            metavar="URL",
+            help="remote mode: verify the LiveKit deployment at URL (wss://host[:port]); the key and secret from "
+            "LIVEKIT_API_KEY / LIVEKIT_API_SECRET (environment or --env-file); creates one room and deletes it",
+        )
+        group.add_argument("--ca-file", type=Path, metavar="PEM", help="with --url: trust this CA (a private CA)")
+        group.add_argument(
+            "--webhook-listen",
+            metavar="HOST:PORT",
+            help="with --url: receive the deployment's webhooks here (its webhook.urls must point at this "
+            "address); without it the webhooks stage is skipped",
+        )
+
+    def selected(self, args: argparse.Namespace) -> bool:
+        return args.url is not None
+
+    def resolve(self, args: argparse.Namespace) -> str | None:
+        if args.url is None:
+            if args.ca_file is not None or args.webhook_listen is not None:
+                return "--ca-file and --webhook-listen need --url: they describe a deployment elsewhere"
+            return None
+        parsed = urlparse(args.url)
+        if parsed.scheme not in SCHEMES or not parsed.hostname:
+            return f"--url {args.url!r}: give the deployment's URL, e.g. wss://livekit.example.com"
+        try:
+            parsed.port  # noqa: B018 (urllib checks the port only when asked)
+        except ValueError:
+            return f"--url {args.url!r}: the port is not a number in 1-65535"
+        if args.ca_file is not None and not args.ca_file.is_file():
+            return f"--ca-file {args.ca_file}: no such file"
+        if args.webhook_listen is not None and _listen_address(args.webhook_listen) is None:
+            return f"--webhook-listen {args.webhook_listen!r}: give HOST:PORT, e.g. 0.0.0.0:8000"
+        return None
+
+    def timeout(self, args: argparse.Namespace) -> float:
+        return TIMEOUT
+
+    def timeout_note(self) -> str:
+        return f"--url: {TIMEOUT:.0f}"
+
+    def target(self, args: argparse.Namespace, stack: object) -> Target:  # the stack is not this mode's concern
+        listen = _listen_address(args.webhook_listen) if args.webhook_listen else None
+        return Target(
+            livekit_url=args.url,
+            webhook_host=listen[0] if listen else None,
+            webhook_port=listen[1] if listen else 0,  # 0: no receiver at all
+            agent_name=f"bootstrap-remote-{secrets.token_hex(4)}",
+        )
+
+    def plan(self, args: argparse.Namespace) -> Plan:
+        state = RemoteState(args.url, args.ca_file)
+        if args.ca_file is not None:
+            # The rtc SDK's TLS and the agents worker's read it (each builds its context from it); the run's own
+            # HTTP session is given the CA explicitly (target_checks).
+            os.environ["SSL_CERT_FILE"] = str(args.ca_file.resolve())
+        webhooks = stage_named("webhooks") if args.webhook_listen else Stage("webhooks", _no_webhooks, 1.0)
+        return Plan(
+            [
+                Stage("endpoint", partial(target_checks.run_endpoint, state=state), 12.0),
+                Stage("keys", partial(target_checks.run_keys, state=state), 8.0),
+                Stage("worker", _register_worker, 15.0),
+                Stage("token", partial(token.run, ttl=JOIN_TOKEN_TTL), 5.0),
+                Stage("join", partial(target_checks.run_join, state=state), 15.0),
+                stage_named("dispatch"),
+                stage_named("data"),
+                stage_named("media"),
+                Stage("offer", partial(target_checks.run_offer, state=state), 2.0),
+                webhooks,
+            ],
+            lambda ctx: _figures(ctx, state),
+        )
+
+
+def _listen_address(text: str) -> tuple[str, int] | None:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
+
+
+async def _no_webhooks(ctx: RunContext) -> str:
+    raise StageSkipped(
+        "no --webhook-listen: the deployment posts its webhooks to its own webhook.urls; to check them, point "
+        "one of those at this machine and pass --webhook-listen HOST:PORT (e.g. 0.0.0.0:8000)"
+    )
+
+
+async def _register_worker(ctx: RunContext) -> str:
+    """The echo worker registers with the target under this run's own agent name. Unlike the local run's worker
+    stage, no room listing first: the keys stage proved the key without listing anything but this run's room."""
+    config = WorkerConfig(
+        ws_url=ctx.settings.ws_url,
+        api_key=ctx.settings.api_key,
+        api_secret=ctx.settings.api_secret,
+        agent_name=ctx.agent_name,
+        job_executor=agents.JobExecutorType.THREAD,  # one job, started in milliseconds (stages/worker.py)
+        idle_runners=0,
+    )
+    ctx.worker = create_worker(config)
+    registered: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_registered(worker_id: str, _info: object) -> None:
+        if not registered.done():
+            registered.set_result(worker_id)
+
+    ctx.worker.on("worker_registered", on_registered)
+    ctx.worker_task = asyncio.create_task(ctx.worker.run(), name="noop-worker")
+    waiters: set[asyncio.Future[object]] = {registered, ctx.worker_task}  # type: ignore[arg-type]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    if not registered.done():
+        error = ctx.worker_task.exception() if ctx.worker_task.done() else None
+        raise StageFailure(
+            f"the echo worker stopped before registering at {ctx.settings.ws_url}/agent: {error}",
+            "the load balancer or proxy must pass the WebSocket upgrade on /agent as it does on /rtc",
+            Kind.NETWORK,
+        )
+    ctx.worker_id = registered.result()
+    return f"registered {ctx.worker_id} as agent {ctx.agent_name!r} (this run's own name)"
+
+
+def _figures(ctx: RunContext, state: RemoteState) -> dict[str, Any]:
+    state.evidence["offer"] = target_checks.offer_evidence(state)  # also when a stage before the offer's failed
+    state.evidence["room"] = ctx.room_name
+    state.evidence["agent_name"] = ctx.agent_name
+    return {"target": state.evidence, **ctx.data_plane_figures()}
