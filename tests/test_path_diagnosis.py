@@ -3,7 +3,6 @@ failed join apart, checking the selected pair, the runner's independent stages a
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import Any
 
@@ -16,17 +15,18 @@ from bootstrap.modes.paths.network_paths import PATHS
 from bootstrap.modes.paths.path_diagnosis import check_pair, explain_no_join
 from bootstrap.result import StageSkipped, Status
 from bootstrap.stages import Stage
-from devstack.netns import ClientHost
+from devstack.paths_lab import hosts
+from devstack.stack_env import load_stack
 from tests.conftest import make_context
 
 pytestmark = pytest.mark.unit
-HOST = ClientHost("paths", ipaddress.IPv4Network("10.213.70.0/24"))
-SIGNAL = "10.213.70.1:7960"
-NODE_UDP = Candidate("host", "udp", "10.213.70.1", 7962)
-NODE_TCP = Candidate("host", "tcp", "10.213.70.1", 7961)
-TURN = "turn:10.213.70.1:3478?transport=udp"
+HOST = hosts(load_stack())  # the paths lab's layout: node 10.213.70.11, client 10.213.70.2
+SIGNAL = "10.213.70.11:7960"
+NODE_UDP = Candidate("host", "udp", "10.213.70.11", 7962)
+NODE_TCP = Candidate("host", "tcp", "10.213.70.11", 7961)
+TURN = "turn:10.213.70.11:3478?transport=udp"
 TURN_ON = {
-    "rtc": {"node_ip": "10.213.70.1"},
+    "rtc": {"node_ip": "10.213.70.11"},
     "turn": {"enabled": True, "allow_restricted_peer_cidrs": ["10.213.70.0/24"]},
 }
 
@@ -54,7 +54,16 @@ def test_an_advertised_address_the_client_cannot_reach_names_node_ip() -> None:
     offered = Offered([Candidate("host", "udp", "127.0.0.1", 7962)], ["turn:127.0.0.1:3478?transport=udp"])
     failure = explain_no_join(PATHS["udp"], offered, "timed out", HOST, SIGNAL, {"rtc": {"node_ip": "127.0.0.1"}}, "")
     assert "127.0.0.1" in failure.cause and "cannot reach" in failure.cause and SIGNAL in failure.cause
-    assert "rtc.node_ip" in failure.fix and "10.213.70.1" in failure.fix and "use_external_ip" in failure.fix
+    assert "rtc.node_ip" in failure.fix and "10.213.70.11" in failure.fix and "use_external_ip" in failure.fix
+
+
+def test_node_ip_is_named_even_when_turns_front_is_reachable() -> None:
+    """TURN over TLS reached through its front (here by address) relays at node_ip too: node_ip is the cause."""
+    turns = "turns:10.213.70.12:443?transport=tcp"
+    offered = Offered([Candidate("host", "udp", "127.0.0.1", 7962)], ["turn:127.0.0.1:3478?transport=udp", turns])
+    failure = explain_no_join(PATHS["udp"], offered, "timed out", HOST, SIGNAL, {"rtc": {"node_ip": "127.0.0.1"}}, "")
+    assert "candidates at 127.0.0.1 only" in failure.cause and "TURN's front answers" in failure.cause
+    assert "rtc.node_ip" in failure.fix and "10.213.70.11" in failure.fix
 
 
 def test_reachable_candidates_no_connection_and_no_turn_name_the_udp_port() -> None:
@@ -65,7 +74,7 @@ def test_reachable_candidates_no_connection_and_no_turn_name_the_udp_port() -> N
 
 
 def test_a_refused_relay_is_named_from_the_nodes_log() -> None:
-    log = "… permission denied for client 10.213.70.2:41000 to peer 10.213.70.1 …"
+    log = "… permission denied for client 10.213.70.2:41000 to peer 10.213.70.11 …"
     config = {"turn": {"enabled": True}}
     failure = explain_no_join(PATHS["turn-udp"], Offered([NODE_UDP], [TURN]), "timed out", HOST, SIGNAL, config, log)
     assert "its log: 'permission denied" in failure.cause and "lists nothing" in failure.cause
@@ -93,7 +102,9 @@ def test_the_expected_pair_passes_and_a_tcp_fallback_names_blocked_udp() -> None
     fallback = check_pair(
         PATHS["udp"], pair(Candidate("prflx", "tcp", "10.213.70.2", 0), NODE_TCP), Offered([NODE_UDP])
     )
-    assert fallback is not None and "10.213.70.1:7962 is blocked" in fallback.cause and "ICE over TCP" in fallback.cause
+    assert (
+        fallback is not None and "10.213.70.11:7962 is blocked" in fallback.cause and "ICE over TCP" in fallback.cause
+    )
     assert "open UDP 7962" in fallback.fix
     relay_expected = check_pair(PATHS["turn-udp"], pair(client_udp, NODE_UDP), Offered([NODE_UDP], [TURN]))
     assert relay_expected is not None and "not the relay udp through TURN over udp pair" in relay_expected.cause

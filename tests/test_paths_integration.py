@@ -1,6 +1,7 @@
 """`python -m bootstrap --paths`: a participant on another host (a network namespace), over each network path,
-against the run's own real livekit-server node; the misconfigurations users hit, each named; nothing left behind
-however a run ends. The passing run is made once per module and its report read by several tests."""
+against the paths lab's own real livekit-server node (make paths-up: once per test session, the paths_lab_up
+fixture); the misconfigurations users hit, each named; the lab left as paths-up made it however a run ends. The
+passing run is made once per module and its report read by several tests."""
 
 from __future__ import annotations
 
@@ -16,28 +17,36 @@ from typing import Any
 
 import pytest
 
-from devstack import netns
+from devstack import paths_lab, root_guard
 from devstack.__main__ import remove_network_leftovers
+from devstack.paths_node import NODE_DIR, paths_node_config
+from devstack.safe_files import read_private
+from devstack.server_config import render
 from devstack.stack_env import REPO_ROOT, RUNTIME_DIR, load_stack
-from tests.conftest import PY, bootstrap_report
+from tests.conftest import PY, bootstrap_report, run_module
 
 pytestmark = [
     pytest.mark.integration,
     # The bootstrap itself skips without CAP_NET_ADMIN (tested below); as root, as CI runs, every path must PASS.
     pytest.mark.skipif(os.geteuid() != 0, reason="client hosts are network namespaces: needs root (as CI runs)"),
+    pytest.mark.usefixtures("paths_lab_up"),
 ]
 STACK = load_stack()
-CLIENT = str(STACK.paths_subnet.network_address + 2)
-NODE = str(STACK.paths_subnet.network_address + 1)
+LAB = paths_lab.hosts(STACK)
+CLIENT, NODE = LAB.client_address, LAB.node_address
 UDP_PORT = STACK.paths_node_port + 2
 
 
 def leftovers() -> list[str]:
-    """Namespaces, links and processes of a paths run still on this machine."""
-    found = netns.namespaces() + netns.links()
+    """What a run left changed in the lab, or of its own on this machine: a process in the client host, the
+    client host's path firewall, the node on another config than the lab's own, a participant anywhere."""
+    found = subprocess.run(["ip", "netns", "pids", LAB.client.namespace], capture_output=True, text=True).stdout.split()
+    tables = subprocess.run(LAB.client.exec_argv(["nft", "list", "tables"]), capture_output=True, text=True).stdout
+    found += [table for table in tables.split() if table == "lkh_path"]
+    if read_private(NODE_DIR / "livekit.yaml") != render(paths_node_config(STACK)):
+        found.append("the node runs another config than the lab's own")
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    ours = ("livekit-paths", "bootstrap.participant_process", "lkh-paths")  # the node and nginx (their paths), clients
-    found += [line for line in ps.splitlines() if any(mark in line for mark in ours)]
+    found += [line for line in ps.splitlines() if "bootstrap.participant_process" in line]
     return found
 
 
@@ -179,7 +188,8 @@ def wait_for_client_in_namespace(run: subprocess.Popen[str]) -> None:
     just the short-lived nft commands that set the host up)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and run.poll() is None:
-        pids = subprocess.run(["ip", "netns", "pids", "lkh-paths"], capture_output=True, text=True).stdout.split()
+        listing = subprocess.run(["ip", "netns", "pids", LAB.client.namespace], capture_output=True, text=True)
+        pids = listing.stdout.split()
         if any(b"bootstrap.participant_process" in _cmdline(pid) for pid in pids):
             return
         time.sleep(0.05)
@@ -208,26 +218,49 @@ def test_ctrl_c_mid_path_ends_the_run_and_removes_everything() -> None:
 
 @pytest.fixture
 def killed_run() -> Iterator[None]:
-    run = start_run()
+    """A run with a fault that changes the lab's node (TURN off) and the client host's firewall (no UDP), killed
+    by SIGKILL mid-path: nothing of its cleanup happens."""
+    run = start_run("udp", "--fault", "udp-blocked")
     wait_for_client_in_namespace(run)
-    run.kill()  # SIGKILL: nothing of the run's cleanup happens
+    run.kill()
     run.wait()
     yield
-    remove_network_leftovers()  # whatever the test left: `make down`'s broom, the stack itself untouched
+    result = run_module("devstack", "paths-up")  # whatever the test left: the lab as paths-up makes it
+    assert result.returncode == 0, result.stderr
 
 
-def test_a_run_killed_by_sigkill_is_swept_by_the_next(killed_run: None) -> None:
-    assert "lkh-paths" in netns.namespaces(), "the SIGKILLed run should have left its client host"
+def test_a_run_killed_by_sigkill_is_undone_by_the_next(killed_run: None) -> None:
+    left = leftovers()
+    assert "lkh_path" in left and "the node runs another config than the lab's own" in left, left
     code, report = bootstrap_report("--paths", "udp", timeout=60)
     assert code == 0, json.dumps(report["stages"], indent=1)
-    assert "swept lkh-paths left by an earlier run" in stage(report, "client-host")["detail"]
+    assert "the node's own config restored (an earlier run left it changed)" in stage(report, "client-host")["detail"]
     assert leftovers() == []
 
 
-def test_make_down_removes_what_a_killed_run_left(killed_run: None) -> None:
-    assert leftovers(), "the SIGKILLed run should have left its client host and node"
-    remove_network_leftovers()  # what `python -m devstack down` (make down) calls after stopping the stack
+def test_paths_up_undoes_what_a_killed_run_left(killed_run: None) -> None:
+    result = run_module("devstack", "paths-up")
+    assert result.returncode == 0 and "already up" in result.stderr, result.stderr
     assert leftovers() == []
+
+
+def test_without_the_lab_the_run_fails_naming_paths_up_and_make_down_removed_it() -> None:
+    """`make down`'s broom removes the lab (and the root guard with it); a run then says what is missing and the
+    fix; paths-up brings it back (for the tests after this one)."""
+    try:
+        remove_network_leftovers()  # what `python -m devstack down` (make down) calls after stopping the stack
+        namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert LAB.client.namespace not in namespaces and LAB.node.namespace not in namespaces
+        assert not (RUNTIME_DIR / "paths-lab.json").exists()
+        assert not root_guard.present(), "the root guard outlived the last lab"
+        code, report = bootstrap_report("--paths", "udp", timeout=30)
+        failed = stage(report, "client-host")
+        assert (code, failed["status"]) == (1, "fail")
+        assert failed["cause"] == "the paths lab is not up" and "make paths-up" in failed["fix"], failed
+        assert stage(report, "path udp")["cause"] == "client-host did not pass"
+    finally:
+        result = run_module("devstack", "paths-up")
+        assert result.returncode == 0, result.stderr
 
 
 def test_without_cap_net_admin_every_path_is_skipped_and_the_run_is_no_pass() -> None:

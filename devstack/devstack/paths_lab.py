@@ -52,7 +52,8 @@ from devstack.safe_files import ensure_dir, read_private, write_private
 from devstack.server_config import render
 from devstack.stack_env import RUNTIME_DIR, Stack
 
-__all__ = ["PathsHosts", "hosts"]  # the layout, re-exported: a run asks this module only
+# The layout, re-exported: a run asks this module only.
+__all__ = ["SIGNAL_NAME", "TURN_NAME", "PathsHosts", "hosts"]
 
 LOCK_FILE = RUNTIME_DIR / "paths-lab.lock"
 RECORD = RUNTIME_DIR / "paths-lab.json"  # what this checkout's lab created: all the sweep ever removes
@@ -230,14 +231,19 @@ def why_down(stack: Stack) -> str | None:
     return None
 
 
-def configure_node(stack: Stack, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The node running the lab's config with `overrides` merged over it (None: the lab's own); restarted only
-    when that differs from what it runs. Returns the config it runs."""
+def configure_node(stack: Stack, overrides: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+    """The node running the lab's config with `overrides` merged over it (None: the lab's own), restarted only
+    when that differs from what it runs. Returns the config it runs and whether it had to restart."""
     config = paths_node_config(stack, overrides)
     with _locked():
-        if read_private(NODE_DIR / "livekit.yaml") != render(config) or not service(stack, config).running_pid():
-            _start_node(stack, config)
-    return config
+        return config, _ensure_node(stack, config)
+
+
+def _ensure_node(stack: Stack, config: dict[str, Any]) -> bool:
+    if read_private(NODE_DIR / "livekit.yaml") == render(config) and service(stack, config).running_pid():
+        return False
+    _start_node(stack, config)
+    return True
 
 
 def restrict(stack: Stack, *, block_udp: bool = False, unreachable: tuple[str, ...] = ()) -> None:
@@ -253,9 +259,7 @@ def restore(stack: Stack) -> None:
 
 def _restore(stack: Stack) -> None:
     restrict(stack)
-    config = paths_node_config(stack)
-    if read_private(NODE_DIR / "livekit.yaml") != render(config) or not service(stack, config).running_pid():
-        _start_node(stack, config)
+    _ensure_node(stack, paths_node_config(stack))
 
 
 def down(stack: Stack, *, quiet: bool = False) -> None:

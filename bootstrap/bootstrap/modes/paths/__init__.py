@@ -13,6 +13,7 @@ from bootstrap.modes.paths import path_stages
 from bootstrap.modes.paths.network_paths import DEFAULT_PATHS, FAULTS, PATHS
 from bootstrap.modes.paths.path_stages import PathsState
 from bootstrap.stages import Stage, stage_named
+from devstack import paths_lab
 from devstack.stack_env import Stack
 
 PATH_CAP = 45.0
@@ -58,8 +59,9 @@ class PathsMode(Mode):
         return None
 
     def target(self, args: argparse.Namespace, stack: Stack) -> Target:
-        # The run's own node: the worker, the API calls and cleanup all go to it, not to the stack's.
-        return Target(livekit_url=f"ws://127.0.0.1:{stack.paths_node_port}")
+        # The paths lab's node (make paths-up), on its own host: the worker, the API calls and cleanup all go to
+        # it, not to the stack's, from this machine's address on the lab's bridge.
+        return Target(livekit_url=paths_lab.node_url(stack))
 
     def plan(self, args: argparse.Namespace) -> Plan:
         state = PathsState(args.paths, args.fault)

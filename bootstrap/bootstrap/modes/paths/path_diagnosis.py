@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 from bootstrap.ice import Candidate, Offered
 from bootstrap.modes.paths.network_paths import NetworkPath
 from bootstrap.result import StageFailure
-from devstack.netns import ClientHost
+from devstack.paths_lab import PathsHosts
 
 PERMISSION_DENIED = re.compile(r"permission denied for client (\S+) to peer (\S+)")
 # The rtc SDK's words when the signalling WebSocket itself failed (rust-sdks: EngineError::Signal), and the
@@ -42,7 +42,7 @@ def _url_host(url: str) -> str:
     return urlparse("//" + url.split(":", 1)[1]).hostname or ""
 
 
-def _reachable(address: str, host: ClientHost) -> bool:
+def _reachable(address: str, host: PathsHosts) -> bool:
     """Whether the client host can reach `address` (a name: as its own /etc/hosts resolves it): its one
     network is the test range (its own loopback is itself, not the node)."""
     try:
@@ -51,7 +51,7 @@ def _reachable(address: str, host: ClientHost) -> bool:
         return False  # a name the client host cannot resolve
 
 
-def _resolve(name: str, host: ClientHost) -> str:
+def _resolve(name: str, host: PathsHosts) -> str:
     try:
         lines = host.hosts_file.read_text().splitlines()
     except OSError:
@@ -67,7 +67,7 @@ def explain_no_join(
     path: NetworkPath,
     offered: Offered | None,
     error: str,
-    host: ClientHost,
+    host: PathsHosts,
     signal: str,
     node_config: Mapping[str, Any],
     node_log: str,
@@ -77,8 +77,8 @@ def explain_no_join(
     node_ip = (node_config.get("rtc") or {}).get("node_ip", "")
     if SIGNAL_FAILURE.search(error):
         return _signal_failed(path, error)
-    # The front this path's TLS goes to: TURN's (the service address) or the signalling's.
-    front = host.service_address if path.relay_protocol == "tls" else host.host_address
+    # The front this path's TLS goes to: TURN's (the node host's second address) or the signalling's.
+    front = host.turn_address if path.relay_protocol == "tls" else host.node_address
     if path.needs_tls and (refused := re.search(REFUSED + rf".*server: {re.escape(front)}:443", node_log)):
         return StageFailure(
             f"the {path.client} client refused the TLS front's certificate (its log: '{refused.group(1)}'), so "
@@ -97,7 +97,9 @@ def explain_no_join(
     turns = turn_urls(offered)
     reachable = [c for c in offered.candidates if _reachable(c.address, host)]
     reachable_turn = [u for u in turns if _reachable(_url_host(u), host)]
-    if not reachable and not reachable_turn:
+    # A node_ip the client cannot reach spoils TURN too (its relayed candidates are node_ip's), even when TURN's
+    # own front answers by name (turns:<turn.domain>:443).
+    if not reachable and (not reachable_turn or (node_ip and not _reachable(node_ip, host))):
         return _unreachable_address(offered, turns, host, signal, node_ip)
     # Of those, what this path's firewall lets through: no UDP on a path that blocks it.
     usable = [c for c in reachable if not (path.block_udp and c.udp)]
@@ -132,13 +134,17 @@ def _signal_failed(path: NetworkPath, error: str) -> StageFailure:
 
 
 def _unreachable_address(
-    offered: Offered, turns: list[str], host: ClientHost, signal: str, node_ip: str
+    offered: Offered, turns: list[str], host: PathsHosts, signal: str, node_ip: str
 ) -> StageFailure:
     addresses = sorted({c.address for c in offered.candidates} | {_url_host(u) for u in turns})
+    unreachable = [a for a in addresses if not _reachable(a, host)]
+    # TURN's front may answer by name, but what it relays to and from is node_ip's: say so rather than hide it.
+    relayed = "; TURN's front answers, but relays at rtc.node_ip too" if len(unreachable) < len(addresses) else ""
     return StageFailure(
-        f"the node offered the client ICE candidates at {', '.join(addresses)} only ({_listed(offered.candidates)}"
+        f"the node offered the client ICE candidates at {', '.join(unreachable)} only ({_listed(offered.candidates)}"
         f"{'; TURN ' + ', '.join(turns) if turns else ''}), which the client host {host.client_address} cannot "
-        f"reach; it reached the node's signalling at {signal}" + (f" (rtc.node_ip is {node_ip})" if node_ip else ""),
+        f"reach{relayed}; it reached the node's signalling at {signal}"
+        + (f" (rtc.node_ip is {node_ip})" if node_ip else ""),
         f"set rtc.node_ip to the address clients reach the node at ({signal.rsplit(':', 1)[0]} here), or "
         "rtc.use_external_ip: true when clients come from the internet through NAT; under Docker, the host's "
         "address, never the container's",
@@ -149,7 +155,7 @@ def _relay_failed(
     offered: Offered,
     turns: list[str],
     peers: list[Candidate],
-    host: ClientHost,
+    host: PathsHosts,
     node_config: Mapping[str, Any],
     node_log: str,
     error: str,
