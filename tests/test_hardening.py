@@ -25,7 +25,6 @@ from devstack.processes import PidRecord
 from devstack.stack_env import STACK_ENV, StackEnvError, load_stack
 
 pytestmark = pytest.mark.unit
-REPRODUCTION = pytest.mark.xfail(strict=True, reason="#24 item 5: reproduction, fixed next")
 
 # --- test ranges ----------------------------------------------------------------------------------------------------
 
@@ -90,7 +89,6 @@ DEAF = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); prin
 # --- the SIGKILL path -----------------------------------------------------------------------------------------------
 
 
-@REPRODUCTION
 def test_the_sigkill_is_not_sent_once_the_pid_is_another_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """A process that ignores the stop signal; once it is signalled, /proc reports another process under its pid
     (as when it exits and the pid is reused): its group must not get the SIGKILL."""
@@ -137,7 +135,6 @@ def test_the_sigkill_reaches_the_group_of_the_same_process(monkeypatch: pytest.M
 # --- setpriv --------------------------------------------------------------------------------------------------------
 
 
-@REPRODUCTION
 @pytest.mark.skipif(os.geteuid() != 0, reason="setpriv switches users only from root")
 def test_setpriv_leaves_no_capability_and_no_new_privileges() -> None:
     nobody = processes.Account("nobody", 65534, 65534)
@@ -159,7 +156,6 @@ def real_token() -> str:
     return api.AccessToken("devkey", "s" * 40).with_identity("alice").with_grants(grants).to_jwt()
 
 
-@REPRODUCTION
 def test_json_junit_and_text_reports_redact_what_they_render() -> None:
     register_secret(PLANTED)
     token = real_token()
@@ -173,7 +169,6 @@ def test_json_junit_and_text_reports_redact_what_they_render() -> None:
     assert json.loads(render_json(result))["load"]["errors"][1] == {"nested": "***"}
 
 
-@REPRODUCTION
 def test_log_tails_redact_livekit_servers_401_warnings(tmp_path: Path) -> None:
     token = real_token()
     service = native.Service("livekit", [], "livekit", lambda: ["true"], directory=tmp_path)
@@ -184,7 +179,6 @@ def test_log_tails_redact_livekit_servers_401_warnings(tmp_path: Path) -> None:
     assert token not in shown and "invalid token: eyJhbGciOi…(" in shown
 
 
-@REPRODUCTION
 def test_compose_logs_redact_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     token = real_token()
@@ -197,7 +191,6 @@ def test_compose_logs_redact_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "invalid token: eyJhbGciOi…(" in out and token not in out + err
 
 
-@REPRODUCTION
 def test_devstacks_token_pattern_is_backends() -> None:
     from devstack.redaction import JWT
 
@@ -207,7 +200,6 @@ def test_devstacks_token_pattern_is_backends() -> None:
 # --- psql variables -------------------------------------------------------------------------------------------------
 
 
-@REPRODUCTION
 @pytest.mark.parametrize(
     ("role", "db", "password"),
     [
@@ -228,7 +220,6 @@ def test_psql_variables_refuse_what_quoting_would_have_to_escape(role: str, db: 
         psql_variables(role, db, password)
 
 
-@REPRODUCTION
 def test_psql_variables_take_the_generated_passwords() -> None:
     import secrets
 

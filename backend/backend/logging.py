@@ -31,20 +31,20 @@ def redact(text: str) -> str:
     return text
 
 
-def _redacted(value: Any) -> Any:
-    """`value` with every string inside it redacted: nested dicts, lists and tuples included."""
+def redact_value(value: Any) -> Any:
+    """`value` with every string inside it redacted: nested dicts (keys too), lists and tuples included."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {key: _redacted(item) for key, item in value.items()}
+        return {redact_value(key): redact_value(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_redacted(item) for item in value)
+        return type(value)(redact_value(item) for item in value)
     return value
 
 
 def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
-        event[key] = _redacted(value)
+        event[key] = redact_value(value)
     return event
 
 

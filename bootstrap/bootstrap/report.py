@@ -1,10 +1,13 @@
-"""Renderers for a RunResult: a human table, one JSON object, JUnit XML."""
+"""Renderers for a RunResult: a human table, one JSON object, JUnit XML. Each renders the result redacted
+(backend.logging.redact: whole tokens, registered secrets), whatever a stage or a mode's figures put in it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 
+from backend.logging import redact, redact_value
 from bootstrap.result import RunResult, Status
 
 MARKS = {Status.PASS: "✓", Status.FAIL: "✗", Status.SKIPPED: "-", Status.WARN: "!"}
@@ -12,7 +15,16 @@ MARKS = {Status.PASS: "✓", Status.FAIL: "✗", Status.SKIPPED: "-", Status.WAR
 PER_STAGE_EXTRAS = {"paths", "cluster", "drill"}
 
 
+def redacted(result: RunResult) -> RunResult:
+    """`result` with every string in it redacted: stages' detail, cause and fix, the context, the extras."""
+    stages = [dataclasses.replace(s, detail=redact(s.detail), cause=redact(s.cause), fix=redact(s.fix))
+              for s in result.stages]  # fmt: skip
+    return dataclasses.replace(result, stages=stages, context=redact_value(result.context),
+                               extra=redact_value(result.extra))  # fmt: skip
+
+
 def render_text(result: RunResult) -> str:
+    result = redacted(result)
     header = "LiveKit infrastructure report"
     if result.context:
         header += "  (" + ", ".join(f"{k} {v}" for k, v in result.context.items()) + ")"
@@ -37,6 +49,7 @@ def render_text(result: RunResult) -> str:
 
 
 def to_dict(result: RunResult) -> dict[str, object]:
+    result = redacted(result)
     return {
         **result.extra,
         "status": result.status.value,
@@ -61,6 +74,7 @@ def render_json(result: RunResult) -> str:
 
 
 def render_junit(result: RunResult) -> str:
+    result = redacted(result)
     failures = sum(s.status is Status.FAIL for s in result.stages)
     skipped = sum(s.status is Status.SKIPPED for s in result.stages)
     suite = ET.Element(

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 from devstack.credentials import SECRETS_ENV
+from devstack.redaction import redact_tokens
 from devstack.stack_env import REPO_ROOT, STACK_ENV
 
 WAIT_SECONDS = 120
@@ -80,4 +82,10 @@ def status() -> int:
 
 
 def logs() -> int:
-    return compose("logs", "--tail", "40")
+    """The last lines of each container's log, tokens redacted (livekit-server quotes refused tokens whole)."""
+    env_files = ["--env-file", str(STACK_ENV), "--env-file", str(SECRETS_ENV)]
+    command = ["docker", "compose", *env_files, "logs", "--no-color", "--tail", "40"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, errors="replace")
+    print(redact_tokens(result.stdout), end="")
+    print(redact_tokens(result.stderr), end="", file=sys.stderr)
+    return result.returncode

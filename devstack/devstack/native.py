@@ -25,6 +25,7 @@ from devstack.credentials import load_credentials
 from devstack.health import check_all
 from devstack.ports import port_owner
 from devstack.processes import Account
+from devstack.redaction import redact_tokens
 from devstack.safe_files import drop_others_access, ensure_dir, read_private, write_private
 from devstack.server_config import load_config, node_config, render, short_secrets
 from devstack.stack_env import LIVEKIT_YAML, RUNTIME_DIR, Stack
@@ -148,12 +149,20 @@ def _start(service: Service) -> int:
     service.prepare(account)
     command, switch = service.command(), account
     if service.namespace:  # entered as root; then the account, by setpriv (one pid: each execs the next)
-        drop = ["setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", "--clear-groups", "--"]
-        command = ["ip", "netns", "exec", service.namespace, *(drop if account.name else []), *command]
+        command = ["ip", "netns", "exec", service.namespace, *(drop_to(account) if account.name else []), *command]
         switch = Account(None, account.uid, account.gid)
     record = processes.start(command, switch, log=service.log_file, pid_file=service.pid_file, cwd=service.dir,
                              executable=service.command()[0])  # fmt: skip
     return record.pid
+
+
+def drop_to(account: Account) -> list[str]:
+    """setpriv's argv prefix from root to `account` (it execs the command: one pid): no supplementary groups, no
+    capability it could inherit or regain (bounding set empty), no new privileges through a setuid binary."""
+    return [
+        "setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", "--clear-groups",
+        "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--",
+    ]  # fmt: skip
 
 
 def _select(stack: Stack, names: list[str]) -> list[Service]:
@@ -238,8 +247,9 @@ def status(stack: Stack) -> int:
 
 
 def tail(service: Service, lines: int) -> str:
+    """The last `lines` of the service's log, tokens redacted (`make logs`, and start-up failures quote it)."""
     text = read_private(service.log_file)
-    return "(no log yet)" if text is None else "\n".join(text.splitlines()[-lines:])
+    return "(no log yet)" if text is None else redact_tokens("\n".join(text.splitlines()[-lines:]))
 
 
 def logs(stack: Stack, lines: int = 40) -> None:

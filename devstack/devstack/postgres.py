@@ -6,6 +6,7 @@ directory, so nothing the postgres account can write decides who gets in."""
 from __future__ import annotations
 
 import getpass
+import re
 import subprocess
 import sys
 import time
@@ -39,8 +40,32 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
 """
 
 
+# What may go between psql's single quotes without any quoting: PostgreSQL's unquoted identifiers (lower case,
+# at most 63 bytes), and the characters `make env` generates passwords from (secrets.token_urlsafe) plus
+# base64's. A quote, backslash, colon or newline could end the value and run SQL or a psql command as root's
+# superuser session: refused, not escaped.
+IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+PASSWORD = re.compile(r"[A-Za-z0-9_\-+/=.~]{8,256}")
+
+
 class PostgresError(RuntimeError):
     """initdb or the app role/database set-up failed; the message carries PostgreSQL's own words."""
+
+
+def psql_variables(role: str, db: str, password: str) -> str:
+    """psql's `\\set` lines for ENSURE_APP_DATABASE, each value checked against IDENTIFIER or PASSWORD first."""
+    for key, value in (("POSTGRES_USER", role), ("POSTGRES_DB", db)):
+        if not IDENTIFIER.fullmatch(value):
+            raise PostgresError(
+                f"stack.env: {key}={value!r} is not a plain PostgreSQL identifier (a-z, 0-9, _; at most 63, "
+                "not starting with a digit); restore it from git"
+            )
+    if not PASSWORD.fullmatch(password):
+        raise PostgresError(
+            "POSTGRES_PASSWORD in .env.secrets has characters other than A-Z a-z 0-9 _ - + / = . ~ (or is not 8-256 "
+            "long): delete .env.secrets and run `make env`, then `make down && make up`"
+        )
+    return f"\\set role '{role}'\n\\set db '{db}'\n\\set password '{password}'\n"
 
 
 def bin_dir() -> Path:
@@ -94,7 +119,7 @@ def _initdb(account: Account) -> None:
 def ensure_app_database(stack: Stack, account: Account, password: str) -> None:
     """On every up: the app role (not a superuser, the generated password) and its database exist. The
     password travels on psql's standard input, never on a command line."""
-    variables = f"\\set role '{stack.postgres_user}'\n\\set db '{stack.postgres_db}'\n\\set password '{password}'\n"
+    variables = psql_variables(stack.postgres_user, stack.postgres_db, password)
     psql = [str(bin_dir() / "psql"), "-h", str(SOCKET_DIR), "-p", str(stack.postgres_port), "-U", SUPERUSER,
             "-d", "postgres", "-w", "-q", "-X", "-f", "-"]  # fmt: skip
     result = _run_as(account, psql, stdin=variables + ENSURE_APP_DATABASE)

@@ -109,10 +109,17 @@ def running(pid_file: Path, executable: str, account: Account) -> int | None:
 
 
 def stop(pid: int, stop_signal: signal.Signals) -> None:
-    """`stop_signal` to the process, then SIGKILL to its whole group after STOP_TIMEOUT: never a leftover."""
+    """`stop_signal` to the process, then SIGKILL to its whole group after STOP_TIMEOUT: never a leftover. The
+    group is signalled only while `pid` is still the process it was when the stop began (same start time,
+    owner, executable): if it exited and the pid went to another process meanwhile, that one is not ours."""
+    identity = PidRecord.of(pid)
+    if identity is None:
+        return
     os.kill(pid, stop_signal)
     if _gone_within(pid, STOP_TIMEOUT):
         return
+    if PidRecord.of(pid) != identity:
+        return  # gone, and its pid (and group id) now someone else's
     os.killpg(pid, signal.SIGKILL)  # its own session: the group is it and its children
     _gone_within(pid, 2.0)
 
