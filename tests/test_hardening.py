@@ -146,6 +146,24 @@ def test_setpriv_leaves_no_capability_and_no_new_privileges() -> None:
     assert {fields[cap].strip() for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")} == {"0000000000000000"}
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="setpriv switches users only from root")
+def test_the_namespaced_browsers_setpriv_leaves_no_capability_and_no_new_privileges() -> None:
+    import pwd
+    import shutil
+
+    from bootstrap.browser.chromium import Chromium
+
+    browser = Chromium(namespace="lkh-test")
+    try:
+        argv, _ = browser._entry(pwd.getpwnam("nobody"))
+    finally:
+        shutil.rmtree(browser._profile)
+    assert argv[:4] == ["ip", "netns", "exec", "lkh-test"]
+    status = subprocess.run([*argv[4:], "cat", "/proc/self/status"], capture_output=True, text=True, check=True)
+    fields = dict(line.split(":\t", 1) for line in status.stdout.splitlines() if ":\t" in line)
+    assert fields["NoNewPrivs"].strip() == "1" and fields["CapBnd"].strip() == fields["CapInh"].strip() == "0" * 16
+
+
 # --- reports and logs -----------------------------------------------------------------------------------------------
 
 PLANTED = "planted-credential-value-7Qx2"  # a registered secret's value, as settings register the API secret
