@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(error_json(str(exc)))
         return 2
+    if run.serve is not None:  # a mode on a schedule of its own: a fresh context for each of its runs
+        return asyncio.run(run.serve(lambda: build_context(args, mode)))
     result = asyncio.run(run_with_signals(ctx, run.stages))
     result.context.update(server=ctx.settings.livekit_url, pinned=ctx.stack.livekit_version)
     result.extra.update(run.figures(ctx))

@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Iterable, Iterator
 
 from bootstrap.modes.base import DEFAULT_TIMEOUT, Mode, Plan, Target
+from bootstrap.modes.canary import CanaryMode
 from bootstrap.modes.cluster import ClusterMode
 from bootstrap.modes.in_browser import BrowserMode
 from bootstrap.modes.load import LoadMode
@@ -51,7 +52,7 @@ class Registry:
     def resolve(self, args: argparse.Namespace) -> str | None:
         """An error message when the options are at odds (two modes at once, an option without its mode), else
         None; each mode fills in what its options imply."""
-        chosen = [m for m in self._modes if m.selected(args)]
+        chosen = [m for m in self._modes if m.selected(args) and not m.wraps]
         if len(chosen) > 1:
             flags = [m.flag for m in self._modes if not m.default]
             return f"{', '.join(flags[:-1])} and {flags[-1]} are separate modes: run them one at a time"
@@ -59,9 +60,16 @@ class Registry:
 
     def select(self, args: argparse.Namespace) -> Mode:
         """The mode `args` ask for (resolved first), or the default."""
-        return next((m for m in self._modes if m.selected(args)), None) or next(m for m in self._modes if m.default)
+        chosen = sorted((m for m in self._modes if m.selected(args)), key=lambda m: not m.wraps)  # a wrapper first
+        return next(iter(chosen), None) or next(m for m in self._modes if m.default)
+
+    def wrapped(self, args: argparse.Namespace) -> Mode:
+        """The mode a wrapping mode (the canary) runs: the one the other arguments select, or the default."""
+        return next((m for m in self._modes if m.selected(args) and not m.wraps), None) or next(
+            m for m in self._modes if m.default
+        )
 
 
 __all__ = ["DEFAULT_TIMEOUT", "MODES", "Mode", "Plan", "Registry", "Target"]
 
-MODES = Registry([SingleMode(), LoadMode(), BrowserMode(), ClusterMode(), PathsMode(), RemoteMode()])
+MODES = Registry([SingleMode(), LoadMode(), BrowserMode(), ClusterMode(), PathsMode(), RemoteMode(), CanaryMode()])

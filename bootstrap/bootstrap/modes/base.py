@@ -8,7 +8,7 @@ CLI knows none of them by name: it asks the registry (bootstrap.modes.MODES) whi
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -41,6 +41,10 @@ class Plan:
 
     stages: list[Stage]
     figures: Callable[[RunContext], dict[str, Any]] = field(default=lambda ctx: {})
+    # A mode that runs on a schedule of its own (the canary) instead of once: given a factory of fresh contexts
+    # (settings and config re-read, each with its own --timeout deadline), it owns the loop and returns the exit
+    # code. None: the CLI runs `stages` once.
+    serve: Callable[[Callable[[], RunContext]], Coroutine[Any, Any, int]] | None = None
 
 
 class Mode:
@@ -49,6 +53,9 @@ class Mode:
     name: ClassVar[str]
     flag: ClassVar[str] = ""  # the option that selects it ("" for the default mode)
     default: ClassVar[bool] = False  # selected when no other mode is
+    # Runs another mode's verification (the canary, on a schedule): selected together with that mode's flag, not
+    # counted as a second mode, and chosen over it.
+    wraps: ClassVar[bool] = False
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Declare this mode's own options."""
