@@ -1,6 +1,7 @@
-"""Shared fixtures and helpers. `stack` gives the integration tests the REAL stack: reused when all three
-services already answer their readiness checks (not just an open port), otherwise started natively with
-`python -m devstack up` and stopped again at the end of the session. Every test module declares its
+"""Shared fixtures and helpers. `stack` gives the integration tests the REAL stack, through the harness
+plugin's `livekit_stack` (pytest-livekit-harness): reused when all three services already answer their readiness
+checks (not just an open port), otherwise started natively with `python -m devstack up` and stopped again at
+the end of the session; proven once by `python -m bootstrap` either way. Every test module declares its
 category (unit, integration or faults): a module without one fails collection."""
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from devstack import install, paths_lab
 from devstack.health import check_all
 from devstack.server_config import node_config, node_ports, render
 from devstack.stack_env import REPO_ROOT, Stack, load_stack
+from livekit_harness_pytest.harness_stack import LiveKitStack
 
 PY = sys.executable
 CATEGORIES = ("unit", "integration", "faults")
@@ -153,15 +155,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
-    settings = load_stack()
-    started_here = not stack_healthy(settings)
-    if started_here:
-        result = run_module("devstack", "up")
-        assert result.returncode == 0, f"native stack did not come up:\n{result.stderr}"
-    yield settings
-    if started_here:
-        run_module("devstack", "down")
+def stack(livekit_stack: LiveKitStack) -> Stack:
+    """The plugin's stack (pytest-livekit-harness): up through devstack if it was down (and down again at the
+    end), proven once by `python -m bootstrap`; a stack that fails that proof stops the session with its cause."""
+    assert livekit_stack.stack is not None, "the project's tests run against its own stack, not --livekit-url"
+    return livekit_stack.stack
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,173 @@
+"""Real livekit-agents workers for a session: one process per (entrypoint, agent name), started on first use and
+kept for the session, each registered under a name of its own (`<agent_name>-<pid>-<random>`), so sibling xdist
+workers and other sessions never take each other's jobs.
+
+A warm process (livekit-agents imported, no assignment yet) is started as soon as the session knows a test asks
+for `agent_worker`, while the stack is still being verified; the first assignment takes it. Each worker's
+stderr goes to a log file of its own; the plugin attaches what it logged during a test to that test's failure
+report. The processes die with the session: stdin closed at the end, PR_SET_PDEATHSIG if the session is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import queue
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REGISTER_TIMEOUT = 20.0  # seconds: a cold process imports livekit-agents (~2 s here), then registers (~0.1 s)
+STOP_TIMEOUT = 8.0
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the session's process ends, however it ends."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def entrypoint_ref(entrypoint: Callable[..., Any] | str) -> str:
+    """'module:qualname' for a function the worker process can import (a string is taken as it is)."""
+    if isinstance(entrypoint, str):
+        return entrypoint
+    module, name = entrypoint.__module__, entrypoint.__qualname__
+    if "<" in name or module == "__main__":
+        raise ValueError(f"{name} in {module}: pass a module-level function, the worker process imports it")
+    return f"{module}:{name}"
+
+
+def unique_agent_name(base: str) -> str:
+    return f"{base}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[str]
+    log_path: Path
+    lines: queue.Queue[str] = field(default_factory=queue.Queue)
+    entrypoint: str = ""
+    agent_name: str = ""
+    worker_id: str = ""
+
+    @classmethod
+    def start(cls, env: dict[str, str], log_dir: Path) -> WorkerProcess:
+        log_path = Path(tempfile.mkstemp(prefix="agent-worker-", suffix=".log", dir=log_dir)[1])
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "livekit_harness_pytest.worker_process"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                preexec_fn=_die_with_parent,  # only prctl: no locks taken
+            )  # fmt: skip
+        worker = cls(process, log_path)
+        threading.Thread(target=worker._read, daemon=True).start()
+        return worker
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def assign(self, entrypoint: str, agent_name: str, executor: str) -> None:
+        """Register `entrypoint` as `agent_name`; raises RuntimeError with the log's tail if it does not."""
+        assert self.process.stdin is not None
+        self.entrypoint, self.agent_name = entrypoint, agent_name
+        assignment = {"entrypoint": entrypoint, "agent_name": agent_name, "executor": executor}
+        try:
+            self.process.stdin.write(json.dumps(assignment) + "\n")
+            self.process.stdin.flush()
+            answer = json.loads(self.lines.get(timeout=REGISTER_TIMEOUT))
+        except (OSError, queue.Empty, json.JSONDecodeError) as exc:
+            answer = {"error": f"no answer within {REGISTER_TIMEOUT:.0f}s ({exc!r})"}
+        if "registered" not in answer:
+            raise RuntimeError(f"agent worker {agent_name!r} ({entrypoint}) did not register: {answer.get('error')}\n"
+                               f"{self.log_tail()}")  # fmt: skip
+        self.worker_id = answer["registered"]
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        try:
+            with self.log_path.open(errors="replace") as log:
+                log.seek(offset)
+                return log.read()
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_since(0).splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """Close stdin (the worker closes itself), then SIGTERM, then SIGKILL: bounded."""
+        stdin = self.process.stdin
+        with contextlib.suppress(OSError):
+            if stdin:
+                stdin.close()
+        for signal_to_send in (None, signal.SIGTERM, signal.SIGKILL):
+            if signal_to_send is not None and self.alive():
+                self.process.send_signal(signal_to_send)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT / 2)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+class WorkerPool:
+    """The session's workers, by (entrypoint, agent name base); plus at most one warm, unassigned process."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, executor: str = "thread") -> None:
+        self.env, self.log_dir, self.executor = env, log_dir, executor
+        self.workers: dict[tuple[str, str], WorkerProcess] = {}
+        self.warm: WorkerProcess | None = None
+        self.lock = threading.Lock()
+
+    def prewarm(self) -> None:
+        with self.lock:
+            if self.warm is None or not self.warm.alive():
+                self.warm = WorkerProcess.start(self.env, self.log_dir)
+
+    def get(self, entrypoint: str, base_name: str) -> WorkerProcess:
+        """The registered worker for `entrypoint` under `base_name`, started (or restarted, if it died) now."""
+        with self.lock:
+            key = (entrypoint, base_name)
+            worker = self.workers.get(key)
+            if worker is not None and worker.alive():
+                return worker
+            worker, self.warm = (self.warm, None) if self.warm and self.warm.alive() else (None, None)
+            if worker is None:
+                worker = WorkerProcess.start(self.env, self.log_dir)
+            try:
+                worker.assign(entrypoint, unique_agent_name(base_name), self.executor)
+            except RuntimeError:
+                worker.stop()
+                raise
+            self.workers[key] = worker
+            return worker
+
+    def close(self) -> None:
+        with self.lock:
+            everything = [*self.workers.values(), *([self.warm] if self.warm else [])]
+            self.workers, self.warm = {}, None
+        threads = [threading.Thread(target=w.stop) for w in everything]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(STOP_TIMEOUT + 1)
