@@ -90,7 +90,9 @@ def create_worker(options: WorkerConfig, session: Session = echo_session) -> age
         api_key=options.api_key,
         api_secret=options.api_secret,
         job_executor_type=options.job_executor,
-        num_idle_processes=options.idle_runners,
+        # No more warm than it may run: with no job running, livekit-agents counts each job it said yes to but has
+        # not started yet as load_threshold / num_idle_processes, so a burst would otherwise pass max_jobs.
+        num_idle_processes=min(options.idle_runners, options.max_jobs) if options.max_jobs else options.idle_runners,
         port=0,
         host="127.0.0.1",
         load_fnc=job_share(options.max_jobs),

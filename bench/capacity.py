@@ -1,0 +1,157 @@
+"""The capacity curve: how many rooms one echo worker holds at once on this machine, what each costs, and where
+it breaks (figures, no pass/fail).
+
+    python -m bench.capacity [--hold 20] [--concurrency 4] [--steps 5,10,20,...]        (make bench-capacity)
+
+Each step is `python -m bootstrap --load N --hold S --max-jobs 0 --json` (no job limit: the curve is measured
+past it), N stepping 5, 10, 20, 30, … until a limit is crossed (audio round trip p95 > 300 ms, a marker lost, a
+join failed, a dispatch refused, an RPC failed), then halving the gap to the last N that held. Before each step
+the machine's busy share is read for a few seconds with nothing of ours running: other work on the machine is
+printed beside the figures it skews. Then the table, the knee (the largest N that held) with its cost per room,
+and which resource bound it. Last, one run above the knee with the echo worker's own limit
+(agent_runtime.agent.MAX_JOBS): it should hold its limit's rooms and refuse the rest (the server finds no
+worker available) instead of degrading them all; and `lk perf agent-load-test` against the standalone worker
+where lk exists (no ratio when lk's run did not complete, bench/lk_output.py).
+
+Run it alone: the Makefile target holds /tmp/lkh-integration.lock, so no integration test runs meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from agent_runtime.agent import MAX_JOBS
+from bench.bench import PY, STACK, find_lk, lk_args, registered_worker, timed
+from bench.knee import COARSE, Step, bound_by, knee, next_n, step_from_report
+from bench.lk_output import parse_agent_load_test
+from bootstrap.modes.load.proc_usage import busy_percent, machine_ticks
+from bootstrap.stats import summary
+
+OTHERS_WINDOW = 3.0  # seconds of the machine's busy share read before each step
+CORES = os.cpu_count() or 1
+
+
+def others_busy(seconds: float = OTHERS_WINDOW) -> float:
+    """The machine's busy share over `seconds`, in % of one core, while nothing of ours runs."""
+    before = machine_ticks()
+    time.sleep(seconds)
+    return busy_percent(before, machine_ticks()) * CORES
+
+
+def run_step(n: int, hold: float, concurrency: int, max_jobs: int | None = 0) -> Step:
+    others = others_busy()
+    limit = [] if max_jobs is None else ["--max-jobs", str(max_jobs)]
+    command = [PY, "-m", "bootstrap", "--load", str(n), "--hold", str(hold), "--concurrency", str(concurrency),
+               *limit, "--json"]  # fmt: skip
+    seconds, done = timed(command)
+    try:
+        report = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        report = {"status": f"no report (exit {done.returncode}): {done.stderr[-300:]!r}"}
+    step = step_from_report(n, report, others)
+    print(f"  N={n:3d}  {seconds:5.1f}s  {'held' if step.ok else 'NOT held: ' + '; '.join(step.crossed)}",
+          flush=True)  # fmt: skip
+    return step
+
+
+def table(steps: list[Step]) -> None:
+    print(f"{'N':>4} {'held':>4} {'audio p50/p95 ms':>16} {'lost':>4} {'RPC p95':>7} {'disp p95':>8} {'fail':>4} "
+          f"{'ref':>3} {'load':>5} {'CPU% jobs':>9} {'partic':>6} {'server':>6} {'machine':>7} {'others':>6} "
+          f"{'job CPU%':>8} {'job PSS':>7} {'job RSS':>7}")  # fmt: skip
+    for s in sorted(steps, key=lambda s: (s.n, s.status)):
+        cpu = {k: f"{v:.0f}" if v is not None else "-" for k, v in s.cpu.items()}
+        load = "-" if s.worker_load_max is None else f"{s.worker_load_max:.2f}"
+        print(f"{s.n:>4} {s.held:>4} {s.audio_p50_ms:>7.0f}/{s.audio_p95_ms:<8.0f} {s.markers_lost:>4} "
+              f"{s.rpc_p95_ms:>5.0f}ms {s.dispatch_p95_s:>7.2f}s {s.join_failed:>4} {s.refused:>3} {load:>5} "
+              f"{cpu.get('jobs', '-'):>9} {cpu.get('participants', '-'):>6} {cpu.get('server', '-'):>6} "
+              f"{cpu.get('machine', '-'):>7} {s.others_before:>6.0f} {s.job_cpu_p50:>8.1f} {s.job_pss_mb:>5.0f}MB "
+              f"{s.job_rss_mb:>5.0f}MB{'' if s.ok else '  x'}")  # fmt: skip
+    print("(CPU in % of one core: this machine has", CORES, "cores; 'others': the machine's busy share just before the "
+          "step, nothing of ours running; x: a limit crossed)")  # fmt: skip
+
+
+def report_knee(steps: list[Step]) -> Step | None:
+    best = knee(steps)
+    bad = [s for s in steps if not s.ok]
+    first_bad = min(bad, key=lambda s: s.n) if bad else None
+    if best is None:
+        print("knee: none: even the first step did not hold")
+    else:
+        cpu = {k: v or 0.0 for k, v in best.cpu.items()}
+        per_room = {side: cpu[side] / best.n for side in ("jobs", "participants", "server")}
+        print(f"knee: {best.n} rooms held at once (audio p95 {best.audio_p95_ms:.0f} ms, {best.markers_lost} markers "
+              f"lost, RPC p95 {best.rpc_p95_ms:.0f} ms, dispatch p95 {best.dispatch_p95_s:.2f} s)")  # fmt: skip
+        print(f"cost per held room: CPU {per_room['jobs']:.1f} % of a core in its job process, "
+              f"{per_room['participants']:.1f} % on the participants' side, {per_room['server']:.1f} % in "
+              f"livekit-server ({sum(per_room.values()):.1f} % in all); job memory PSS {best.job_pss_mb:.0f} MB (RSS "
+              f"{best.job_rss_mb:.0f} MB)")  # fmt: skip
+    if first_bad is not None:
+        print(f"first N that did not hold: {first_bad.n} ({'; '.join(first_bad.crossed)})")
+        print(f"bound by: {bound_by(first_bad, CORES)}")
+    return best
+
+
+def above_knee(best: Step | None, hold: float, concurrency: int) -> int:
+    """One run above the knee with the worker's own limit: its rooms held, the rest refused."""
+    n = max(MAX_JOBS + 3, (best.n if best else 0) + 3)
+    print(f"== above the knee: {n} rooms, the echo worker's own limit (agent_runtime.agent.MAX_JOBS = {MAX_JOBS})")
+    if best is not None and best.n != MAX_JOBS:
+        print(f"   note: MAX_JOBS ({MAX_JOBS}) is not this run's knee ({best.n})")
+    step = run_step(n, hold, concurrency, max_jobs=None)
+    print(f"   held {step.held}, refused {step.refused} (the server: no worker available), joins failed "
+          f"{step.join_failed}; in the rooms held: audio p95 {step.audio_p95_ms:.0f} ms, {step.markers_lost} markers "
+          f"lost, RPC p95 {step.rpc_p95_ms:.0f} ms; worker load max {step.worker_load_max}")  # fmt: skip
+    return n
+
+
+def against_lk(rooms: int) -> None:
+    lk = find_lk()
+    print(f"== lk perf agent-load-test, {rooms} rooms, against the standalone worker (`python -m agent_runtime`)")
+    if lk is None:
+        print("lk     unavailable: no lk binary (make lk / PATH / $LK); no ratio")
+        return
+    duration = int(rooms * 3.2 + 10)  # lk opens its rooms about 3 s apart (bench/bench.py)
+    with registered_worker() as registered:
+        if not registered:
+            print("lk     skipped: our worker did not register; no ratio")
+            return
+        lk_s, result = timed([*lk_args(lk), "perf", "agent-load-test", "--rooms", str(rooms), "--agent-name",
+                              STACK.agent_name, "--duration", f"{duration}s"], timeout=duration + 120)  # fmt: skip
+    run = parse_agent_load_test(result.stdout)
+    print(f"lk     {lk_s:.1f}s, exit {result.returncode}, rooms opened {run.rooms_opened}/{rooms}, agents joined "
+          f"{run.agents_joined} (the worker takes {MAX_JOBS} at once), agent-join latency "
+          f"{summary(run.join_delays) if run.join_delays else '-'}")  # fmt: skip
+    if result.returncode != 0 or run.rooms_opened < rooms:
+        print(f"no comparison: lk's run did not complete (exit {result.returncode}, rooms opened "
+              f"{run.rooms_opened}/{rooms})")  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hold", type=float, default=20.0, help="seconds each step holds its rooms (default 20)")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--steps", default=",".join(map(str, COARSE)), help="the coarse steps of N")
+    parser.add_argument("--resolution", type=int, default=1, help="refine the knee to this many rooms")
+    parser.add_argument("--no-above", action="store_true", help="skip the run above the knee and lk's")
+    args = parser.parse_args()
+    os.environ.update(LIVEKIT_API_KEY=STACK.api_key, LIVEKIT_API_SECRET=STACK.api_secret)  # for lk, see lk_args
+    coarse = tuple(int(n) for n in args.steps.split(","))
+    print(f"== capacity curve: livekit-server {STACK.livekit_version}, {CORES} cores, hold {args.hold:g} s, "
+          f"concurrency {args.concurrency}, no job limit")  # fmt: skip
+    steps: list[Step] = []
+    while (n := next_n(steps, coarse, args.resolution)) is not None:
+        steps.append(run_step(n, args.hold, args.concurrency))
+    table(steps)
+    best = report_knee(steps)
+    if not args.no_above:
+        rooms = above_knee(best, args.hold, args.concurrency)
+        against_lk(rooms)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
