@@ -12,7 +12,7 @@ export UV_COMPILE_BYTECODE := 1
 DEVSTACK := $(PY) -m devstack
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools lk browser-deps net-deps bench bench-drills cluster-up cluster-down paths-up paths-down paths env up down status logs health check-config bootstrap backend worker test lint fmt clean
+.PHONY: help install tools lk browser-deps net-deps bench bench-capacity bench-drills cluster-up cluster-down paths-up paths-down paths env up down status logs health check-config bootstrap backend worker test lint fmt clean
 
 COMPOSECHECK := .tools/composecheck
 ACTIONLINT := .tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
@@ -128,6 +128,9 @@ paths: paths-up ## A client on another host (the paths lab) over each network pa
 
 bench: install ## Benchmark the running stack: load mode vs lk perf, warm verdict vs manual lk, data-plane figures
 	$(PY) -m bench.bench
+
+bench-capacity: install env ## The capacity curve: rooms one echo worker holds at once, cost per room, the knee (holds the integration lock)
+	flock /tmp/lkh-integration.lock $(PY) -m bench.capacity
 
 bench-drills: install env ## Benchmark the cluster drills (root): each 5 times, p50/max of every figure
 	@$(DEVSTACK) install-native
