@@ -1,14 +1,15 @@
-"""Hosts on one machine: network namespaces joined to this host by veth pairs, on the project's private test range.
+"""Hosts on one machine: network namespaces on a bridge of their own (a Lan), on the project's private test range.
 
-A client host is a namespace with one veth link: the host side takes the range's first address, the client its
-second, and its default route points at the host side (without one, libwebrtc gathers no candidate and ICE never
-connects). Its packet filter (nft table `lkh_guard`, inside the namespace) models a client behind a stateful
-firewall, as every client behind NAT is: only replies come in, so the server cannot open a path the client's own
-ICE checks did not; and nothing leaves for an address outside the test range, so no traffic ever leaves this
-machine. `block_udp` adds the corporate firewall: no UDP out at all.
+This machine takes the range's first address on the bridge; each host is a namespace with a veth into it, its
+default route via this machine (without one, libwebrtc gathers no candidate and ICE never connects). Its packet
+filter (nft table `lkh_guard`, inside the namespace) lets nothing out but to the test range, so no traffic ever
+leaves this machine (TURN on a server host included: it cannot relay anywhere else). In, a client host takes
+only replies, as a client behind a stateful firewall (every client behind NAT): the server cannot open a path the
+client's own ICE checks did not; a server host (`serves`) takes anything from the range. `restrict` adds one
+path's firewall on a client host (no UDP out: the corporate firewall; nothing to some addresses).
 
-Everything is named with PREFIX, so `sweep` finds what an earlier run could not remove (SIGKILL cannot be
-trapped). A namespace lives while a process holds it: `remove` kills its processes first.
+Everything is named with PREFIX and a Lan's own prefix, so `sweep` finds what an earlier run could not remove
+(SIGKILL cannot be trapped). A namespace lives while a process holds it: removing it kills its processes first.
 """
 
 from __future__ import annotations
@@ -31,50 +32,6 @@ KILL_WAIT = 2.0
 
 class NetnsError(RuntimeError):
     """A namespace could not be set up; the message names the command and its error."""
-
-
-@dataclass(frozen=True)
-class ClientHost:
-    """A host of its own, `name` short (links are named after it and Linux allows 15 characters)."""
-
-    name: str
-    subnet: ipaddress.IPv4Network
-
-    @property
-    def namespace(self) -> str:
-        return f"{PREFIX}{self.name}"
-
-    @property
-    def host_link(self) -> str:
-        return f"{PREFIX}{self.name}-h"
-
-    @property
-    def client_link(self) -> str:
-        return f"{PREFIX}{self.name}-c"
-
-    @property
-    def host_address(self) -> str:
-        """This machine's address on the link: where the client host reaches the server."""
-        return str(self.subnet.network_address + 1)
-
-    @property
-    def client_address(self) -> str:
-        return str(self.subnet.network_address + 2)
-
-    @property
-    def service_address(self) -> str:
-        """A second address of this machine on the link, for a service that needs a port of its own (the TLS
-        front of TURN, on 443 like the signalling's)."""
-        return str(self.subnet.network_address + 3)
-
-    @property
-    def hosts_file(self) -> Path:
-        """What the client host sees as /etc/hosts (`ip netns exec` mounts it there)."""
-        return Path("/etc/netns", self.namespace, "hosts")
-
-    def exec_argv(self, argv: list[str]) -> list[str]:
-        """`argv` run inside the client host."""
-        return ["ip", "netns", "exec", self.namespace, *argv]
 
 
 def missing_capability(make_target: str = "paths") -> str | None:
@@ -111,26 +68,6 @@ table inet {GUARD_TABLE} {{
   }}
 }}
 """
-
-
-def create(host: ClientHost, names: dict[str, str] | None = None) -> None:
-    """The namespace, its link to this host, addresses, default route and firewall, and `names` (name →
-    address) in its own /etc/hosts; half-made is undone."""
-    prefix = host.subnet.prefixlen
-    this_side = [
-        ["ip", "addr", "add", f"{host.host_address}/{prefix}", "dev", host.host_link],
-        ["ip", "addr", "add", f"{host.service_address}/{prefix}", "dev", host.host_link],
-        ["ip", "link", "set", host.host_link, "up"],
-    ]
-    try:
-        _attach(host.namespace, host.host_link, host.client_link, this_side, f"{host.client_address}/{prefix}",
-                host.host_address, guard_rules(host.subnet))  # fmt: skip
-        host.hosts_file.parent.mkdir(parents=True, exist_ok=True)
-        lines = ["127.0.0.1 localhost", *(f"{address} {name}" for name, address in (names or {}).items())]
-        host.hosts_file.write_text("\n".join(lines) + "\n")
-    except (NetnsError, subprocess.TimeoutExpired, OSError):
-        remove(host)
-        raise
 
 
 @dataclass(frozen=True)
@@ -230,7 +167,7 @@ def _attach(
     _run(["ip", "netns", "exec", namespace, "nft", "-f", "-"], stdin=guard)
 
 
-def restrict(host: ClientHost | LanHost, *, block_udp: bool = False, unreachable: tuple[str, ...] = ()) -> None:
+def restrict(host: LanHost, *, block_udp: bool = False, unreachable: tuple[str, ...] = ()) -> None:
     """One path's firewall on top of the guard, replacing the last path's: no UDP out at all (a firewall that
     allows TCP only), and/or nothing to the `unreachable` addresses."""
     with contextlib.suppress(NetnsError):
@@ -316,14 +253,7 @@ def _remove_namespace(namespace: str) -> None:
         Path("/etc/netns", namespace).rmdir()
 
 
-def remove(host: ClientHost) -> None:
-    """The host's processes, namespace (and with it the firewall) and link; whatever exists of them."""
-    _remove_namespace(host.namespace)
-    with contextlib.suppress(NetnsError):  # gone with the namespace, unless it was never moved there
-        _run(["ip", "link", "delete", host.host_link])
-
-
-def sweep(prefix: str = PREFIX) -> list[str]:
+def sweep(prefix: str) -> list[str]:
     """Remove every namespace and link named with `prefix` (a run killed by SIGKILL leaves them); returns what
     was removed."""
     removed = []
