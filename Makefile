@@ -126,6 +126,10 @@ paths-down: install ## Remove the paths lab
 paths: paths-up ## A client on another host (the paths lab) over each network path: udp, turn-udp, tcp, turn-tls, wss
 	$(PY) -m bootstrap --paths $(PATHS_ARGS)
 
+.PHONY: mutation
+mutation: install ## Mutation testing (mutmut) of the protection modules against their unit tests; not in CI (~3 min)
+	@scripts/mutation.sh
+
 bench: install ## Benchmark the running stack: load mode vs lk perf, warm verdict vs manual lk, data-plane figures
 	$(PY) -m bench.bench
 

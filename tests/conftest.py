@@ -150,8 +150,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """After the summary is printed: exit without finalization, as `python -m bootstrap` does, because
-    the livekit FFI's threads (used in-process by these tests) can abort while Python tears down."""
-    exit_without_finalization(_exit_status)
+    the livekit FFI's threads (used in-process by these tests) can abort while Python tears down. Not under
+    mutmut (`make mutation`): it runs pytest inside its own process, again and again, on unit tests only."""
+    if "MUTANT_UNDER_TEST" not in os.environ:
+        exit_without_finalization(_exit_status)
 
 
 @pytest.fixture(scope="session")
