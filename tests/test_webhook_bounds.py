@@ -230,7 +230,7 @@ async def test_the_sink_closes_slow_headers_and_idle_connections_after_the_heade
     sink = WebhookSink(settings, "127.0.0.1", 0)
     await sink.start()
     try:
-        port = sink._listener.port
+        port = sink.port
         slow = await asyncio.open_connection("127.0.0.1", port)
         slow[1].write(b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n")  # headers never end
         idle = await asyncio.open_connection("127.0.0.1", port)

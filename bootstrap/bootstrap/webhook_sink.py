@@ -62,6 +62,7 @@ class WebhookSink:
 
     async def start(self) -> None:
         await self._listener.start()
+        self.port = self._listener.port  # the one chosen when asked for port 0
 
     async def stop(self) -> None:
         await self._listener.stop()
