@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -85,3 +86,45 @@ def test_a_pid_file_that_is_a_symlink_is_not_read(tmp_path: Path, sleeper: PidRe
     link = tmp_path / "linked.pid"
     link.symlink_to(elsewhere)
     assert running(link, SLEEP, ME) is None
+
+
+def test_a_record_keeps_an_executable_path_with_spaces() -> None:
+    assert PidRecord.parse("12 345 6 /srv/my repo/.tools/server") == PidRecord(
+        12, "345", 6, "/srv/my repo/.tools/server"
+    )
+
+
+def test_the_start_time_is_the_processes_own(sleeper: PidRecord) -> None:
+    """Clock ticks since boot (field 22 of /proc/<pid>/stat): boot time plus it is when the process started."""
+    boot = next(
+        int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+    )
+    started = boot + int(sleeper.start_time) / os.sysconf("SC_CLK_TCK")
+    assert abs(started - time.time()) < 5
+
+
+def test_a_process_named_like_a_zombie_is_still_seen(tmp_path: Path) -> None:
+    """/proc/<pid>/stat puts the process's name in parentheses, and a name may hold ") Z ": the fields are read
+    after the last parenthesis, so such a name neither hides the process nor shifts its start time."""
+    disguised = tmp_path / "x) Z 1 2"
+    disguised.symlink_to(SLEEP)
+    process = subprocess.Popen([str(disguised), "60"])
+    try:
+        record = PidRecord.of(process.pid)
+        assert Path(f"/proc/{process.pid}/comm").read_text().startswith("x) Z")
+        assert record is not None and record.exe == SLEEP and record.start_time.isdigit()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_zombie_is_gone() -> None:
+    process = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.01)
+    try:
+        assert PidRecord.of(process.pid) is None
+    finally:
+        process.wait()

@@ -5,6 +5,7 @@ runs the tests (the integration tests plant the same links in the real stack's d
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from devstack.safe_files import (
 )
 
 pytestmark = pytest.mark.unit
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="only root gives files away (CI runs as root)")
 
 
 def mode(path: Path) -> int:
@@ -58,6 +60,26 @@ def test_ensure_dir_replaces_a_symlink_and_leaves_its_target_alone(tmp_path: Pat
     assert mode(target) == 0o755 and (target / "kept").read_text() == "x"
 
 
+def test_ensure_dir_says_it_replaced_a_symlink(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "d").symlink_to(tmp_path)
+    ensure_dir(tmp_path / "d", mode=0o700)
+    assert f"! {tmp_path / 'd'} was a symlink (to {tmp_path}): replaced by a directory" in capsys.readouterr().err
+
+
+@needs_root
+def test_ensure_dir_gives_the_directory_to_its_owner(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+
+    def owner(path: Path) -> tuple[int, int]:
+        return path.lstat().st_uid, path.lstat().st_gid
+
+    made = ensure_dir(tmp_path / "d", mode=0o700, uid=nobody.pw_uid, gid=nobody.pw_gid)
+    assert owner(made) == (nobody.pw_uid, nobody.pw_gid)
+    assert owner(ensure_dir(made, mode=0o700)) == (nobody.pw_uid, nobody.pw_gid)  # -1: left as it is
+    assert owner(ensure_dir(made, mode=0o750, gid=0)) == (nobody.pw_uid, 0)
+    assert owner(ensure_dir(made, mode=0o750, uid=0)) == (0, 0)
+
+
 def test_ensure_dir_refuses_a_file_in_its_place(victim: Path) -> None:
     with pytest.raises(UnsafePathError, match="should be a directory"):
         ensure_dir(victim, mode=0o700)
@@ -69,6 +91,14 @@ def test_write_private_writes_a_private_file(tmp_path: Path) -> None:
     assert path.read_text() == "text" and mode(path) == 0o600
     assert mode(write_private(path, "more", mode=0o640)) == 0o640 and path.read_text() == "more"
     assert not (tmp_path / ".f.new").exists()
+
+
+@needs_root
+def test_write_private_gives_a_group_read_access(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    path = write_private(tmp_path / "f", "config", mode=0o640, gid=nobody.pw_gid)
+    info = path.lstat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, nobody.pw_gid, 0o640)
 
 
 def test_write_private_replaces_a_symlink_never_writes_through_it(tmp_path: Path, victim: Path) -> None:
