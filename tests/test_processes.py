@@ -5,7 +5,10 @@ no stack (issue 24: deleting the identity check failed no test)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.processes import Account, PidRecord, running
+from devstack.processes import Account, PidRecord, running, start
 from devstack.safe_files import write_private
 
 pytestmark = pytest.mark.unit
@@ -128,3 +131,43 @@ def test_a_zombie_is_gone() -> None:
         assert PidRecord.of(process.pid) is None
     finally:
         process.wait()
+
+
+@contextlib.contextmanager
+def started(tmp_path: Path, command: list[str], executable: str = "") -> Iterator[PidRecord]:
+    record = start(command, ME, log=tmp_path / "service.log", pid_file=tmp_path / "service.pid", cwd=tmp_path,
+                   executable=executable)  # fmt: skip
+    try:
+        yield record
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(record.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(record.pid, 0)
+
+
+def test_start_records_what_it_started_privately(tmp_path: Path) -> None:
+    with started(tmp_path, [SLEEP, "60"]) as record:
+        assert record == PidRecord.of(record.pid) and record.exe == SLEEP and record.uid == ME.uid
+        assert (tmp_path / "service.pid").read_text() == str(record)
+        assert stat.S_IMODE((tmp_path / "service.pid").stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "service.log").stat().st_mode) == 0o600
+        assert running(tmp_path / "service.pid", SLEEP, ME) == record.pid
+        assert os.getpgid(record.pid) == record.pid  # its own session and group: a stop reaches its children
+
+
+def test_start_records_the_executable_at_the_end_of_an_exec_chain(tmp_path: Path) -> None:
+    with started(tmp_path, ["/bin/sh", "-c", f"echo starting; exec {SLEEP} 60"], executable=SLEEP) as record:
+        assert record.exe == SLEEP and running(tmp_path / "service.pid", SLEEP, ME) == record.pid
+        deadline = time.monotonic() + 5
+        while "starting" not in (tmp_path / "service.log").read_text():
+            assert time.monotonic() < deadline, "the output never reached the log"
+            time.sleep(0.01)
+
+
+def test_start_refuses_a_process_that_exits_before_it_runs_the_service(tmp_path: Path) -> None:
+    """The exec chain ends before the service's executable (a setpriv or `ip netns exec` that failed)."""
+    with pytest.raises(RuntimeError, match=f"/bin/sh exited at once, or never became {SLEEP}; see {tmp_path}"):
+        start(["/bin/sh", "-c", "exit 3"], ME, log=tmp_path / "service.log", pid_file=tmp_path / "service.pid",
+              cwd=tmp_path, executable=SLEEP)  # fmt: skip
+    assert not (tmp_path / "service.pid").exists()
