@@ -140,8 +140,9 @@ def started(tmp_path: Path, command: list[str], executable: str = "") -> Iterato
     try:
         yield record
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(record.pid, signal.SIGKILL)
+        for kill in (os.killpg, os.kill):  # the process too, should it not lead a group of its own
+            with contextlib.suppress(ProcessLookupError):
+                kill(record.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(record.pid, 0)
 
