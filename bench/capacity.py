@@ -33,6 +33,8 @@ from bootstrap.stats import summary
 
 OTHERS_WINDOW = 3.0  # seconds of the machine's busy share read before each step
 CORES = os.cpu_count() or 1
+QUIET = 25.0  # % of one core: the machine counts as quiet for a step below this (nothing of ours running)
+SETTLE = 60.0  # the longest a step waits for a quiet machine (--settle)
 
 
 def others_busy(seconds: float = OTHERS_WINDOW) -> float:
@@ -42,8 +44,17 @@ def others_busy(seconds: float = OTHERS_WINDOW) -> float:
     return busy_percent(before, machine_ticks()) * CORES
 
 
-def run_step(n: int, hold: float, concurrency: int, max_jobs: int | None = 0) -> Step:
-    others = others_busy()
+def quiet_machine(settle: float) -> float:
+    """Other work's busy share before a step; waiting up to `settle` seconds for it to drop below QUIET (other
+    sessions' jobs on a shared machine skew a step's figures: it is printed beside them either way)."""
+    deadline = time.monotonic() + settle
+    while (others := others_busy()) >= QUIET and time.monotonic() < deadline:
+        pass
+    return others
+
+
+def run_step(n: int, hold: float, concurrency: int, max_jobs: int | None = 0, settle: float = SETTLE) -> Step:
+    others = quiet_machine(settle)
     limit = [] if max_jobs is None else ["--max-jobs", str(max_jobs)]
     command = [PY, "-m", "bootstrap", "--load", str(n), "--hold", str(hold), "--concurrency", str(concurrency),
                *limit, "--json"]  # fmt: skip
@@ -58,20 +69,33 @@ def run_step(n: int, hold: float, concurrency: int, max_jobs: int | None = 0) ->
     return step
 
 
-def table(steps: list[Step]) -> None:
+def measure(n: int, args: argparse.Namespace, max_jobs: int | None = 0) -> tuple[Step, list[Step]]:
+    """Step `n`; a step that did not hold while other work took QUIET or more of a core during its hold is run
+    once more (after settling): the one kept, and the ones set aside (shown, not counted)."""
+    step = run_step(n, args.hold, args.concurrency, max_jobs, args.settle)
+    if step.ok or step.others_during < QUIET:
+        return step, []
+    print(f"         other work took {step.others_during:.0f} % of a core during that hold: once more")
+    return run_step(n, args.hold, args.concurrency, max_jobs, args.settle), [step]
+
+
+def table(steps: list[Step], set_aside: list[Step]) -> None:
     print(f"{'N':>4} {'held':>4} {'audio p50/p95 ms':>16} {'lost':>4} {'RPC p95':>7} {'disp p95':>8} {'fail':>4} "
           f"{'ref':>3} {'load':>5} {'CPU% jobs':>9} {'partic':>6} {'server':>6} {'machine':>7} {'others':>6} "
-          f"{'job CPU%':>8} {'job PSS':>7} {'job RSS':>7}")  # fmt: skip
-    for s in sorted(steps, key=lambda s: (s.n, s.status)):
+          f"{'else':>4} {'job CPU%':>8} {'job PSS':>7} {'job RSS':>7}")  # fmt: skip
+    aside = {id(s) for s in set_aside}
+    for s in sorted(steps + set_aside, key=lambda s: (s.n, id(s) not in aside)):
         cpu = {k: f"{v:.0f}" if v is not None else "-" for k, v in s.cpu.items()}
         load = "-" if s.worker_load_max is None else f"{s.worker_load_max:.2f}"
         print(f"{s.n:>4} {s.held:>4} {s.audio_p50_ms:>7.0f}/{s.audio_p95_ms:<8.0f} {s.markers_lost:>4} "
               f"{s.rpc_p95_ms:>5.0f}ms {s.dispatch_p95_s:>7.2f}s {s.join_failed:>4} {s.refused:>3} {load:>5} "
               f"{cpu.get('jobs', '-'):>9} {cpu.get('participants', '-'):>6} {cpu.get('server', '-'):>6} "
-              f"{cpu.get('machine', '-'):>7} {s.others_before:>6.0f} {s.job_cpu_p50:>8.1f} {s.job_pss_mb:>5.0f}MB "
-              f"{s.job_rss_mb:>5.0f}MB{'' if s.ok else '  x'}")  # fmt: skip
-    print("(CPU in % of one core: this machine has", CORES, "cores; 'others': the machine's busy share just before the "
-          "step, nothing of ours running; x: a limit crossed)")  # fmt: skip
+              f"{cpu.get('machine', '-'):>7} {s.others_before:>6.0f} {s.others_during:>4.0f} {s.job_cpu_p50:>8.1f} "
+              f"{s.job_pss_mb:>5.0f}MB {s.job_rss_mb:>5.0f}MB{'' if s.ok else '  x'}"
+              f"{'  (set aside: other work during its hold)' if id(s) in aside else ''}")  # fmt: skip
+    print(f"(CPU in % of one core, {CORES} cores here; 'others': the machine's busy share just before the step, "
+          "nothing of ours running; 'else': what the machine spent on anything but the step's processes during its "
+          "hold; x: a limit crossed)")  # fmt: skip
 
 
 def report_knee(steps: list[Step]) -> Step | None:
@@ -95,16 +119,18 @@ def report_knee(steps: list[Step]) -> Step | None:
     return best
 
 
-def above_knee(best: Step | None, hold: float, concurrency: int) -> int:
-    """One run above the knee with the worker's own limit: its rooms held, the rest refused."""
-    n = max(MAX_JOBS + 3, (best.n if best else 0) + 3)
-    print(f"== above the knee: {n} rooms, the echo worker's own limit (agent_runtime.agent.MAX_JOBS = {MAX_JOBS})")
-    if best is not None and best.n != MAX_JOBS:
-        print(f"   note: MAX_JOBS ({MAX_JOBS}) is not this run's knee ({best.n})")
-    step = run_step(n, hold, concurrency, max_jobs=None)
+def above_knee(best: Step | None, args: argparse.Namespace) -> int:
+    """One run above the knee with the worker limited to it: its rooms held, the rest refused."""
+    limit = best.n if best else MAX_JOBS
+    n = limit + max(2, limit // 2)
+    print(f"== above the knee: {n} rooms, the worker limited to the knee (--max-jobs {limit}; the echo worker's own "
+          f"limit, agent_runtime.agent.MAX_JOBS, is {MAX_JOBS})")  # fmt: skip
+    step, _ = measure(n, args, max_jobs=limit)
     print(f"   held {step.held}, refused {step.refused} (the server: no worker available), joins failed "
-          f"{step.join_failed}; in the rooms held: audio p95 {step.audio_p95_ms:.0f} ms, {step.markers_lost} markers "
-          f"lost, RPC p95 {step.rpc_p95_ms:.0f} ms; worker load max {step.worker_load_max}")  # fmt: skip
+          f"{step.join_failed}; in the rooms held: audio p50/p95 {step.audio_p50_ms:.0f}/{step.audio_p95_ms:.0f} ms, "
+          f"{step.markers_lost} markers lost, RPC p95 {step.rpc_p95_ms:.0f} ms; worker load max "
+          f"{step.worker_load_max}; machine {step.cpu.get('machine') or 0:.0f} %, "
+          f"else {step.others_during:.0f} %")  # fmt: skip
     return n
 
 
@@ -137,18 +163,25 @@ def main() -> int:
     parser.add_argument("--steps", default=",".join(map(str, COARSE)), help="the coarse steps of N")
     parser.add_argument("--resolution", type=int, default=1, help="refine the knee to this many rooms")
     parser.add_argument("--no-above", action="store_true", help="skip the run above the knee and lk's")
+    parser.add_argument("--settle", type=float, default=SETTLE, metavar="SECONDS",
+                        help=f"before each step, wait up to this long for other work to drop below {QUIET:.0f} %% "
+                        "of a core")  # fmt: skip
     args = parser.parse_args()
     os.environ.update(LIVEKIT_API_KEY=STACK.api_key, LIVEKIT_API_SECRET=STACK.api_secret)  # for lk, see lk_args
     coarse = tuple(int(n) for n in args.steps.split(","))
-    print(f"== capacity curve: livekit-server {STACK.livekit_version}, {CORES} cores, hold {args.hold:g} s, "
-          f"concurrency {args.concurrency}, no job limit")  # fmt: skip
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    print(f"== capacity curve (started {started}): livekit-server {STACK.livekit_version}, {CORES} cores, hold "
+          f"{args.hold:g} s, concurrency {args.concurrency}, no job limit", flush=True)  # fmt: skip
     steps: list[Step] = []
+    set_aside: list[Step] = []
     while (n := next_n(steps, coarse, args.resolution)) is not None:
-        steps.append(run_step(n, args.hold, args.concurrency))
-    table(steps)
+        step, aside = measure(n, args)
+        steps.append(step)
+        set_aside += aside
+    table(steps, set_aside)
     best = report_knee(steps)
     if not args.no_above:
-        rooms = above_knee(best, args.hold, args.concurrency)
+        rooms = above_knee(best, args)
         against_lk(rooms)
     return 0
 

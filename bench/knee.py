@@ -36,6 +36,13 @@ class Step:
     def ok(self) -> bool:
         return not self.crossed and self.status == "pass"
 
+    @property
+    def others_during(self) -> float:
+        """What the machine spent on anything but this step's sides during its hold, in % of one core."""
+        cpu = {side: value or 0.0 for side, value in self.cpu.items()}
+        ours = cpu.get("jobs", 0.0) + cpu.get("participants", 0.0) + cpu.get("server", 0.0)
+        return max(0.0, cpu.get("machine", 0.0) - ours)
+
 
 def step_from_report(n: int, report: dict[str, Any], others_before: float) -> Step:
     """A step from `python -m bootstrap --load N --hold S --json`; a run that never reached its hold (no figures)

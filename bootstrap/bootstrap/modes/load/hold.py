@@ -169,7 +169,14 @@ async def _open(ctx: RunContext, held: HeldRoom, gate: asyncio.Semaphore, figure
 
 async def _why_no_agent(ctx: RunContext, room: str, figures: HoldFigures) -> None:
     """No agent within DISPATCH_WAIT: the server's dispatch record has a job (a stall) or none (refused)."""
-    dispatches = await ctx.api.agent_dispatch.list_dispatch(room_name=room)
+    try:
+        dispatches = await ctx.api.agent_dispatch.list_dispatch(room_name=room)
+    except Exception as exc:  # the server's record unreadable: a stall, named
+        figures.stalled += 1
+        figures.errors.append(
+            redact(f"{room}: no agent, dispatch record unreadable: {type(exc).__name__}: {exc}")[:200]
+        )
+        return
     if any(d.state.jobs for d in dispatches):
         figures.stalled += 1
         figures.errors.append(f"{room}: a job was created but no agent joined within {DISPATCH_WAIT:.0f} s")
