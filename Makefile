@@ -12,7 +12,7 @@ export UV_COMPILE_BYTECODE := 1
 DEVSTACK := $(PY) -m devstack
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools lk browser-deps net-deps bench bench-capacity bench-drills cluster-up cluster-down paths-up paths-down paths env up down status logs health check-config bootstrap backend worker test lint fmt clean
+.PHONY: help install tools lk browser-deps net-deps bench bench-capacity bench-drills cluster-up cluster-down paths-up paths-down paths remote-lab-up remote-lab-down env up down status logs health check-config bootstrap backend worker test lint fmt clean
 
 COMPOSECHECK := .tools/composecheck
 ACTIONLINT := .tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
@@ -125,6 +125,12 @@ paths-down: install ## Remove the paths lab
 
 paths: paths-up ## A client on another host (the paths lab) over each network path: udp, turn-udp, tcp, turn-tls, wss
 	$(PY) -m bootstrap --paths $(PATHS_ARGS)
+
+remote-lab-up: install ## The remote lab (root): a deployment this code did not configure, its own Redis, TLS front, local CA
+	@$(DEVSTACK) remote-lab-up
+
+remote-lab-down: install ## Remove the remote lab
+	@$(DEVSTACK) remote-lab-down
 
 .PHONY: mutation
 mutation: install ## Mutation testing (mutmut) of the protection modules against their unit tests; not in CI (~3 min)

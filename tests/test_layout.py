@@ -91,7 +91,7 @@ def test_a_single_run_never_imports_the_browser_pieces() -> None:
 
 
 DEVSTACK_VERBS = ("up", "down", "status", "logs", "health", "check-config", "cluster-up", "cluster-down", "paths-up",
-                  "paths-down")  # fmt: skip
+                  "paths-down", "remote-lab-up", "remote-lab-down")  # fmt: skip
 
 
 def test_devstack_help_lists_every_verb() -> None:

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from devstack import compose, install, native, native_cluster, paths_lab
+from devstack import compose, install, native, native_cluster, paths_lab, remote_lab
 from devstack.credentials import CredentialsError
 from devstack.env_files import create_env_files
 from devstack.health import print_health
@@ -36,6 +36,9 @@ VERBS = {
     "paths-up": "the paths lab (root): a client host and a node host, its livekit-server behind a TLS front (then "
     "`python -m bootstrap --paths`); restores it when it is up",
     "paths-down": "remove the paths lab (what paths-up recorded)",
+    "remote-lab-up": "the remote lab (root): a deployment this code did not configure, behind a TLS front with a "
+    "local CA, and a client host that resolves its name (then `python -m bootstrap --url wss://lk.remote.test`)",
+    "remote-lab-down": "remove the remote lab (what remote-lab-up recorded)",
     "install-native": "install what native runs and `make paths` need (Redis, PostgreSQL, iproute2, nftables, "
     "nginx, libnss3-tools, prometheus (promtool, the canary's rules), the pinned livekit-server); start nothing",
 }
@@ -101,6 +104,7 @@ def remove_network_leftovers() -> None:
     stack = load_stack()
     native_cluster.down(stack, quiet=True)
     paths_lab.down(stack)
+    remote_lab.down(stack, quiet=True)
 
 
 def use_compose(runner: str, verb: str) -> bool:
@@ -124,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb in ("paths-up", "paths-down"):  # native whatever runs the stack: namespaces of this machine
             stack = load_stack()
             paths_lab.up(stack) if args.verb == "paths-up" else paths_lab.down(stack)
+            return 0
+        if args.verb in ("remote-lab-up", "remote-lab-down"):  # native too: namespaces of this machine
+            stack = load_stack()
+            remote_lab.up(stack) if args.verb == "remote-lab-up" else remote_lab.down(stack)
             return 0
         if args.verb == "install-native":
             install.ensure_packages(paths=True)

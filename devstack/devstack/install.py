@@ -57,13 +57,26 @@ def missing_paths_packages() -> list[str]:
 CANARY_TOOLS = {"promtool": "prometheus", "prometheus": "prometheus"}
 
 
+# The remote lab's clock faults (make remote-lab-up): libfaketime shifts one process's clock through LD_PRELOAD (the
+# harness's: livekit-server is a static Go binary it cannot shift), and backdates the lab's certificates as openssl
+# signs them.
+REMOTE_LAB_TOOLS = {"faketime": "faketime"}
+LIBFAKETIME_GLOB = "/usr/lib/*/faketime/libfaketime.so.1"
+
+
+def missing_remote_lab_packages() -> list[str]:
+    return [package for tool, package in REMOTE_LAB_TOOLS.items() if not shutil.which(tool)]
+
+
 def missing_canary_packages() -> list[str]:
     return sorted({package for tool, package in CANARY_TOOLS.items() if not shutil.which(tool)})
 
 
 def ensure_packages(*, paths: bool = False) -> None:
     """The native stack's Debian packages (and with `paths`, what the tests need: the paths check's, the canary's)."""
-    missing = missing_packages() + (missing_paths_packages() + missing_canary_packages() if paths else [])
+    missing = missing_packages() + (
+        missing_paths_packages() + missing_canary_packages() + missing_remote_lab_packages() if paths else []
+    )
     if not missing:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):

@@ -29,8 +29,12 @@ class TlsFiles:
     key: Path  # the server's private key (0600)
 
 
-def _openssl(*args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(["openssl", *args], input=stdin, capture_output=True, text=True, timeout=30, check=False)
+def _openssl(*args: str, stdin: str | None = None, clock: str = "") -> str:
+    """openssl; with `clock` (a libfaketime offset, e.g. "-2h") it signs as if it were then (a backdated or
+    expired certificate: the remote lab's)."""
+    shift = ["faketime", "-f", clock] if clock else []
+    done = subprocess.run([*shift, "openssl", *args], input=stdin, capture_output=True, text=True, timeout=30,
+                          check=False)  # fmt: skip
     if done.returncode != 0:
         raise LocalCaError(f"openssl {args[0]} failed: {done.stderr.strip()}")
     return done.stdout
@@ -50,8 +54,9 @@ def valid_for(tls: TlsFiles, *, hours: int) -> bool:
     return done.returncode == 0
 
 
-def issue(directory: Path, names: list[str]) -> TlsFiles:
-    """A fresh CA and a server certificate for `names` (DNS names), in `directory` (root only, 0700)."""
+def issue(directory: Path, names: list[str], *, days: int = DAYS, clock: str = "") -> TlsFiles:
+    """A fresh CA and a server certificate for `names` (DNS names), in `directory` (root only, 0700), valid for
+    `days` from now, or from `clock` (a libfaketime offset: "-2h" backdates both, "-40d" with 30 days expired)."""
     ensure_dir(directory, mode=0o700)
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         work = Path(scratch)
@@ -59,15 +64,16 @@ def issue(directory: Path, names: list[str]) -> TlsFiles:
         for key in (ca_key, server_key):
             _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key))
         ca_cert = _openssl("req", "-x509", "-new", "-key", str(ca_key), "-subj", "/CN=livekit-harness local CA",
-                           "-days", str(DAYS), "-addext", "basicConstraints=critical,CA:TRUE",
-                           "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+                           "-days", str(days), "-addext", "basicConstraints=critical,CA:TRUE",
+                           "-addext", "keyUsage=critical,keyCertSign,cRLSign", clock=clock)  # fmt: skip
         (work / "ca.pem").write_text(ca_cert)
         _openssl("req", "-new", "-key", str(server_key), "-subj", f"/CN={names[0]}", "-out", str(request))
         extensions = work / "server.ext"
         extensions.write_text(f"subjectAltName={','.join(f'DNS:{n}' for n in names)}\n"
                               "extendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")  # fmt: skip
         server_cert = _openssl("x509", "-req", "-in", str(request), "-CA", str(work / "ca.pem"), "-CAkey", str(ca_key),
-                               "-CAcreateserial", "-days", str(DAYS), "-extfile", str(extensions))  # fmt: skip
+                               "-CAcreateserial", "-days", str(days), "-extfile", str(extensions),
+                               clock=clock)  # fmt: skip
         issued = files(directory)
         write_private(issued.ca_cert, ca_cert, mode=0o644)
         write_private(issued.cert, server_cert + ca_cert, mode=0o600)

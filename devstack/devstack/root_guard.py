@@ -17,7 +17,7 @@ import ipaddress
 import subprocess
 from dataclasses import dataclass
 
-from devstack import nodes, paths_node
+from devstack import nodes, paths_node, remote_lab_hosts
 from devstack.stack_env import Stack
 
 TABLE = "lkh_root_guard"
@@ -36,10 +36,12 @@ class LabLink:
 
 
 def labs(stack: Stack) -> list[LabLink]:
-    """Every lab this checkout can bring up: the cluster (make cluster-up) and the paths lab (make paths-up)."""
+    """Every lab this checkout can bring up: the cluster (make cluster-up), the paths lab (make paths-up) and the
+    remote lab (make remote-lab-up)."""
     return [
         LabLink(nodes.lan(stack).bridge, stack.cluster_subnet),
         LabLink(paths_node.lan(stack).bridge, stack.paths_subnet),
+        LabLink(remote_lab_hosts.lan(stack).bridge, stack.remote_lab_subnet),
     ]
 
 

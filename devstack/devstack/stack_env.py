@@ -19,6 +19,7 @@ TOOLS_DIR = REPO_ROOT / ".tools"
 
 PATHS_SUBNET = ipaddress.IPv4Network("10.213.70.0/24")  # dataclass defaults; stack.env's values win
 CLUSTER_SUBNET = ipaddress.IPv4Network("10.213.71.0/24")
+REMOTE_LAB_SUBNET = ipaddress.IPv4Network("10.213.72.0/24")
 # A test range must be free on this machine: not loopback or link-local, and overlapping no route it already has
 # (a LAN, a VPN, a container network) except those on the project's own links, which carry the range itself.
 RESERVED = {"loopback": ipaddress.IPv4Network("127.0.0.0/8"), "link-local": ipaddress.IPv4Network("169.254.0.0/16")}
@@ -56,6 +57,7 @@ class Stack:
     cluster_subnet: ipaddress.IPv4Network = CLUSTER_SUBNET  # the cluster's hosts (make cluster-up)
     # Their addresses in it: the cluster's Redis, nodes a and b, the worker, the participant.
     cluster_addresses: dict[str, str] = field(default_factory=dict)
+    remote_lab_subnet: ipaddress.IPv4Network = REMOTE_LAB_SUBNET  # the remote lab's hosts (make remote-lab-up)
     host: str = "127.0.0.1"
     livekit_prometheus_port: int = 7883  # the server's Prometheus endpoint (the canary reads it): port + 3
 
@@ -162,4 +164,5 @@ def load_stack(path: Path = STACK_ENV) -> Stack:
         paths_turn_tls_port=port("PATHS_TURN_TLS_PORT"),
         cluster_subnet=cluster,
         cluster_addresses={host: address(f"CLUSTER_{key}_ADDRESS", cluster) for host, key in CLUSTER_HOSTS},
+        remote_lab_subnet=subnet("REMOTE_LAB_SUBNET"),
     )

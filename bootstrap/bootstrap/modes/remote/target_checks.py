@@ -148,7 +148,7 @@ async def _connect(state: RemoteState, addresses: list[str], endpoint: dict[str,
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(address, state.port), CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
-            reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__).lower()
+            reason = "no answer" if isinstance(exc, TimeoutError) else _reason(exc)
             errors.append(f"{address}:{state.port} {reason}")
             continue
         writer.close()
@@ -162,6 +162,11 @@ async def _connect(state: RemoteState, addresses: list[str], endpoint: dict[str,
         f"says otherwise), that LiveKit (or its load balancer) listens there, and that no firewall drops it",
         Kind.NETWORK,
     )
+
+
+def _reason(exc: OSError) -> str:
+    """"connection refused", "no route to host": asyncio's own text names only the address."""
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc) or type(exc).__name__
 
 
 async def _verify_tls(state: RemoteState, endpoint: dict[str, Any]) -> tuple[str, str, Kind] | None:

@@ -1,0 +1,294 @@
+"""`make remote-lab-up` / `make remote-lab-down`: a LiveKit deployment this code did not configure, for
+`python -m bootstrap --url` to be proven against. Natively, as root (network namespaces; layout in
+devstack.remote_lab_hosts):
+
+  - the node host runs its own Redis, livekit-server on the hand-written config tests/remote_lab/livekit.yaml
+    (signalling on the host's loopback only, TURN on) and a TLS front (nginx, devstack.tls_front) that is the only
+    way in: wss://lk.remote.test, and turns:turn.remote.test:443;
+  - the certificate comes from a local CA (devstack.local_ca), valid CERT_DAYS and backdated CERT_BACKDATE, so a
+    clock a little behind is not first refused by TLS; the faults' certificates (expired, for another name, from
+    a CA the harness is not given) are made beside it, each with a CA of its own, and `serve` puts one in front;
+  - the client host, where the harness runs, resolves the names through its own /etc/hosts (this machine's is
+    never edited);
+  - the root namespace's guard (devstack.root_guard) covers the lab's bridge too.
+
+What `up` creates is written to RECORD first; `down` (and `make down`) removes exactly what it names, under one
+lock (LOCK_FILE). A test that changed the lab (`serve`, `redis`) puts it back with `restore`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from devstack import install, local_ca, native, netns, root_guard, tls_front
+from devstack.native import StackError
+from devstack.processes import Account
+from devstack.remote_lab_hosts import (
+    CONFIG,
+    LAB_DIR,
+    NODE_PORT,
+    OTHER_NAME,
+    SIGNAL_NAME,
+    TURN_NAME,
+    TURN_TLS_PORT,
+    RemoteLabHosts,
+    hosts,
+)
+from devstack.safe_files import ensure_dir, read_private, write_private
+from devstack.stack_env import RUNTIME_DIR, Stack
+
+LOCK_FILE = RUNTIME_DIR / "remote-lab.lock"
+RECORD = RUNTIME_DIR / "remote-lab.json"
+TLS_DIR = LAB_DIR / "tls"
+FRONT_DIR = LAB_DIR / "tls-front"
+NODE_SERVICE, REDIS_SERVICE = "remote-lab-livekit", "remote-lab-redis"
+CERT_DAYS, CERT_BACKDATE = 31, "-2h"
+# Each certificate the front can serve: its names, its days, the clock openssl signs it at; each with its own CA.
+CERTIFICATES = {
+    "healthy": ([SIGNAL_NAME, TURN_NAME], CERT_DAYS, CERT_BACKDATE),
+    "expired": ([SIGNAL_NAME, TURN_NAME], 30, "-40d"),  # expired 10 days ago
+    "other-name": ([OTHER_NAME], CERT_DAYS, CERT_BACKDATE),
+    "untrusted": ([SIGNAL_NAME, TURN_NAME], CERT_DAYS, CERT_BACKDATE),  # its CA is not the one the lab hands out
+}
+READY_TIMEOUT = 15.0
+LOCK_WAIT = 60.0
+
+
+def url(port: int | None = None) -> str:
+    return f"wss://{SIGNAL_NAME}" + (f":{port}" if port else "")
+
+
+def ca_cert(certificate: str = "healthy") -> Path:
+    """The CA that signed `certificate`: the healthy one's is what the lab hands a user (--ca-file)."""
+    return local_ca.files(TLS_DIR / certificate).ca_cert
+
+
+def credentials() -> tuple[str, str]:
+    """The key and secret, as the deployment's config lists them (a user copies them from there too)."""
+    keys = yaml.safe_load(CONFIG.read_text())["keys"]
+    key = next(iter(keys))
+    return key, str(keys[key])
+
+
+def client_argv(stack: Stack, argv: list[str]) -> list[str]:
+    """`argv` run on the lab's client host (where the names resolve)."""
+    return hosts(stack).client.exec_argv(argv)
+
+
+def _redis(stack: Stack) -> native.Service:
+    directory = RUNTIME_DIR / REDIS_SERVICE  # its account enters it by its group (each service's own, as the stack's)
+
+    def prepare(account: Account) -> None:
+        data = ensure_dir(directory / "data", mode=0o700, uid=account.uid, gid=account.gid)
+        lines = ["# Written by devstack.remote_lab: the deployment's own Redis, on its host's loopback.",
+                 "port 6379", "bind 127.0.0.1", "protected-mode yes", f"dir {data}", 'save ""', "appendonly no",
+                 "daemonize no"]  # fmt: skip
+        write_private(directory / "redis.conf", "\n".join(lines) + "\n", mode=0o640, gid=account.gid)
+
+    return native.Service(REDIS_SERVICE, [], "redis",
+                          lambda: [shutil.which("redis-server") or "redis-server", str(directory / "redis.conf")],
+                          prepare=prepare, namespace=hosts(stack).node.namespace, directory=directory)  # fmt: skip
+
+
+def _node(stack: Stack) -> native.Service:
+    directory = RUNTIME_DIR / NODE_SERVICE
+    config = directory / "livekit.yaml"
+
+    def prepare(account: Account) -> None:  # the hand-written file, as it is
+        write_private(config, CONFIG.read_text(), mode=0o640, gid=account.gid)
+
+    return native.Service(NODE_SERVICE, [], "livekit", lambda: native.livekit_command(stack, config, ("127.0.0.1",)),
+                          prepare=prepare, namespace=hosts(stack).node.namespace, directory=directory)  # fmt: skip
+
+
+def _front(stack: Stack) -> tls_front.Front:
+    lab = hosts(stack)
+    return tls_front.Front(lab.node.address, lab.turn_address, NODE_PORT, TURN_TLS_PORT, lab.node.address, FRONT_DIR,
+                           namespace=lab.node.namespace)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    ensure_dir(RUNTIME_DIR, mode=0o755, uid=os.geteuid(), gid=os.getegid())
+    with open(LOCK_FILE, "a") as handle:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"another remote-lab-up/down holds {LOCK_FILE} for over {LOCK_WAIT:.0f}s"
+                    ) from None
+                time.sleep(0.1)
+        yield
+
+
+def up(stack: Stack) -> None:
+    """The lab, ready: reused (and restored: the healthy certificate, Redis up) when it is sound, else made anew."""
+    if reason := netns.missing_capability("remote-lab-up"):
+        raise StackError(f"the remote lab's hosts are network namespaces; {reason}")
+    install.ensure_packages(paths=True)
+    install.ensure_livekit_server(stack)
+    if reason := tls_front.missing():
+        raise StackError(reason)
+    with _locked():
+        if why_down(stack) is None:
+            _restore(stack)
+            print(f"  remote lab already up ({url()}); restored", file=sys.stderr)
+            return
+        for removed in _sweep(stack):
+            print(f"  removed   {removed} (an earlier remote lab, incomplete)", file=sys.stderr)
+        try:
+            _create(stack)
+        except BaseException as exc:
+            _sweep(stack)
+            if isinstance(exc, (netns.NetnsError, root_guard.RootGuardError, local_ca.LocalCaError, OSError)):
+                raise StackError(f"the remote lab could not be made: {exc}") from exc
+            raise
+
+
+def _create(stack: Stack) -> None:
+    lab = hosts(stack)
+    created = {"namespaces": [lab.client.namespace, lab.node.namespace],
+               "links": [lab.lan.bridge, *(f"{h.namespace}-h" for h in (lab.client, lab.node))]}  # fmt: skip
+    ensure_dir(LAB_DIR, mode=0o755)
+    ensure_dir(TLS_DIR, mode=0o700)
+    write_private(RECORD, json.dumps(created) + "\n")  # before anything exists: a kill mid-way is swept
+    netns.create_lan(lab.lan, [lab.client, lab.node])
+    netns.add_address(lab.node, lab.turn_address)
+    netns.write_hosts_file(lab.client.namespace, lab.names())
+    root_guard.update(stack)
+    for name, (names, days, clock) in CERTIFICATES.items():
+        local_ca.issue(TLS_DIR / name, names, days=days, clock=clock)
+    native.start_missing([_redis(stack), _node(stack)], quiet=True)
+    serve(stack, "healthy")
+    print(f"  remote lab {url()} (node {lab.node.address}, TURN front {lab.turn_address}; client host "
+          f"{lab.client.namespace}, its hosts file {lab.hosts_file}); CA {ca_cert()}", file=sys.stderr)  # fmt: skip
+
+
+def serve(stack: Stack, certificate: str) -> None:
+    """The front restarted with `certificate` (one of CERTIFICATES); returns once the node answers through it
+    (any status: a node without its Redis answers 406)."""
+    tls_front.stop(FRONT_DIR)
+    tls_front.start(_front(stack), local_ca.files(TLS_DIR / certificate))
+    deadline = time.monotonic() + READY_TIMEOUT
+    while (status := health(stack)) is None or (certificate == "healthy" and status != 200 and _redis_up(stack)):
+        if time.monotonic() > deadline:
+            log = (read_private(_front(stack).error_log) or "").strip().splitlines()[-2:]
+            raise StackError(f"the remote lab's node did not answer through its front within {READY_TIMEOUT:.0f}s "
+                             f"(last GET / status {status}; front: {' | '.join(log)})")  # fmt: skip
+        time.sleep(0.1)
+
+
+def _redis_up(stack: Stack) -> bool:
+    return _redis(stack).running_pid() is not None
+
+
+def health(stack: Stack) -> int | None:
+    """GET / through the front, from this machine (TLS not verified: the certificate may be a fault's); the
+    status, or None when nothing answers."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((hosts(stack).node.address, 443), timeout=2.0) as raw,
+            context.wrap_socket(raw, server_hostname=SIGNAL_NAME) as tls,
+        ):
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {SIGNAL_NAME}\r\nConnection: close\r\n\r\n".encode())
+            head = tls.recv(64).decode(errors="replace")
+    except OSError:
+        return None
+    parts = head.split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+
+
+def redis(stack: Stack, *, running: bool) -> None:
+    """The node's Redis stopped (the node turns not ready: GET / 406 within ~4 s) or started again."""
+    service = _redis(stack)
+    if running:
+        native.start_missing([service], quiet=True)
+    else:
+        native.stop_services([service], quiet=True)
+
+
+def restore(stack: Stack) -> None:
+    with _locked():
+        _restore(stack)
+
+
+def _restore(stack: Stack) -> None:
+    native.start_missing([_redis(stack), _node(stack)], quiet=True)
+    serve(stack, "healthy")
+
+
+def why_down(stack: Stack) -> str | None:
+    lab: RemoteLabHosts = hosts(stack)
+    if not RECORD.exists():
+        return "the remote lab is not up"
+    present = netns.namespaces()
+    if missing := [ns for ns in (lab.client.namespace, lab.node.namespace) if ns not in present]:
+        return f"the remote lab's host {', '.join(missing)} is gone"
+    if not _node(stack).running_pid():
+        return f"the remote lab's node ({NODE_SERVICE}) is not running"
+    if not tls_front.running(FRONT_DIR):
+        return "the remote lab's TLS front (nginx) is not running"
+    if not local_ca.valid_for(local_ca.files(TLS_DIR / "healthy"), hours=24 * 30):
+        return "the remote lab's certificate is valid for less than 30 days"
+    if not root_guard.present():
+        return f"the root namespace's guard ({root_guard.TABLE}) is missing"
+    return None
+
+
+def down(stack: Stack, *, quiet: bool = False) -> None:
+    if netns.missing_capability() is not None or not shutil.which("ip"):
+        if RECORD.exists() and not quiet:
+            print(f"  remote lab left up: removing it needs root ({RECORD})", file=sys.stderr)
+        return
+    with _locked():
+        for removed in _sweep(stack):
+            if not quiet:
+                print(f"  removed   {removed}", file=sys.stderr)
+
+
+def _sweep(stack: Stack) -> list[str]:
+    """The front and the services (each only if it is the process we recorded), then exactly the namespaces and
+    links RECORD names; the record; the root guard rewritten for the labs still up."""
+    removed = []
+    if tls_front.running(FRONT_DIR):
+        removed.append("tls-front (nginx)")
+    tls_front.stop(FRONT_DIR)
+    for service in (_node(stack), _redis(stack)):
+        if service.running_pid():
+            removed.append(service.name)
+        native.stop_services([service], quiet=True)
+    try:
+        record = json.loads(read_private(RECORD) or "{}")
+    except ValueError:
+        record = {}
+    namespaces, links = netns.namespaces(), netns.links()
+    for namespace in record.get("namespaces", []):
+        if namespace in namespaces:
+            removed.append(namespace)
+        netns.remove_namespace(namespace)
+    for link in record.get("links", []):
+        if link in links:
+            netns.remove_link(link)
+            removed.append(link)
+    RECORD.unlink(missing_ok=True)
+    if shutil.which("nft"):
+        root_guard.update(stack)
+    return [name for name in removed if not name.endswith("-h")]
