@@ -19,6 +19,7 @@ import asyncio
 import os
 import re
 import shutil
+import sys
 import tempfile
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
@@ -30,6 +31,7 @@ import pytest
 import pytest_asyncio
 from livekit import api
 
+from agent_runtime.ffi_exit import exit_without_finalization
 from livekit_harness_pytest import room_sweep
 from livekit_harness_pytest.harness_stack import LiveKitStack, StackUnusable, bring_up, resolve, verify
 from livekit_harness_pytest.participant import Participant
@@ -57,8 +59,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="address the shared webhook receiver binds (0.0.0.0 for a server in Docker)")  # fmt: skip
 
 
+_sessions = {"active": 0, "exit_status": 0}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "livekit_needs(*needs): needs browser, cluster or root; skipped when unmet")
+    _sessions["active"] += 1
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The outermost session that used the livekit FFI ends without interpreter finalization (as `python -m
+    bootstrap` does: agent_runtime.ffi_exit), since the FFI's threads can abort while Python tears down. Not for
+    a session nested in another (pytester's inline runs), an xdist worker (its controller must hear it finish),
+    or under mutmut."""
+    _sessions["active"] -= 1
+    nested_or_managed = _sessions["active"] or "PYTEST_XDIST_WORKER" in os.environ or "MUTANT_UNDER_TEST" in os.environ
+    if not nested_or_managed and "livekit.rtc" in sys.modules:
+        exit_without_finalization(int(_sessions["exit_status"]))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -73,7 +90,7 @@ def _pool(config: pytest.Config) -> WorkerPool:
     if pool_key not in config.stash:
         lk = _resolved(config)
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}, **lk.env(),
-               "PYTHONPATH": os.pathsep.join(p for p in __import__("sys").path if p)}  # fmt: skip
+               "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # fmt: skip
         log_dir = Path(tempfile.mkdtemp(prefix="livekit-harness-workers-"))
         config.stash[pool_key] = WorkerPool(env, log_dir, config.getoption("--livekit-agent-jobs"))
     return config.stash[pool_key]
@@ -93,7 +110,8 @@ def _hub(config: pytest.Config) -> HubClient:
     return config.stash[hub_key]
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _sessions["exit_status"] = int(exitstatus)
     if pool_key in session.config.stash:
         session.config.stash[pool_key].close()
     if hub_key in session.config.stash:

@@ -1,0 +1,189 @@
+"""pytest-livekit-harness's own tests, with pytester: inner sessions in processes of their own (the rtc SDK and
+the session's exit are per process) against the real stack. An inner session inherits this session's proof of the
+stack (LIVEKIT_HARNESS_VERIFIED), except where the test breaks it on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from livekit import api
+
+from livekit_harness_pytest.harness_stack import LiveKitStack
+from livekit_harness_pytest.process_identity import start_ticks
+
+pytestmark = pytest.mark.integration
+pytest_plugins = ["pytester"]
+EXAMPLE_TESTS = Path(__file__).resolve().parents[1] / "examples" / "pitch-agent" / "tests" / "test_pitch_agent.py"
+
+INI = """
+[pytest]
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = session
+asyncio_default_test_loop_scope = session
+markers = integration: the example's category
+"""
+# The agent the inner sessions dispatch: it says which process serves it, and logs a line to look for.
+AGENT = """
+import logging, os
+log = logging.getLogger("harness_agent")
+
+async def entrypoint(ctx):
+    await ctx.connect()
+    await ctx.room.local_participant.set_attributes({"pid": str(os.getpid())})
+    log.info("HARNESS-AGENT-MARKER joined %s", ctx.room.name)
+"""
+# Each inner test records its room and its agent's worker process, so the outer test can check both after.
+RECORDING_TESTS = """
+import asyncio, json, os, pathlib
+from harness_agent import entrypoint
+
+async def record(agent_worker, livekit_room):
+    agent = await agent_worker(entrypoint, agent_name="cleanup")
+    line = {"room": livekit_room.name, "worker": agent.worker.process.pid, "agent": agent.name}
+    with pathlib.Path(os.environ["HARNESS_OUT"]).open("a") as out:
+        out.write(json.dumps(line) + "\\n")
+
+async def test_passes(agent_worker, participant, livekit_room):
+    await record(agent_worker, livekit_room)
+
+async def test_fails(agent_worker, participant, livekit_room):
+    await record(agent_worker, livekit_room)
+    assert False, "failing on purpose"
+
+async def test_waits(agent_worker, participant, livekit_room):
+    if os.environ.get("HARNESS_WAIT") != "1":
+        return
+    await record(agent_worker, livekit_room)
+    await asyncio.sleep(60)
+"""
+# Under xdist: each test's agent must be served by ITS session's worker (a shared agent name would hand some
+# jobs to the other session's worker), and its webhooks must be its room's only.
+COLLISION_TESTS = """
+import pytest
+from harness_agent import entrypoint
+
+@pytest.mark.parametrize("n", range(4))
+async def test_own_worker_and_webhooks(n, agent_worker, participant, webhook_events, livekit_room):
+    agent = await agent_worker(entrypoint, agent_name="collide")
+    assert await participant.wait_for_attribute(agent.identity, "pid") == str(agent.worker.process.pid)
+    await webhook_events.wait_for("participant_joined", participant.identity)
+    await webhook_events.wait_for("participant_joined", agent.identity)
+    assert {e.room.name for e in webhook_events.events} == {livekit_room.name}
+"""
+
+
+@pytest.fixture
+def inner(pytester: pytest.Pytester, livekit_stack: LiveKitStack, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    pytester.makeini(INI)
+    pytester.makepyfile(harness_agent=AGENT)
+    monkeypatch.setenv("HARNESS_OUT", str(pytester.path / "out.jsonl"))
+    return pytester
+
+
+def recorded(pytester: pytest.Pytester) -> list[dict[str, object]]:
+    path = pytester.path / "out.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def listed_rooms(lk: LiveKitStack) -> set[str]:
+    return {r.name for r in (await lk.api.room.list_rooms(api.ListRoomsRequest())).rooms}
+
+
+def gone(pid: int) -> bool:
+    return start_ticks(pid) is None or Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+
+
+def test_a_failing_stack_stops_the_session_with_its_cause(inner: pytest.Pytester, livekit_stack: LiveKitStack,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    inner.makepyfile(test_inner="def test_a(livekit_stack): pass\n\ndef test_b(livekit_room): pass\n")
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "not-the-secret-of-this-stack-at-all")
+    result = inner.runpytest_subprocess("--livekit-url", livekit_stack.url, "-p", "no:cacheprovider", timeout=60)
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR, out
+    assert "LiveKit stack unusable, no test ran" in out and "✗ worker" in out
+    assert "cause: HTTP 401" in out and "fix:" in out
+    assert "not-the-secret" not in out + result.stderr.str()
+    assert " passed" not in out and " error" not in out
+
+
+async def test_rooms_and_workers_are_cleaned_after_pass_and_fail_and_the_failure_shows_its_agent_log(
+    inner: pytest.Pytester, livekit_stack: LiveKitStack
+) -> None:
+    inner.makepyfile(test_inner=RECORDING_TESTS)
+    result = await asyncio.to_thread(inner.runpytest_subprocess, "-p", "no:cacheprovider", timeout=90)
+    result.assert_outcomes(passed=2, failed=1)
+    out = result.stdout.str()
+    # The failing test's report holds its agent's log; the passing ones print none.
+    assert "livekit agent cleanup-" in out and "HARNESS-AGENT-MARKER joined" in out
+    assert out.count("HARNESS-AGENT-MARKER") == out.count("- livekit agent cleanup-") == 1, out
+    assert livekit_stack.api_secret not in out
+    runs = recorded(inner)
+    assert len(runs) == 2
+    assert not {str(r["room"]) for r in runs} & await listed_rooms(livekit_stack)
+    assert all(gone(int(str(r["worker"]))) for r in runs)
+
+
+def run_until_recorded(inner: pytest.Pytester) -> tuple[subprocess.Popen[str], dict[str, object]]:
+    """An inner session in the background, waiting inside test_waits once it recorded its room and worker."""
+    inner.makepyfile(test_inner=RECORDING_TESTS)
+    env = {**os.environ, "HARNESS_WAIT": "1"}
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-k", "test_waits"]
+    session = subprocess.Popen(
+        command, cwd=inner.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 40
+    while not recorded(inner):
+        if session.poll() is not None or time.monotonic() > deadline:
+            session.kill()
+            pytest.fail(f"the inner session recorded nothing:\n{session.communicate()[0]}")
+        time.sleep(0.1)
+    return session, recorded(inner)[0]
+
+
+async def test_ctrl_c_cleans_the_room_and_the_worker(inner: pytest.Pytester, livekit_stack: LiveKitStack) -> None:
+    session, run = await asyncio.to_thread(run_until_recorded, inner)
+    assert str(run["room"]) in await listed_rooms(livekit_stack)
+    session.send_signal(signal.SIGINT)
+    out, _ = await asyncio.to_thread(session.communicate, timeout=15)
+    assert "KeyboardInterrupt" in out, out
+    assert str(run["room"]) not in await listed_rooms(livekit_stack)
+    assert gone(int(str(run["worker"])))
+
+
+async def test_a_killed_sessions_leftovers_go_once_the_next_session_starts_and_live_rooms_stay(
+    inner: pytest.Pytester, livekit_stack: LiveKitStack, livekit_room: api.Room
+) -> None:
+    session, run = await asyncio.to_thread(run_until_recorded, inner)
+    session.kill()
+    await asyncio.to_thread(session.wait, 10)
+    deadline = time.monotonic() + 5  # the worker dies with its session (PR_SET_PDEATHSIG)
+    while not gone(int(str(run["worker"]))):
+        assert time.monotonic() < deadline, "the killed session's worker outlived it"
+        await asyncio.sleep(0.1)
+    assert str(run["room"]) in await listed_rooms(livekit_stack)  # nobody deleted it: its session was killed
+
+    inner.makepyfile(test_next="def test_next(livekit_stack): pass\n")
+    result = await asyncio.to_thread(inner.runpytest_subprocess, "-p", "no:cacheprovider", "-s", "test_next.py",
+                                     timeout=60)  # fmt: skip
+    result.assert_outcomes(passed=1)
+    swept = [line for line in result.stdout.lines if "room(s) left by killed sessions" in line]
+    assert swept and str(run["room"]) in swept[0], result.stdout.str()
+    rooms = await listed_rooms(livekit_stack)
+    assert str(run["room"]) not in rooms
+    assert livekit_room.name in rooms  # this (live) session's room was not swept
+
+
+def test_two_xdist_workers_never_collide(inner: pytest.Pytester) -> None:
+    """The example epic's suite and a collision probe, with -n 2: rooms, agent names, the worker that serves a
+    room, ports and webhooks all stay each session's own."""
+    inner.makepyfile(test_pitch_agent=EXAMPLE_TESTS.read_text(), test_collisions=COLLISION_TESTS)
+    result = inner.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=9)
