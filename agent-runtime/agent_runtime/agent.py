@@ -60,6 +60,7 @@ async def echo_session(ctx: agents.JobContext) -> None:
     await ctx.connect(auto_subscribe=agents.AutoSubscribe.AUDIO_ONLY)
     agent.serve_ping()
     agent.serve_hearing()
+    agent.serve_receiver()
     await agent.announce_ready()
     log.info("agent %s joined %s", ctx.room.local_participant.identity, ctx.room.name)
 

@@ -5,7 +5,8 @@ shared Python state, so the checks pass the same against a separate `python -m a
 - audio: each participant's microphone track is measured (what it heard) and echoed back on a track of the
   agent's own named `echo-<identity>`, so each participant hears only its own echo;
 - RPC: PING_METHOD returns its payload; HEARD_METHOD returns what the agent heard from the caller, or from
-  the participant its payload names (JSON);
+  the participant its payload names (JSON); RECEIVER_METHOD returns the agent's own receiver statistics of that
+  participant's audio (its inbound-rtp and codec reports, JSON: loss, NACKs, jitter, concealment);
 - data: reliable packets on DATA_TOPIC (`<sender identity> <sequence number>`) are sent back to their sender,
   unchanged and in order.
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from google.protobuf.json_format import MessageToDict
 from livekit import rtc
 
 # stdlib logging, not structlog: jobs may run in processes of their own, where livekit-agents forwards stdlib
@@ -33,6 +35,8 @@ SAMPLE_RATE = 48000
 FRAME_MS = 10
 PING_METHOD = "bootstrap.ping"
 HEARD_METHOD = "bootstrap.heard"
+RECEIVER_METHOD = "bootstrap.receiver"
+RECEIVER_REPORTS = ("inbound_rtp", "codec")  # of a track's stats: the rest (certificates) is large and not needed
 DATA_TOPIC = "bootstrap.echo"
 # Set once the agent's RPC methods are registered: a call that arrives earlier is answered UNSUPPORTED_METHOD
 # by the SDK (measured: 1 room in 50 under --load when pinging the moment the server listed the agent).
@@ -106,6 +110,7 @@ class EchoAgent:
     def __init__(self, room: rtc.Room) -> None:
         self.room = room
         self.hearings: dict[str, Hearing] = {}
+        self.tracks: dict[str, rtc.RemoteAudioTrack] = {}  # each participant's audio track, for its stats
         self._tasks: set[asyncio.Task[None]] = set()
 
     def attach_audio_echo(self) -> None:
@@ -119,6 +124,7 @@ class EchoAgent:
     def _on_audio(self, *, echo: bool) -> None:
         def on_track(track: rtc.Track, _pub: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant) -> None:
             if isinstance(track, rtc.RemoteAudioTrack):
+                self.tracks[who.identity] = track
                 self._spawn(self._listen(track, who.identity, echo))
 
         self.room.on("track_subscribed", on_track)
@@ -148,6 +154,16 @@ class EchoAgent:
             return self.hearings.get(call.payload or call.caller_identity, Hearing()).as_json()
 
         self.room.local_participant.register_rpc_method(HEARD_METHOD, heard)
+
+    def serve_receiver(self) -> None:
+        async def receiver(call: rtc.RpcInvocationData) -> str:
+            """The agent's receiver statistics of the audio of the participant in the payload (default: the caller)."""
+            track = self.tracks.get(call.payload or call.caller_identity)
+            stats = await track.get_stats() if track is not None else []
+            kept = [s for s in stats if s.WhichOneof("stats") in RECEIVER_REPORTS]
+            return json.dumps([MessageToDict(s, preserving_proto_field_name=True) for s in kept])
+
+        self.room.local_participant.register_rpc_method(RECEIVER_METHOD, receiver)
 
     async def announce_ready(self) -> None:
         """Tell the room (a participant attribute, seen in the server's listing) that the RPCs are served."""

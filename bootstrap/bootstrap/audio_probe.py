@@ -5,6 +5,12 @@ Marker m is a PIP_FRAMES-long tone at MARKER_HZ[m % len(MARKER_HZ)], one every P
 between. Each frequency sits on the 100 Hz grid of a 10 ms frame's FFT at 48 kHz, 200 Hz from its neighbours,
 so a received frame names its marker by its dominant frequency; a cycle of all frequencies (960 ms) is far
 longer than a round trip, so the latest send of that frequency is the one echoed.
+
+Once the markers are timed, both ends' receiver statistics give the audio's quality (bootstrap.audio_quality:
+loss on the wire and after repair, jitter, concealment, a MOS), counted between two snapshots taken while the
+markers flow: at the first echo (set-up is not the path's quality) and as the sending stops (a receiver whose
+packets stopped conceals the silence after them). A `window_s` keeps the markers flowing that much longer, so
+the figures count enough packets (50 a second each way).
 """
 
 from __future__ import annotations
@@ -14,11 +20,21 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from google.protobuf.json_format import MessageToDict
 from livekit import rtc
 
-from agent_runtime.echo import ECHO_TRACK_PREFIX, FRAME_MS, HEARD_METHOD, SAMPLE_RATE, dominant_frequency
+from agent_runtime.echo import (
+    ECHO_TRACK_PREFIX,
+    FRAME_MS,
+    HEARD_METHOD,
+    RECEIVER_METHOD,
+    SAMPLE_RATE,
+    dominant_frequency,
+)
+from bootstrap import audio_quality
 from bootstrap.stats import summary
 
 MARKER_HZ = tuple(1000 + 200 * k for k in range(16))
@@ -34,6 +50,7 @@ HEARD_RMS = 200.0
 SOURCE_QUEUE_MS = 50
 STREAM_CAPACITY = 0  # unbounded: our reader is never paced, so a backlog drains at once (none is dropped)
 ECHO_WAIT = 1.0  # after the last marker: how long its echo may take before it counts as lost
+Reports = list[dict[str, Any]]
 
 
 class AudioPathError(Exception):
@@ -48,6 +65,7 @@ class AudioFigures:
     echoed: dict[int, float] = field(default_factory=dict)  # marker m -> when its echo was detected
     heard: dict[str, float] = field(default_factory=dict)  # what the agent reports it heard from us
     spurious: int = 0  # pips heard at a frequency no marker then in flight had (reported, not credited)
+    quality: dict[str, Any] = field(default_factory=dict)  # bootstrap.audio_quality.quality's figures
 
     @property
     def first(self) -> int | None:
@@ -85,6 +103,7 @@ class AudioFigures:
             "timed_markers": len(self.round_trips),
             "spurious": self.spurious,
             "agent_heard": self.heard,
+            "quality": self.quality,
         }
 
 
@@ -118,13 +137,18 @@ async def agent_hearing(room: rtc.Room, agent: str, about: str = "") -> dict[str
 class AudioProbe:
     """Publishes the markers from `room` and listens for their echo from `agent_identity`."""
 
-    def __init__(self, room: rtc.Room, agent_identity: str, markers_after_setup: int, first_echo_limit: float) -> None:
+    def __init__(
+        self, room: rtc.Room, agent_identity: str, markers_after_setup: int, first_echo_limit: float,
+        window_s: float = 0.0,
+    ) -> None:  # fmt: skip
         self.room, self.agent = room, agent_identity
         self.first_echo_limit = first_echo_limit
+        self.window_s = window_s  # markers keep flowing this long after the first echo, for the quality figures
         self.figures = AudioFigures(markers_after_setup)
         self.echo_track_seen = asyncio.Event()
         self._pending: tuple[int, float] | None = None  # a frame at a marker's frequency, awaiting its second
         self._tasks: list[asyncio.Task[None]] = []
+        self._snapshots: list[asyncio.Task[tuple[Reports, Reports]]] = []  # at the first echo, at the end
         self._track: rtc.LocalAudioTrack | None = None
 
     async def run(self) -> AudioFigures:
@@ -140,7 +164,35 @@ class AudioProbe:
         deadline = time.monotonic() + ECHO_WAIT
         while self.figures.lost_after_setup and time.monotonic() < deadline:
             await asyncio.sleep(FRAME_MS / 1000)
+        try:
+            self.figures.quality = await self.read_quality()
+        except Exception as exc:  # no stats is no verdict on quality, not a broken path
+            self.figures.quality = {"error": f"{type(exc).__name__}: {exc}"}
         return self.figures
+
+    async def read_quality(self) -> dict[str, Any]:
+        """Both directions' quality figures (bootstrap.audio_quality) between the snapshots (without a first
+        echo: all the stats counted)."""
+        snapshots = [await task for task in self._snapshots]
+        end = snapshots[-1] if len(snapshots) == 2 else await self._snapshot()
+        since = snapshots[0] if len(snapshots) == 2 else None
+        round_trips = self.figures.round_trips
+        round_trip_ms = 1000.0 * sorted(round_trips)[len(round_trips) // 2] if round_trips else 0.0
+        return audio_quality.quality(*end, round_trip_ms, since=since)
+
+    async def _snapshot(self) -> tuple[Reports, Reports]:
+        """Our stats and the agent's (its RPC; an agent that cannot say leaves its figures out), as dicts."""
+        session = await self.room.get_rtc_stats()
+        own = [MessageToDict(s, preserving_proto_field_name=True)
+               for s in (*session.publisher_stats, *session.subscriber_stats)]  # fmt: skip
+        try:
+            reply = await self.room.local_participant.perform_rpc(
+                destination_identity=self.agent, method=RECEIVER_METHOD, payload="", response_timeout=2.0
+            )
+            agent = list(json.loads(reply))
+        except Exception:
+            agent = []
+        return own, agent
 
     async def ask_what_agent_heard(self) -> dict[str, float]:
         self.figures.heard = await agent_hearing(self.room, self.agent)
@@ -157,7 +209,7 @@ class AudioProbe:
         figures = self.figures
         if figures.first is None:
             return _no_echo(figures, self.echo_track_seen.is_set(), self.agent)
-        if lost := figures.lost_after_setup:
+        if (lost := figures.lost_after_setup) and not audio_quality.lossy(figures.quality):
             return (f"audio markers {lost[:8]} were lost after the path was set up (marker {figures.first} was "
                     "the first echoed)")  # fmt: skip
         heard = figures.heard
@@ -169,6 +221,8 @@ class AudioProbe:
         return None
 
     async def close(self) -> None:
+        for snapshot in self._snapshots:
+            snapshot.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -186,13 +240,25 @@ class AudioProbe:
         while True:
             marker, offset = divmod(frame_no, PERIOD_FRAMES)
             if offset == 0:
-                if self.figures.done_sending or (self.figures.first is None and time.monotonic() > give_up):
+                if self.figures.first is not None and not self._snapshots:
+                    self._snapshots.append(asyncio.create_task(self._snapshot()))
+                if self.figures.done_sending and self._window_over() and len(self._snapshots) == 1:
+                    self._snapshots.append(asyncio.create_task(self._snapshot()))  # while the audio still flows
+                if (len(self._snapshots) == 2 and self._snapshots[1].done()) or (
+                    self.figures.first is None and time.monotonic() > give_up
+                ):
                     return
                 self.figures.sent.append(time.monotonic())
             await source.capture_frame(marker_frame(marker, offset))
             frame_no += 1
             next_at += FRAME_MS / 1000
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    def _window_over(self) -> bool:
+        first = self.figures.first
+        return not self.window_s or (
+            first is not None and time.monotonic() >= self.figures.echoed[first] + self.window_s
+        )
 
     def _watch_for_echo_track(self) -> None:
         wanted = f"{ECHO_TRACK_PREFIX}{self.room.local_participant.identity}"

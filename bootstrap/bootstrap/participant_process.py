@@ -5,7 +5,8 @@ Line protocol, one JSON object per line:
   stdin  {"url", "token", "relay": bool, "ice_timeout": s}  → join, bounded by ice_timeout
   stdout {"joined", "join_s", "error", "offered", "pairs"}   (offered: what the SDK was given while connecting)
 then any of these, until stdin ends:
-  stdin  {"agent": identity}                                  (the parent saw it ready through the API)
+  stdin  {"agent": identity, "window": s}                     (the parent saw it ready through the API; window:
+                                                              audio kept flowing s longer for its quality figures)
   stdout {"data", "audio", "failure"}                         (the data-plane round trips over this path)
   stdin  {"watch": s}                                         (a drill is about to break the room's node)
   stdout {"reconnecting_s", "reconnected_s", "disconnected_s", "reason"}  (seconds after the watch began, or
@@ -68,7 +69,7 @@ async def join(room: rtc.Room, request: dict[str, Any], recorder: OfferRecorder)
     }
 
 
-async def exchange(room: rtc.Room, agent: str) -> dict[str, Any]:
+async def exchange(room: rtc.Room, agent: str, window: float = 0.0) -> dict[str, Any]:
     """Reliable packets, RPC round trips and audio markers with the agent, as the single run's data and media
     stages do; the first failure is reported, naming its direction."""
     data = DataFigures()
@@ -84,7 +85,7 @@ async def exchange(room: rtc.Room, agent: str) -> dict[str, Any]:
         result.update(data=data.as_dict(), failure=str(exc))
         return result
     result["data"] = data.as_dict()
-    probe = AudioProbe(room, agent, MARKERS_AFTER_SETUP, FIRST_ECHO_LIMIT)
+    probe = AudioProbe(room, agent, MARKERS_AFTER_SETUP, FIRST_ECHO_LIMIT, window_s=window)
     try:
         figures = await probe.run()
         result["failure"] = await probe.verdict()
@@ -130,7 +131,7 @@ async def main() -> None:
         say(joined)
         while joined["joined"] and (command := await hear()):
             if agent := command.get("agent"):
-                say(await exchange(room, agent))
+                say(await exchange(room, agent, float(command.get("window", 0.0))))
             elif "watch" in command:
                 say(await watch(room, float(command["watch"])))
     finally:

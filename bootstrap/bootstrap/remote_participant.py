@@ -68,9 +68,10 @@ class SdkClient:
         await self._tell({"url": self.url, "token": token, "relay": self.relay, "ice_timeout": ice_timeout})
         return await self._hear(ice_timeout + 5.0)
 
-    async def exchange(self, agent: str) -> dict[str, Any]:
-        await self._tell({"agent": agent})
-        return await self._hear(EXCHANGE_WAIT)
+    async def exchange(self, agent: str, window: float = 0.0) -> dict[str, Any]:
+        """The data plane with `agent`; its audio kept flowing `window` s longer for the quality figures."""
+        await self._tell({"agent": agent, "window": window})
+        return await self._hear(EXCHANGE_WAIT + window)
 
     async def start_watch(self, seconds: float) -> None:
         """Ask the participant to report what its SDK tells it in the next `seconds` (read it with end_watch)."""

@@ -9,8 +9,9 @@ lifecycle (the run itself only checks). Natively, as root (network namespaces):
 
 What a run changes in the lab goes through this module and is undone however the run ends: the node's config
 (`configure_node`, for a fault the run reproduces: the node restarts only when its config changes) and the client
-host's firewall for a path (`restrict`). `restore` puts both back to the lab's own; `paths-up` on a lab that is
-up restores it too (a run killed by SIGKILL could not).
+host's firewall for a path (`restrict`), and loss injected into a path's media (`impair`, devstack.impairment:
+nftables in each host's INPUT hook; no delay or jitter, this machine has no netem). `restore` puts all back to
+the lab's own; `paths-up` on a lab that is up restores it too (a run killed by SIGKILL could not).
 
 Everything the lab creates is written to RECORD before it is created; `paths-down` (and `make down`, and a
 `paths-up` that finds the lab broken) removes exactly what the record names, under one lock (LOCK_FILE), so two
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devstack import install, local_ca, native, netns, root_guard, tls_front
+from devstack import impairment, install, local_ca, native, netns, root_guard, tls_front
 from devstack.health import probe_livekit
 from devstack.native import StackError
 from devstack.paths_node import (
@@ -251,6 +252,27 @@ def restrict(stack: Stack, *, block_udp: bool = False, unreachable: tuple[str, .
     netns.restrict(hosts(stack).client, block_udp=block_udp, unreachable=unreachable)
 
 
+def impair(stack: Stack, loss: impairment.Impairment) -> None:
+    """`loss` of the media in both directions (replacing any): the client host drops it from the node (server →
+    client), the node host from the client host (client → server). Undone by clear_impairment and restore."""
+    lab = hosts(stack)
+    impairment.apply(lab.client.exec_argv([]), loss, lab.node_address)
+    impairment.apply(lab.node.exec_argv([]), loss, lab.client_address)
+
+
+def impairment_counters(stack: Stack) -> dict[str, dict[str, int]]:
+    """The impairment's own counters per direction ({"seen", "dropped"} RTP packets), {} where there is none."""
+    lab = hosts(stack)
+    return {"downstream": impairment.counters(lab.client.exec_argv([])),
+            "upstream": impairment.counters(lab.node.exec_argv([]))}  # fmt: skip
+
+
+def clear_impairment(stack: Stack) -> None:
+    lab = hosts(stack)
+    for host in (lab.client, lab.node):
+        impairment.clear(host.exec_argv([]))
+
+
 def restore(stack: Stack) -> None:
     """The lab as `paths-up` left it: the node on its own config, the client host's firewall its guard only."""
     with _locked():
@@ -259,6 +281,7 @@ def restore(stack: Stack) -> None:
 
 def _restore(stack: Stack) -> None:
     restrict(stack)
+    clear_impairment(stack)
     _ensure_node(stack, paths_node_config(stack))
 
 

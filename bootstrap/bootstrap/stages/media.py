@@ -1,13 +1,16 @@
 """Stage: audio crosses the SFU both ways. The participant publishes tone pips (markers), the agent echoes
 them back, and each marker is timed from send to echo (bootstrap.audio_probe). Figures: time to first echo
 from publish_track's return, markers lost while the path was set up (reported) and after (must be 0), round
-trips over the markers after set-up, and what the agent itself heard (its dominant frequency: not silence)."""
+trips over the markers after set-up, and what the agent itself heard (its dominant frequency: not silence); then
+how good the audio was each way (bootstrap.audio_quality: loss on the wire and after repair, a MOS), WARN or FAIL
+by its thresholds."""
 
 from __future__ import annotations
 
+from bootstrap import audio_quality
 from bootstrap.audio_probe import AudioProbe, describe
 from bootstrap.context import RunContext
-from bootstrap.result import StageFailure
+from bootstrap.result import Kind, StageFailure, StageWarning, Status
 
 MARKERS_AFTER_SETUP = 12
 FIRST_ECHO_LIMIT = 4.0  # seconds after publishing; the stage's cap leaves room to explain a failure
@@ -22,4 +25,10 @@ async def run(ctx: RunContext) -> str:
     ctx.audio = await probe.run()
     if failure := await probe.verdict():
         raise StageFailure(failure, FIX)
-    return describe(ctx.audio)
+    detail = "; ".join(filter(None, (describe(ctx.audio), audio_quality.describe(ctx.audio.quality))))
+    status, why = audio_quality.judge(ctx.audio.quality, len(ctx.audio.lost_after_setup))
+    if status is Status.FAIL:
+        raise StageFailure(f"audio quality: {why}", audio_quality.FIX, Kind.MEDIA)
+    if status is Status.WARN:
+        raise StageWarning(detail, f"audio quality: {why}", audio_quality.FIX, Kind.MEDIA)
+    return detail

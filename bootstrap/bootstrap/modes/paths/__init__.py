@@ -1,5 +1,6 @@
 """Paths mode (`--paths [NAMES]`, needs root): a participant on another host (a network namespace) over each
-network path; `--fault NAME` reproduces a misconfiguration users hit, to see its FAIL and fix."""
+network path; `--fault NAME` reproduces a misconfiguration users hit, to see its FAIL and fix; `--impair loss=N%`
+(or `burst=N%`) drops that share of one path's media both ways, to see the audio-quality figures answer it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from bootstrap.modes.paths.network_paths import DEFAULT_PATHS, FAULTS, PATHS
 from bootstrap.modes.paths.path_stages import PathsState
 from bootstrap.stages import Stage, stage_named
 from devstack import paths_lab
+from devstack.impairment import Impairment
 from devstack.stack_env import Stack
 
 PATH_CAP = 45.0
@@ -41,6 +43,14 @@ class PathsMode(Mode):
             choices=list(FAULTS),
             help=f"with --paths: reproduce a misconfiguration users hit, to see its FAIL and fix ({faults})",
         )
+        group.add_argument(
+            "--impair",
+            metavar="SPEC",
+            help="with --paths: drop media packets both ways on the path (nftables in each host's input; no delay or "
+            "jitter: this machine has no netem): loss=N%% at random, or burst=N%% (N in a row of every 100); the "
+            f"audio flows {path_stages.IMPAIR_WINDOW:.0f} s for the figures, the rule's own counters beside them "
+            f"(paths {', '.join(IMPAIRABLE)} only; default path udp)",
+        )
 
     def selected(self, args: argparse.Namespace) -> bool:
         return args.paths is not None
@@ -48,13 +58,20 @@ class PathsMode(Mode):
     def resolve(self, args: argparse.Namespace) -> str | None:
         if args.fault and args.paths is None:
             return "--fault needs --paths: it reproduces a misconfiguration on the paths check's own node"
+        if error := _resolve_impair(args):
+            return error
         if args.paths is None or isinstance(args.paths, list):
             return None
         names = [n.strip() for n in args.paths.split(",") if n.strip()]
         if unknown := [n for n in names if n not in PATHS]:
             return f"--paths: unknown path {', '.join(unknown)}; known: {', '.join(PATHS)}"
-        if not names:  # what --paths alone implies: every path, or the ones the fault shows
+        if not names:  # what --paths alone implies: every path, or the ones the fault shows (or the impaired one)
             names = list(FAULTS[args.fault].paths) if args.fault else list(DEFAULT_PATHS)
+            names = ["udp"] if args.impair else names
+        if args.impair and (other := [n for n in names if n not in IMPAIRABLE]):
+            return (f"--impair: {', '.join(other)} cannot be impaired: the loss is matched on host-to-host RTP "
+                    f"over UDP ({', '.join(IMPAIRABLE)}); TURN wraps it in channel data, the browser paths run TCP "
+                    "or TLS")  # fmt: skip
         args.paths = list(dict.fromkeys(names))
         return None
 
@@ -64,7 +81,7 @@ class PathsMode(Mode):
         return Target(livekit_url=paths_lab.node_url(stack))
 
     def plan(self, args: argparse.Namespace) -> Plan:
-        state = PathsState(args.paths, args.fault)
+        state = PathsState(args.paths, args.fault, impair=args.impair)
         return Plan(
             [
                 Stage("client-host", partial(path_stages.run_client_host, state=state), 30.0),
@@ -74,6 +91,22 @@ class PathsMode(Mode):
             ],
             lambda ctx: _figures(ctx, state),
         )  # fmt: skip
+
+
+IMPAIRABLE = ("udp", "wss")
+
+
+def _resolve_impair(args: argparse.Namespace) -> str | None:
+    """--impair's SPEC parsed into an Impairment (in place); an error when it is malformed or without --paths."""
+    if args.impair is None or isinstance(args.impair, Impairment):
+        return None
+    if args.paths is None:
+        return "--impair needs --paths: the loss is injected in the paths lab"
+    try:
+        args.impair = Impairment.parse(args.impair)
+    except ValueError as exc:
+        return f"--impair: {exc}"
+    return None
 
 
 def _figures(ctx: RunContext, state: PathsState) -> dict[str, Any]:

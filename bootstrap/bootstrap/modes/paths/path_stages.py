@@ -12,7 +12,10 @@ path NAME    one per path, each on its own (one failing does not skip the next):
              bootstrap.browser.page_client);
              its own stats name the selected pair, which must be the path's; then the data plane crosses it
              with the agent. A join that fails is explained from what the client was offered
-             (bootstrap.modes.paths.path_diagnosis).
+             (bootstrap.modes.paths.path_diagnosis). The audio's quality (bootstrap.audio_quality) makes it WARN
+             or FAIL by its thresholds; with --impair, the loss is injected into the path's media through the lab
+             (paths_lab.impair, cleared after the path and by the lab's restore) while the audio flows
+             IMPAIR_WINDOW s, and the rule's own counters go beside the receivers' figures.
 """
 
 from __future__ import annotations
@@ -26,14 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from backend.tokens import participant_token
+from bootstrap import audio_quality
 from bootstrap.context import RunContext
 from bootstrap.ice import Offered
 from bootstrap.lookups import find_ready_agent, poll_until
 from bootstrap.modes.paths.network_paths import FAULTS, SDK, NetworkPath
 from bootstrap.modes.paths.path_diagnosis import check_pair, explain_no_join
 from bootstrap.remote_participant import PathClient, SdkClient
-from bootstrap.result import StageFailure, StageSkipped
+from bootstrap.result import Kind, StageFailure, StageSkipped, StageWarning, Status
 from devstack import netns, paths_lab
+from devstack.impairment import Impairment
 from devstack.paths_lab import LogMark, PathsHosts
 from devstack.stack_env import RUNTIME_DIR
 
@@ -41,6 +46,7 @@ ICE_TIMEOUT = 6.0  # a working path joins here in well under a second; the rtc S
 AGENT_WAIT = 10.0
 TOKEN_TTL = timedelta(minutes=10)
 POLL_INTERVAL = 0.1
+IMPAIR_WINDOW = 12.0  # s of audio after the first echo: ~600 RTP packets each way at Opus's 50 a second
 LOCK_FILE = RUNTIME_DIR / "paths.lock"
 LAB_FIX = "run `make paths-up` (root): it brings the paths lab up, or makes it afresh when part of it is gone"
 
@@ -56,6 +62,7 @@ class PathsState:
     logs: LogMark | None = None  # where the node's and the front's logs stood when the run began
     ca_cert: Path | None = None  # the local CA the clients trust
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # per path, for the report
+    impair: Impairment | None = None  # --impair: media loss injected on each path for its exchange
 
 
 def client_lab(state: PathsState) -> PathsHosts:
@@ -138,12 +145,44 @@ async def run_path(ctx: RunContext, path: NetworkPath, state: PathsState) -> str
         raise failure
     async with asyncio.timeout(AGENT_WAIT):
         agent = await poll_until(lambda: find_ready_agent(ctx, room), POLL_INTERVAL)
-    exchanged = await client.exchange(agent.identity)
+    exchanged = await _exchange(ctx, state, client, agent.identity, figures)
     figures.update(data=exchanged["data"], audio=exchanged["audio"])
     if exchanged["failure"]:
         raise StageFailure(f"over the {path.name} path: {exchanged['failure']}",
                            f"see the agent's log (--verbose) and the node's log, {paths_lab.node_log()}")  # fmt: skip
-    return _detail(path, joined, exchanged)
+    return _judge_quality(path, _detail(path, joined, exchanged), exchanged["audio"], figures.get("impairment"))
+
+
+async def _exchange(
+    ctx: RunContext, state: PathsState, client: PathClient, agent: str, figures: dict[str, Any]
+) -> dict[str, Any]:
+    """The data plane with the agent; with --impair, under the injected loss, its counters kept in `figures`."""
+    if state.impair is None:
+        return await client.exchange(agent)
+    assert isinstance(client, SdkClient)  # --impair takes the rtc SDK's paths only (the mode checked)
+    await asyncio.to_thread(paths_lab.impair, ctx.stack, state.impair)
+    try:
+        return await client.exchange(agent, IMPAIR_WINDOW)
+    finally:
+        counters = await asyncio.to_thread(paths_lab.impairment_counters, ctx.stack)
+        await asyncio.to_thread(paths_lab.clear_impairment, ctx.stack)
+        figures["impairment"] = {"spec": str(state.impair), **counters}
+
+
+def _judge_quality(path: NetworkPath, detail: str, audio: dict[str, Any], injected: dict[str, Any] | None) -> str:
+    quality = audio.get("quality") or {}
+    if line := audio_quality.describe(quality):
+        detail += f"; {line}"
+    if injected:
+        nft = [f"{side[:2]} {c.get('dropped', 0)}/{c.get('seen', 0)}" for side in ("upstream", "downstream")
+               if (c := injected.get(side))]  # fmt: skip
+        detail += f"; injected {injected['spec']}: nft dropped {', '.join(nft)} RTP packets"
+    status, why = audio_quality.judge(quality, int(audio.get("lost_after_setup", 0) or 0))
+    if status is Status.FAIL:
+        raise StageFailure(f"over the {path.name} path: audio quality: {why}", audio_quality.FIX, Kind.MEDIA)
+    if status is Status.WARN:
+        raise StageWarning(detail, f"over the {path.name} path: audio quality: {why}", audio_quality.FIX, Kind.MEDIA)
+    return detail
 
 
 async def _client(state: PathsState, path: NetworkPath, lab: PathsHosts, url: str) -> PathClient:

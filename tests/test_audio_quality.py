@@ -1,0 +1,167 @@
+"""The audio-quality math (bootstrap.audio_quality) on its own: livekit-server's scorer formula at known points,
+the receivers' reports read from their JSON form, the verdict's thresholds, and the impairment's spec and nft
+rules (devstack.impairment). No server, no namespace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bootstrap import audio_quality as aq
+from bootstrap.result import Status
+from devstack.impairment import Impairment
+
+pytestmark = pytest.mark.unit
+
+FMTP = "minptime=10;useinbandfec=1"
+
+
+def codec(name: str, fmtp: str = FMTP, mime: str = "audio/opus") -> dict[str, Any]:
+    return {"codec": {"rtc": {"id": name}, "codec": {"mime_type": mime, "sdp_fmtp_line": fmtp}}}
+
+
+def inbound(received: int, lost: int, concealed: int = 0, total: int = 48000, codec_id: str = "CI") -> dict[str, Any]:
+    """An inbound-rtp report as protobuf's JSON form writes it (64-bit integers as strings)."""
+    return {
+        "inbound_rtp": {
+            "stream": {"ssrc": 1, "kind": "audio", "codec_id": codec_id},
+            "received": {"packets_received": str(received), "packets_lost": str(lost), "jitter": 0.004},
+            "inbound": {"jitter_buffer_delay": 96.0, "jitter_buffer_emitted_count": "1920", "nack_count": 3,
+                        "concealed_samples": str(concealed), "total_samples_received": str(total),
+                        "concealment_events": 2},
+        }
+    }  # fmt: skip
+
+
+def outbound(sent: int, lost_reported: int) -> list[dict[str, Any]]:
+    return [
+        {"outbound_rtp": {"stream": {"ssrc": 7, "kind": "audio", "codec_id": "CO"}, "sent": {"packets_sent": str(sent)},
+                          "outbound": {"nack_count": 0}}},
+        {"remote_inbound_rtp": {"stream": {"ssrc": 7, "kind": "audio"}, "received": {"packets_lost": str(lost_reported)},  # noqa: E501
+                                "remote_inbound": {"round_trip_time": 0.001}}},
+        codec("CO", "minptime=10;usedtx=1;useinbandfec=1"),
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------- the scorer's formula
+
+
+def test_mos_is_capped_at_4_5_and_floored_at_1() -> None:
+    assert aq.mos_of(100.0) == aq.mos_of(150.0) == 4.5
+    assert aq.mos_of(0.0) == aq.mos_of(-5.0) == 1.0
+
+
+def test_mos_matches_the_scorer_at_known_points() -> None:
+    """R 80 is the scorer's EXCELLENT/GOOD line (MOS ~4.02), R 40 its GOOD/POOR line (MOS ~2.27)."""
+    assert aq.mos_of(80.0) == pytest.approx(1 + 2.8 + 7e-6 * 80 * 20 * 20)
+    assert aq.mos_of(40.0) == pytest.approx(1 + 1.4 + 7e-6 * 40 * -20 * 60)
+
+
+def test_delay_is_half_the_round_trip_plus_twice_the_jitter() -> None:
+    assert aq.r_factor(0.0, 160.0, 0.0, 8.0) == pytest.approx(100 - 80 / 40)  # 80 ms: below the knee
+    assert aq.r_factor(0.0, 400.0, 0.0, 8.0) == pytest.approx(100 - (200 - 120) / 10)  # above 160 ms
+    assert aq.r_factor(0.0, 0.0, 10.0, 8.0) == pytest.approx(100 - 20 / 40)
+
+
+def test_loss_weights_are_the_scorers() -> None:
+    assert aq.scorer_weight("audio/opus", fec=False) == 8.0
+    assert aq.scorer_weight("audio/opus", fec=True) == pytest.approx(8.0 / 1.5)
+    assert aq.scorer_weight("audio/red", fec=False) == 4.0
+
+
+def test_mos_strictly_decreases_with_loss() -> None:
+    scores = [aq.mos(loss, 160.0, 0.0, fec=True) for loss in (0, 2, 5, 10)]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == 4
+    assert scores[0] >= 4.2 and scores[2] < aq.WARN_MOS and scores[3] < aq.FAIL_MOS
+
+
+# ---------------------------------------------------------------- reading the reports
+
+
+def test_receiver_figures_from_an_inbound_report() -> None:
+    rx = aq.Receiver.from_reports([inbound(950, 50, concealed=960), codec("CI")])
+    assert rx is not None
+    assert (rx.expected, rx.loss_pct, rx.concealed_pct) == (1000, 5.0, 2.0)
+    assert rx.jitter_ms == 4.0 and rx.jitter_buffer_ms == 50.0 and rx.nack_count == 3 and rx.concealment_events == 2
+    assert rx.codec.fec and not rx.codec.dtx and not rx.codec.red
+
+
+def test_no_audio_report_no_figures() -> None:
+    assert aq.Receiver.from_reports([codec("CI")]) is None and aq.SfuView.from_reports([]) is None
+    assert aq.quality([], [], 150.0) == {"round_trip_ms": 150.0}
+
+
+def test_both_directions_from_both_ends() -> None:
+    """Upstream: the agent's receiver counts our loss (the SFU's receiver report beside it); downstream: ours."""
+    own = [*outbound(1000, 40), inbound(600, 0, codec_id="CI"), codec("CI")]
+    agent = [inbound(960, 40, concealed=480), codec("CI")]
+    figures = aq.quality(own, agent, 160.0)
+    up, down = figures["upstream"], figures["downstream"]
+    assert (up["counted_by"], up["packets_lost"], up["loss_pct"], up["concealed_pct"]) == ("agent", 40, 4.0, 1.0)
+    assert (up["sfu_packets_sent"], up["sfu_packets_lost"]) == (1000, 40)
+    assert up["dtx"] and up["fec"] and down["loss_pct"] == 0.0 and down["counted_by"] == "participant"
+    assert down["mos"] > up["mos"] and up["mos_after_repair"] > up["mos"]
+
+
+def test_figures_count_only_between_the_snapshots() -> None:
+    """Set-up's loss and concealment (before the first snapshot) are not the path's."""
+    before = ([inbound(50, 5, concealed=4800, total=48000), codec("CI")], [inbound(50, 0), codec("CI")])
+    own = [inbound(1050, 55, concealed=4800, total=1008000), codec("CI")]
+    figures = aq.quality(own, [inbound(1050, 10), codec("CI")], 160.0, since=before)
+    down, up = figures["downstream"], figures["upstream"]
+    assert (down["packets_expected"], down["loss_pct"], down["concealed_pct"]) == (1050, 4.76, 0.0)
+    assert (up["packets_lost"], up["packets_expected"]) == (10, 1010) and "sfu_packets_lost" not in up
+
+
+def test_an_agent_that_cannot_say_leaves_upstream_out() -> None:
+    assert "upstream" not in aq.quality([inbound(100, 0), codec("CI")], [], 160.0)
+
+
+# ---------------------------------------------------------------- the verdict
+
+
+def side(mos: float, concealed: float, lost: int = 1) -> dict[str, Any]:
+    return {"mos": mos, "concealed_pct": concealed, "packets_lost": lost, "loss_pct": 1.0, "packets_expected": 100}
+
+
+@pytest.mark.parametrize(
+    ("up", "status", "reason"),
+    [
+        (side(4.4, 0.0), Status.PASS, ""),
+        (side(3.9, 0.1), Status.WARN, "upstream: MOS 3.90 < 4.0"),
+        (side(4.4, 2.5), Status.WARN, "upstream: concealed 2.5 % > 2 %"),
+        (side(3.0, 0.1), Status.FAIL, "upstream: MOS 3.00 < 3.1"),
+        (side(4.4, 11.0), Status.FAIL, "upstream: loss after repair 11.0 % > 10 %"),
+    ],
+)
+def test_thresholds(up: dict[str, Any], status: Status, reason: str) -> None:
+    assert aq.judge({"upstream": up, "downstream": side(4.5, 0.0, 0)}) == (status, reason)
+
+
+def test_the_worst_direction_decides_and_lost_markers_warn() -> None:
+    assert aq.judge({"upstream": side(3.9, 0.0), "downstream": side(3.0, 0.0)})[0] is Status.FAIL
+    assert aq.judge({"upstream": side(4.5, 0.0, 0)}, markers_lost=2) == (Status.WARN, "2 audio markers lost")
+    assert aq.lossy({"downstream": side(4.5, 0.0, 1)}) and not aq.lossy({"downstream": side(4.5, 0.0, 0)})
+
+
+def test_describe_names_each_direction() -> None:
+    line = aq.describe({"upstream": {**side(3.88, 0.19), "loss_pct": 4.02, "packets_expected": 622}})
+    assert line == "up loss 4.0 % of 622, concealed 0.2 %, MOS 3.88"
+
+
+# ---------------------------------------------------------------- the impairment's spec and rules
+
+
+def test_impairment_spec() -> None:
+    assert Impairment.parse("loss=5%") == Impairment("loss", 5) and str(Impairment.parse("burst=10")) == "burst=10%"
+    for bad in ("loss=0%", "loss=100%", "delay=50ms", "loss=5.5%", "jitter=10%"):
+        with pytest.raises(ValueError, match="expected loss=N%"):
+            Impairment.parse(bad)
+
+
+def test_impairment_rules_drop_rtp_from_the_peer_in_input() -> None:
+    random, burst = Impairment("loss", 5).rules("10.0.0.2"), Impairment("burst", 5).rules("10.0.0.2")
+    assert "hook input" in random and "hook output" not in random
+    assert "ip saddr 10.0.0.2 udp length > 20 @th,64,2 2 @th,73,7 != 72-78" in random
+    assert "numgen random mod 100 < 5 counter drop" in random and "numgen inc mod 100 < 5 counter drop" in burst
