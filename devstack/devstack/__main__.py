@@ -21,7 +21,7 @@ from devstack.native import StackError
 from devstack.postgres import PostgresError
 from devstack.safe_files import UnsafePathError
 from devstack.server_config import ConfigError, load_config
-from devstack.stack_env import LIVEKIT_YAML, StackEnvError, load_stack
+from devstack.stack_env import LIVEKIT_YAML, Stack, StackEnvError, load_stack
 
 VERBS = {
     "env": "create missing .env files (0600) from the examples and generate the development passwords",
@@ -91,11 +91,19 @@ def native_verbs(args: argparse.Namespace) -> dict[str, Callable[[], int | None]
     return {
         "up": lambda: native.up(stack, args.services),
         "down": lambda: native.down(stack, args.services),
-        "status": lambda: native.status(stack),
+        "status": lambda: native_status(stack),
         "logs": lambda: native.logs(stack),
         "cluster-up": lambda: native_cluster.up(stack),
         "cluster-down": lambda: native_cluster.down(stack),
     }
+
+
+def native_status(stack: Stack) -> int:
+    """Each service's state and health, then the paths lab's when one is recorded (the exit code: the stack's)."""
+    code = native.status(stack)
+    if paths_lab.RECORD.exists():
+        paths_lab.status(stack)
+    return code
 
 
 def remove_network_leftovers() -> None:
