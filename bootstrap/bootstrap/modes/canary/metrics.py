@@ -56,7 +56,7 @@ class CanaryMetrics:
     1 shows no increase() to Prometheus, so each label combination starts at 0)."""
 
     def __init__(self, stages: Iterable[str], interval: float) -> None:
-        disable_created_metrics()  # no `_created` series beside each counter: they double what a scrape carries
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: they double a scrape
         self.registry = CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, start time
