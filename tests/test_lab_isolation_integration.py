@@ -68,7 +68,7 @@ def nft_in(namespace: str, *args: str, script: str | None = None) -> str:
 
 
 def lab_namespaces(stack: Stack) -> list[str]:
-    prefixes = (nodes.lan(stack).prefix, paths_lab.hosts(stack).lan.prefix)
+    prefixes = tuple(lab.bridge.removesuffix("br") for lab in root_guard.labs(stack))  # lkh-c-, lkh-p-, …
     return [line.split()[0] for line in ip("netns", "list").splitlines() if line.startswith(prefixes)]
 
 
@@ -78,7 +78,7 @@ def lab_addresses(stack: Stack) -> list[str]:
     for namespace in lab_namespaces(stack):
         found |= set(re.findall(r"inet (\S+)/", ip("-n", namespace, "-4", "addr", "show")))
     found |= {nodes.lan(stack).gateway, paths_lab.hosts(stack).gateway}
-    ranges = (stack.paths_subnet, stack.cluster_subnet)
+    ranges = [lab.subnet for lab in root_guard.labs(stack)]
     return sorted(a for a in found if any(ipaddress.ip_address(a) in r for r in ranges))
 
 
@@ -184,7 +184,7 @@ def neighbour(stack: Stack, *, claims_test_range: bool) -> Iterator[list[str]]:
     """The neighbour's namespace and link, its routes to the test ranges through this machine; with
     `claims_test_range`, an address of its own in each range (and this machine routing replies to them back to
     it). Yields the source addresses it uses. Everything removed however the test ends."""
-    ranges = [stack.paths_subnet, stack.cluster_subnet]
+    ranges = [lab.subnet for lab in root_guard.labs(stack)]
     claimed = [str(r.network_address + CLAIMED_HOST) for r in ranges] if claims_test_range else []
     try:
         ip("netns", "add", NEIGHBOUR)
@@ -247,7 +247,7 @@ def test_a_lan_neighbour_reaches_nothing_the_project_started(labs_up: Stack, cla
     assert {process for _, _, _, process in found} >= {"server", "redis-server", "postgres", "nginx"}, found
     assert (nodes.lan(stack).gateway, stack.webhook_port) in probes["tcp"], "the webhook receiver is not listening"
     assert root_guard.present()
-    bridges = [link.bridge for link in root_guard.labs(stack)]
+    bridges = [lab.bridge for lab in root_guard.labs(stack) if Path("/sys/class/net", lab.bridge).exists()]
     with (
         neighbour(stack, claims_test_range=claims_test_range) as sources,
         forwarding([HOST_LINK, *bridges]),
