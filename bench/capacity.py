@@ -80,14 +80,15 @@ def measure(n: int, args: argparse.Namespace, max_jobs: int | None = 0) -> tuple
 
 
 def table(steps: list[Step], set_aside: list[Step]) -> None:
-    print(f"{'N':>4} {'held':>4} {'audio p50/p95 ms':>16} {'lost':>4} {'RPC p95':>7} {'disp p95':>8} {'fail':>4} "
-          f"{'ref':>3} {'load':>5} {'CPU% jobs':>9} {'partic':>6} {'server':>6} {'machine':>7} {'others':>6} "
-          f"{'else':>4} {'job CPU%':>8} {'job PSS':>7} {'job RSS':>7}")  # fmt: skip
+    print(f"{'N':>4} {'held':>4} {'audio p50/p95 ms':>16} {'open/hold p95':>13} {'lost':>4} {'RPC p95':>7} "
+          f"{'disp p95':>8} {'fail':>4} {'ref':>3} {'load':>5} {'CPU% jobs':>9} {'partic':>6} {'server':>6} "
+          f"{'machine':>7} {'others':>6} {'else':>4} {'job CPU%':>8} {'job PSS':>7} {'job RSS':>7}")  # fmt: skip
     aside = {id(s) for s in set_aside}
     for s in sorted(steps + set_aside, key=lambda s: (s.n, id(s) not in aside)):
         cpu = {k: f"{v:.0f}" if v is not None else "-" for k, v in s.cpu.items()}
         load = "-" if s.worker_load_max is None else f"{s.worker_load_max:.2f}"
-        print(f"{s.n:>4} {s.held:>4} {s.audio_p50_ms:>7.0f}/{s.audio_p95_ms:<8.0f} {s.markers_lost:>4} "
+        print(f"{s.n:>4} {s.held:>4} {s.audio_p50_ms:>7.0f}/{s.audio_p95_ms:<8.0f} "
+              f"{s.opening_p95_ms:>6.0f}/{s.hold_p95_ms:<6.0f} {s.markers_lost:>4} "
               f"{s.rpc_p95_ms:>5.0f}ms {s.dispatch_p95_s:>7.2f}s {s.join_failed:>4} {s.refused:>3} {load:>5} "
               f"{cpu.get('jobs', '-'):>9} {cpu.get('participants', '-'):>6} {cpu.get('server', '-'):>6} "
               f"{cpu.get('machine', '-'):>7} {s.others_before:>6.0f} {s.others_during:>4.0f} {s.job_cpu_p50:>8.1f} "

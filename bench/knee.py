@@ -20,6 +20,8 @@ class Step:
     audio_p50_ms: float = 0.0
     audio_p95_ms: float = 0.0
     markers_lost: int = 0
+    opening_p95_ms: float = 0.0  # markers sent while rooms were still opening
+    hold_p95_ms: float = 0.0  # markers sent during the hold
     rpc_p95_ms: float = 0.0
     dispatch_p95_s: float = 0.0
     join_failed: int = 0
@@ -61,6 +63,8 @@ def step_from_report(n: int, report: dict[str, Any], others_before: float) -> St
         audio_p50_ms=audio["round_trip_s"]["p50"] * 1000,
         audio_p95_ms=audio["round_trip_s"]["p95"] * 1000,
         markers_lost=audio["markers_lost"],
+        opening_p95_ms=audio.get("opening", {}).get("round_trip_s", {}).get("p95", 0.0) * 1000,
+        hold_p95_ms=audio.get("hold", {}).get("round_trip_s", {}).get("p95", 0.0) * 1000,
         rpc_p95_ms=hold["rpc"]["round_trip_s"]["p95"] * 1000,
         dispatch_p95_s=hold["dispatch_latency"]["p95"],
         join_failed=hold["join_failed"],

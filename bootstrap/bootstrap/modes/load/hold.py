@@ -325,14 +325,20 @@ def _count_markers(held: HeldRoom, hold_start: float, interval: float, figures: 
     for m in range(first, len(audio.sent) - 1):
         window = int((audio.sent[m] - hold_start) // interval)
         sample = figures.samples[window] if 0 <= window < len(figures.samples) else None
+        opening = audio.sent[m] < hold_start
         if m in audio.echoed:
             rtt = audio.echoed[m] - audio.sent[m]
             figures.audio_round_trip.append(rtt)
             figures.markers_timed += 1
+            (figures.opening_audio if opening else figures.hold_audio).append(rtt)
             if sample is not None:
                 sample.audio.append(rtt)
         else:
             lost += 1
+            if opening:
+                figures.opening_lost += 1
+            else:
+                figures.hold_lost += 1
             if sample is not None:
                 sample.markers_lost += 1
     figures.markers_lost += lost

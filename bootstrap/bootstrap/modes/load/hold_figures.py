@@ -82,6 +82,11 @@ class HoldFigures:
     markers_timed: int = 0
     markers_lost: int = 0  # after each room's first echo, until the hold ended
     rooms_losing_markers: int = 0
+    # The same markers by phase: sent while rooms were still opening (jobs starting), or during the hold.
+    opening_audio: list[float] = field(default_factory=list)
+    opening_lost: int = 0
+    hold_audio: list[float] = field(default_factory=list)
+    hold_lost: int = 0
     rpc_round_trip: list[float] = field(default_factory=list)
     rpc_failed: int = 0
     samples: list[Sample] = field(default_factory=list)
@@ -150,6 +155,8 @@ class HoldFigures:
                 "markers_timed": self.markers_timed,
                 "markers_lost": self.markers_lost,
                 "rooms_losing_markers": self.rooms_losing_markers,
+                "opening": {"round_trip_s": summary(self.opening_audio), "markers_lost": self.opening_lost},
+                "hold": {"round_trip_s": summary(self.hold_audio), "markers_lost": self.hold_lost},
             },
             "rpc": {
                 "round_trip_s": summary(self.rpc_round_trip),
