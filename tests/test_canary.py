@@ -165,9 +165,9 @@ def test_a_taken_webhook_port_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_readiness_needs_a_run_within_two_intervals() -> None:
     canary = canary_with([], interval=10.0)
     assert canary.ready() == (False, "no run has finished yet")
-    canary.finished_at, canary.last_result = time.monotonic() - 15, "pass"
+    canary.finished_at, canary.last_result = time.time() - 15, "pass"
     assert canary.ready()[0]
-    canary.finished_at = time.monotonic() - 25
+    canary.finished_at = time.time() - 25
     assert not canary.ready()[0]
 
 
@@ -223,24 +223,40 @@ def test_labels_are_bounded_and_carry_no_run_specifics() -> None:
 
 
 def test_the_endpoint_serves_metrics_health_and_readiness() -> None:
+    """Served by a process of its own (a scrape never waits for the canary's interpreter), from what was published."""
     metrics = CanaryMetrics(["join"], 60)
-    ready = [False]
-    endpoint = Endpoint(metrics, lambda: (ready[0], "why"), "127.0.0.1", 0)
-    endpoint.start()
+    endpoint = Endpoint(metrics, 60, "127.0.0.1", 0)
     base = f"http://127.0.0.1:{endpoint.port}"
     try:
         request = urllib.request.Request(f"{base}/metrics", headers={"Accept": "application/openmetrics-text"})
         with urllib.request.urlopen(request, timeout=2) as response:
             assert response.headers["Content-Type"].startswith("application/openmetrics-text")
-            assert "lkh_canary_stage_success" in response.read().decode()
+            body = response.read().decode()
+        assert 'lkh_canary_stage_success{stage="join"} 0.0' in body and body.endswith("# EOF\n")
+        assert body.count("# EOF") == 1 and "process_resident_memory_bytes" in body  # this process's, read live
+        with urllib.request.urlopen(f"{base}/metrics", timeout=2) as response:  # Prometheus' text format
+            assert "process_start_time_seconds" in response.read().decode()
         assert urllib.request.urlopen(f"{base}/healthz", timeout=2).status == 200
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{base}/readyz", timeout=2)
         assert refused.value.code == 503
-        ready[0] = True
+        metrics.stage_success.labels("join").set(1)
+        endpoint.publish(time.time(), "pass")
+        deadline = time.monotonic() + 5
+        while urllib.request.urlopen(f"{base}/metrics", timeout=2).read().count(b'stage="join"} 1.0') == 0:
+            assert time.monotonic() < deadline, "the published metrics never arrived"
+            time.sleep(0.05)
         assert urllib.request.urlopen(f"{base}/readyz", timeout=2).status == 200
     finally:
         endpoint.stop()
+
+
+def test_a_taken_metrics_port_is_an_error_naming_it() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        with pytest.raises(OSError, match="Address already in use"):
+            Endpoint(CanaryMetrics(["join"], 60), 60, "127.0.0.1", holder.getsockname()[1])
 
 
 # --- the server's view ------------------------------------------------------------------------------------------------

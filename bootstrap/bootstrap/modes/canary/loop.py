@@ -17,8 +17,9 @@ import structlog
 from backend.settings import SettingsError
 from bootstrap import runner
 from bootstrap.context import RunContext
+from bootstrap.metrics_endpoint import readiness
 from bootstrap.modes.canary.kept_worker import CanaryWorker
-from bootstrap.modes.canary.metrics import CanaryMetrics, Endpoint, now
+from bootstrap.modes.canary.metrics import CanaryMetrics, Endpoint
 from bootstrap.modes.canary.server_view import ServerView, default_metrics_url
 from bootstrap.result import Kind, RunResult, Status
 from bootstrap.stages import Stage
@@ -46,26 +47,20 @@ class Canary:
     metrics_host: str
     metrics_port: int
     server_metrics: str | None  # the server's Prometheus URL; "" derives it from LIVEKIT_URL; None: off
-    finished_at: float = 0.0  # time.monotonic() the last run finished (0: none yet)
+    finished_at: float = 0.0  # Unix time the last run finished (0: none yet)
     last_result: str = ""
 
     def ready(self) -> tuple[bool, str]:
-        """/readyz: a run finished within two intervals."""
-        if not self.finished_at:
-            return False, "no run has finished yet"
-        age = time.monotonic() - self.finished_at
-        if age > 2 * self.schedule.interval:
-            return False, f"the last run finished {age:.0f}s ago, more than two intervals"
-        return True, f"last run {self.last_result} {age:.0f}s ago"
+        """/readyz: a run finished within two intervals (the endpoint's process answers it the same way)."""
+        return readiness(self.finished_at, self.schedule.interval, time.time())
 
     async def serve(self, make_context: Callable[[], RunContext]) -> int:
         metrics = CanaryMetrics([s.name for s in self.stages], self.schedule.interval)
         try:
-            endpoint = Endpoint(metrics, self.ready, self.metrics_host, self.metrics_port)
+            endpoint = Endpoint(metrics, self.schedule.interval, self.metrics_host, self.metrics_port)
         except OSError as exc:
             log.error("cannot serve the metrics", address=f"{self.metrics_host}:{self.metrics_port}", error=str(exc))
             return 2
-        endpoint.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -86,6 +81,7 @@ class Canary:
                     view = ServerView(url)
                 if view is not None and result is not None:
                     await view.after_run(metrics, result)
+                endpoint.publish(self.finished_at, self.last_result)
                 done += 1
                 if self.schedule.runs and done >= self.schedule.runs:
                     break
@@ -135,11 +131,11 @@ class Canary:
         return result, ctx
 
     def _finished(self, metrics: CanaryMetrics, result: str) -> None:
-        self.finished_at, self.last_result = time.monotonic(), result
+        self.finished_at, self.last_result = time.time(), result
         metrics.runs.labels(result).inc()
-        metrics.last_run.set(now())
+        metrics.last_run.set(self.finished_at)
         if result in ("pass", "warn"):
-            metrics.last_success.set(now())
+            metrics.last_success.set(self.finished_at)
 
 
 def record(metrics: CanaryMetrics, result: RunResult, ctx: RunContext) -> None:

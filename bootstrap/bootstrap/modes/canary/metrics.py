@@ -1,5 +1,5 @@
-"""The canary's OpenMetrics (prometheus_client, its own registry) and its HTTP endpoint: /metrics, /healthz (the
-process is alive) and /readyz (a run finished within two intervals).
+"""The canary's OpenMetrics (prometheus_client, its own registry), and the process that serves them (/metrics,
+/healthz: the canary is alive, /readyz: a run finished within two intervals; bootstrap.metrics_endpoint).
 
 Labels are bounded: a stage's name (the wrapped mode's stages, about ten), a cause kind (bootstrap.result.Kind,
 ten), a run's result (four), the server's join states and webhook statuses (a fixed list each). Never a room name,
@@ -8,26 +8,31 @@ an identity, a worker id, a URL or free text: those live in the logs.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+import contextlib
+import json
+import os
+import select
+import subprocess
+import sys
+from collections.abc import Iterable
 
+import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    ProcessCollector,
     disable_created_metrics,
-    make_wsgi_app,
+    generate_latest,
 )
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from bootstrap.result import Kind
 
 PREFIX = "lkh_canary"
+START_TIMEOUT = 10.0  # the endpoint's process listening (it starts in ~0.1 s)
+STOP_TIMEOUT = 3.0
+log = structlog.get_logger("bootstrap.canary")
 RESULTS = ("pass", "warn", "fail", "interrupted")
 # What livekit-server's own counters say, exported beside ours (bootstrap.modes.canary.server_view).
 SERVER_JOIN_STATES = ("signal_connected", "signal_failed", "rtc_init", "rtc_connected", "rtc_active")
@@ -59,7 +64,6 @@ class CanaryMetrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: they double a scrape
         self.registry = CollectorRegistry()
         r = self.registry
-        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, start time
         self.stages = list(stages)
         self.stage_success = Gauge(
             f"{PREFIX}_stage_success",
@@ -163,53 +167,44 @@ class CanaryMetrics:
             self.server_webhooks.labels(status)
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a scrape in flight never holds up the exit
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """One line per scrape on stderr is noise; the canary logs its runs."""
-
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
 class Endpoint:
-    """/metrics, /healthz, /readyz on a thread of their own, so a scrape is answered while a run keeps the event
-    loop busy."""
+    """/metrics, /healthz and /readyz, served by a process of their own (bootstrap.metrics_endpoint), so a scrape
+    never waits for this interpreter while a run keeps it busy. `publish` sends it the exposition rendered here."""
 
-    def __init__(self, metrics: CanaryMetrics, ready: Callable[[], tuple[bool, str]], host: str, port: int) -> None:
-        self._metrics_app: WSGIApp = make_wsgi_app(metrics.registry)
-        self._ready = ready
-        self._server = make_server(host, port, self._app, server_class=_Server, handler_class=_QuietHandler)
-        self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="canary-metrics", daemon=True)
+    def __init__(self, metrics: CanaryMetrics, interval: float, host: str, port: int) -> None:
+        self._metrics = metrics
+        command = [sys.executable, "-m", "bootstrap.metrics_endpoint", host, str(port), str(interval), str(os.getpid())]
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._process.stdin is not None and self._process.stdout is not None
+        ready, _, _ = select.select([self._process.stdout], [], [], START_TIMEOUT)
+        first = self._process.stdout.readline().strip() if ready else "error it did not start in time"
+        if not first.startswith("ok "):
+            self.stop()
+            raise OSError(first.removeprefix("error "))
+        self.port = int(first.split()[1])
+        self.publish(0.0, "")
 
-    def start(self) -> None:
-        self._thread.start()
+    def publish(self, finished_at: float, last_result: str) -> None:
+        """The current metrics and readiness to the endpoint (after each run)."""
+        registry = self._metrics.registry
+        openmetrics = generate_openmetrics(registry).decode()  # type: ignore[no-untyped-call]
+        text = generate_latest(registry).decode()
+        line = json.dumps(
+            {"text": text, "openmetrics": openmetrics, "finished_at": finished_at, "last_result": last_result}
+        )
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write(line + "\n")
+            self._process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            log.error("the metrics endpoint is gone", code=self._process.poll())
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "/")
-        if path == "/metrics":
-            return self._metrics_app(environ, start_response)
-        if path == "/healthz":
-            return _text(start_response, "200 OK", "alive\n")
-        if path == "/readyz":
-            ready, why = self._ready()
-            return _text(start_response, "200 OK" if ready else "503 Service Unavailable", why + "\n")
-        return _text(start_response, "404 Not Found", "try /metrics, /healthz or /readyz\n")
-
-
-def _text(start_response: Callable[..., Any], status: str, body: str) -> list[bytes]:
-    data = body.encode()
-    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))])
-    return [data]
-
-
-def now() -> float:
-    return time.time()
+        with contextlib.suppress(OSError, ValueError):
+            if self._process.stdin is not None:
+                self._process.stdin.close()  # its end of file: it stops serving and exits
+        try:
+            self._process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(STOP_TIMEOUT)
