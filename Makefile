@@ -12,7 +12,7 @@ export UV_COMPILE_BYTECODE := 1
 DEVSTACK := $(PY) -m devstack
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools lk browser-deps net-deps bench bench-capacity bench-drills cluster-up cluster-down paths-up paths-down paths remote-lab-up remote-lab-down env up down status logs health check-config bootstrap backend worker test lint fmt clean
+.PHONY: help install tools lk browser-deps net-deps bench bench-canary bench-capacity bench-drills cluster-up cluster-down paths-up paths-down paths remote-lab-up remote-lab-down env up down status logs health check-config bootstrap backend worker test lint fmt clean
 
 COMPOSECHECK := .tools/composecheck
 ACTIONLINT := .tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
@@ -138,6 +138,9 @@ mutation: install ## Mutation testing (mutmut) of the protection modules against
 
 bench: install ## Benchmark the running stack: load mode vs lk perf, warm verdict vs manual lk, data-plane figures
 	$(PY) -m bench.bench
+
+bench-canary: install env ## The canary's cost: CPU at a 60 s interval, RSS over 100 runs, /metrics during a run (holds the integration lock)
+	flock /tmp/lkh-integration.lock $(PY) -m bench.canary
 
 bench-capacity: install env ## The capacity curve: rooms one echo worker holds at once, cost per room, the knee (holds the integration lock)
 	flock /tmp/lkh-integration.lock $(PY) -m bench.capacity
