@@ -59,8 +59,7 @@ __all__ = ["SIGNAL_NAME", "TURN_NAME", "PathsHosts", "hosts"]
 LOCK_FILE = RUNTIME_DIR / "paths-lab.lock"
 RECORD = RUNTIME_DIR / "paths-lab.json"  # what this checkout's lab created: all the sweep ever removes
 READY_TIMEOUT = 15.0  # the node answers GET / within about 1 s of starting here
-LOCK_WAIT = 60.0  # a paths-up that builds livekit-server holds the lock longer: say who waits for what
-FIX = "run `make paths-up` (root)"
+LOCK_WAIT = 60.0  # up makes the lab in about 1 s, a node restarts in under 1 s: longer means a stuck holder
 
 
 def node_url(stack: Stack) -> str:
