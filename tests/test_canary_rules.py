@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from bootstrap.modes.canary.metrics import AUDIO_ROUND_TRIP_BUCKETS, PREFIX, CanaryMetrics
+from bootstrap.stages import STAGES
 from devstack.stack_env import REPO_ROOT
 
 pytestmark = pytest.mark.unit
@@ -51,3 +53,13 @@ def test_the_audio_threshold_is_a_bucket_boundary() -> None:
     rules = yaml.safe_load((RULES_DIR / "canary-rules.yml").read_text())["groups"][0]["rules"]
     expr = next(r["expr"] for r in rules if r["alert"] == "LiveKitCanaryAudioRoundTripSlow")
     assert float(expr.rsplit(">", 1)[1]) in AUDIO_ROUND_TRIP_BUCKETS
+
+
+def test_the_dashboards_queries_name_only_exported_series() -> None:
+    """docs/prometheus/canary-dashboard.json is not rendered here; at least each query names what the canary exports."""
+    dashboard = json.loads((RULES_DIR / "canary-dashboard.json").read_text())
+    exported = {m.name for m in CanaryMetrics([s.name for s in STAGES], 60).registry.collect()}
+    exported |= {f"{name}_total" for name in exported} | {f"{name}_bucket" for name in exported}
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    named = {name for expr in exprs for name in re.findall(rf"\b{PREFIX}_[a-z_]+", expr)}
+    assert len(exprs) >= 9 and named and named <= exported, named - exported
