@@ -4,13 +4,18 @@ rules (devstack.impairment). No server, no namespace."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from livekit import rtc
 
 from bootstrap import audio_quality as aq
-from bootstrap.result import Status
+from bootstrap.audio_probe import AudioFigures, AudioProbe
+from bootstrap.modes.cluster.drills import audio_clean
+from bootstrap.result import StageWarning, Status
+from bootstrap.stages import media as media_stage
 from devstack.impairment import Impairment
+from tests.conftest import make_context
 
 pytestmark = pytest.mark.unit
 
@@ -155,7 +160,8 @@ def test_describe_names_each_direction() -> None:
 
 def test_impairment_spec() -> None:
     assert Impairment.parse("loss=5%") == Impairment("loss", 5) and str(Impairment.parse("burst=10")) == "burst=10%"
-    for bad in ("loss=0%", "loss=100%", "delay=50ms", "loss=5.5%", "jitter=10%"):
+    assert Impairment.parse("loss=0%").percent == 0  # a clean baseline with the counters
+    for bad in ("loss=100%", "delay=50ms", "loss=5.5%", "jitter=10%"):
         with pytest.raises(ValueError, match="expected loss=N%"):
             Impairment.parse(bad)
 
@@ -165,3 +171,37 @@ def test_impairment_rules_drop_rtp_from_the_peer_in_input() -> None:
     assert "hook input" in random and "hook output" not in random
     assert "ip saddr 10.0.0.2 udp length > 20 @th,64,2 2 @th,73,7 != 72-78" in random
     assert "numgen random mod 100 < 5 counter drop" in random and "numgen inc mod 100 < 5 counter drop" in burst
+
+
+# ---------------------------------------------------------------- the stages' use of the verdict
+
+
+def test_a_drills_check_is_clean_only_with_every_marker_and_quality_under_warn() -> None:
+    clean = {"upstream": side(4.4, 0.0, 0), "downstream": side(4.4, 0.0, 0)}
+    audio = {"first_echo_s": 0.2, "lost_after_setup": 0, "quality": clean}
+    assert audio_clean({"audio": audio})
+    assert not audio_clean({"audio": {**audio, "lost_after_setup": 5}})
+    assert not audio_clean({"audio": {**audio, "quality": {**clean, "downstream": side(3.9, 0.0)}}})
+    assert not audio_clean({"audio": {**audio, "first_echo_s": None}}) and not audio_clean({})
+
+
+async def test_the_media_stage_warns_on_a_lossy_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage's own verdict: markers all back, but 5 % lost on the wire each way scores MOS < 4.0: WARN, with
+    the figures on the stage's line."""
+    lossy = {d: {**side(3.7, 0.2), "loss_pct": 5.0, "packets_expected": 600} for d in ("upstream", "downstream")}
+
+    async def run(probe: AudioProbe) -> AudioFigures:
+        probe.figures.sent, probe.figures.echoed, probe.figures.quality = [0.0, 0.06], {0: 0.2, 1: 0.26}, lossy
+        return probe.figures
+
+    async def verdict(probe: AudioProbe) -> None:
+        return None
+
+    monkeypatch.setattr(AudioProbe, "run", run)
+    monkeypatch.setattr(AudioProbe, "verdict", verdict)
+    ctx = make_context()
+    ctx.room, ctx.agent_identity = cast(rtc.Room, object()), "agent"
+    with pytest.raises(StageWarning) as warned:
+        await media_stage.run(ctx)
+    assert warned.value.cause == "audio quality: upstream: MOS 3.70 < 4.0; downstream: MOS 3.70 < 4.0"
+    assert "up loss 5.0 % of 600, concealed 0.2 %, MOS 3.70" in warned.value.detail
