@@ -61,6 +61,9 @@ def test_node_loss_is_observed_measured_and_restored(cluster: Stack) -> None:
         assert set(lost["participant"]) == {"reconnecting_s", "reconnected_s", "disconnected_s", "reason"}
         assert isinstance(lost["recovered"], bool) and lost["restored_s"] >= 0
         assert (lost["recovered_s"] is not None) == lost["recovered"]
+        if lost["recovered"]:  # clean audio comes no earlier than the first working room, or not in its window
+            assert lost["clean_s"] is None or lost["clean_s"] >= lost["recovered_s"], lost
+            assert lost["clean_attempts"] >= 1 and "audio_lost_after_setup" in lost["clean_check"]
     assert whole()
 
 

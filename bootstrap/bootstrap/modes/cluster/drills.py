@@ -4,7 +4,10 @@ node-loss     the node hosting a live room (a; the worker is on b) goes away, ki
               and then cut off (nftables drops everything on its host: no reset, as when a host vanishes).
               Figures for each: when GET / stopped answering 200, what the participant's SDK said and when
               (reconnecting, disconnected), and whether rejoining the same room through the surviving node gets
-              a working room (agent dispatched again, data plane passing) and how long after the fault.
+              a working room (agent dispatched again, data plane passing) and how long after the fault; then
+              when the audio is clean again (`clean_s`): a room check through the surviving node with no audio
+              marker lost and its quality under the WARN thresholds (bootstrap.audio_quality), tried every
+              SAMPLE_EVERY s for CLEAN_WINDOW s after the room first worked.
 redis-outage  the cluster's Redis stopped for 5 s, then for 40 s. Figures for each: every node's GET / over time
               (200 / 406 / …), how long after Redis returned the nodes were ready and registered again, whether
               the worker re-registered, and how long until a new room worked end to end.
@@ -25,6 +28,7 @@ from typing import Any
 from livekit import api
 
 from backend.tokens import participant_token
+from bootstrap import audio_quality
 from bootstrap.context import RunContext
 from bootstrap.lookups import find_ready_agent, poll_until
 from bootstrap.modes.cluster.cluster_probe import (
@@ -39,13 +43,14 @@ from bootstrap.modes.cluster.cluster_probe import (
     room_works,
 )
 from bootstrap.remote_participant import SdkClient
-from bootstrap.result import StageFailure
+from bootstrap.result import StageFailure, Status
 from devstack import native_cluster
 from devstack.nodes import Node, client_host, nodes
 
 PLACEMENT_TRIES = 12  # rooms created until one lands on the victim (placement is random: 1 in 2 each)
 WATCH = 30.0  # how long the participant's SDK is watched after the fault
 RECOVERY_WINDOW = 40.0  # how long rejoining / new rooms are tried after the fault (or after Redis returned)
+CLEAN_WINDOW = 30.0  # how long after the room first worked its audio is checked until clean
 RESTORE_WAIT = 30.0
 SAMPLE_EVERY = 0.5
 OUTAGES = (5.0, 40.0)
@@ -79,6 +84,10 @@ async def run_node_loss(ctx: RunContext, drill: DrillFigures) -> str:
     for way in ("killed", "cut off"):
         figures = drill.faults[way] = await _lose_node(ctx, victim, survivor, way)
         recovered = f"recovered in {figures['recovered_s']:.1f} s" if figures["recovered"] else "recovered: no"
+        if figures.get("clean_s") is not None:
+            recovered += f", audio clean at {figures['clean_s']:.1f} s"
+        elif figures["recovered"]:
+            recovered += f", audio not clean within {CLEAN_WINDOW:.0f} s"
         heard = _what_the_participant_was_told(figures["participant"])
         summary.append(f"{way}: GET / {figures['fault_observed']} after {figures['fault_observed_s']:.1f} s, "
                        f"{heard}, {recovered} through node {survivor.name}")  # fmt: skip
@@ -100,6 +109,8 @@ async def _lose_node(ctx: RunContext, victim: Node, survivor: Node, way: str) ->
             recovery = await _reconnected_works(ctx, watcher, survivor, room, fault_at, agent)
         if recovery is None:
             recovery = await _rejoin(ctx, survivor, room, fault_at, stale)
+        if recovery["recovered"]:
+            recovery |= await _until_clean(ctx, survivor, room, fault_at, stale)
     finally:
         await watcher.close()
     restored_s = await _restore_node(ctx, victim, way)
@@ -203,6 +214,34 @@ async def _rejoin(ctx: RunContext, survivor: Node, room: str, since: float, stal
     return {"recovered": False, "recovered_s": None, "rejoin_attempts": attempts, "rejoin_error": last.error}
 
 
+def audio_clean(figures: dict[str, Any]) -> bool:
+    """A room check whose audio is clean: every marker after set-up came back, and its quality (both ways) is
+    under the WARN thresholds."""
+    audio = figures.get("audio") or {}
+    if audio.get("first_echo_s") is None or audio.get("lost_after_setup"):
+        return False
+    return audio_quality.judge(audio.get("quality") or {})[0] is Status.PASS
+
+
+async def _until_clean(
+    ctx: RunContext, survivor: Node, room: str, since: float, stale: frozenset[str]
+) -> dict[str, Any]:
+    """Once the room works again: a room check through the surviving node until its audio is clean, or
+    CLEAN_WINDOW is over. When (seconds after the fault), how many checks, and the last check's audio."""
+    deadline, attempts = time.monotonic() + CLEAN_WINDOW, 0
+    while True:
+        attempts += 1
+        last = await check_room(ctx, survivor, room, f"clean-{attempts}", stale)
+        if last.works and audio_clean(last.figures):
+            clean_s: float | None = round(time.monotonic() - since, 2)
+            break
+        if time.monotonic() + SAMPLE_EVERY >= deadline:
+            clean_s = None
+            break
+        await asyncio.sleep(SAMPLE_EVERY)
+    return {"clean_s": clean_s, "clean_attempts": attempts, "clean_check": _brief(last.figures)}
+
+
 async def _until_a_room_works(
     attempt: Callable[[int], Awaitable[RoomCheck]], since: float
 ) -> tuple[int, RoomCheck, float | None]:
@@ -227,6 +266,7 @@ def _brief(figures: dict[str, Any]) -> dict[str, Any]:
         "rpc_round_trip_s": data.get("rpc_round_trip_s"),
         "reliable_in_order": data.get("reliable_in_order"),
         "audio_lost_after_setup": audio.get("lost_after_setup"),
+        "audio_quality": audio_quality.describe(audio.get("quality") or {}),
         "failure": figures.get("failure"),
     }
 
