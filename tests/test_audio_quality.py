@@ -126,8 +126,9 @@ def test_an_agent_that_cannot_say_leaves_upstream_out() -> None:
 # ---------------------------------------------------------------- the verdict
 
 
-def side(mos: float, concealed: float, lost: int = 1) -> dict[str, Any]:
-    return {"mos": mos, "concealed_pct": concealed, "packets_lost": lost, "loss_pct": 1.0, "packets_expected": 100}
+def side(mos: float, concealed: float, lost: int = 1, after: float = 4.5) -> dict[str, Any]:
+    return {"mos": mos, "concealed_pct": concealed, "packets_lost": lost, "loss_pct": 1.0, "packets_expected": 100,
+            "mos_after_repair": after}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -136,7 +137,8 @@ def side(mos: float, concealed: float, lost: int = 1) -> dict[str, Any]:
         (side(4.4, 0.0), Status.PASS, ""),
         (side(3.9, 0.1), Status.WARN, "upstream: MOS 3.90 < 4.0"),
         (side(4.4, 2.5), Status.WARN, "upstream: concealed 2.5 % > 2 %"),
-        (side(3.0, 0.1), Status.FAIL, "upstream: MOS 3.00 < 3.1"),
+        (side(2.5, 0.4, after=4.4), Status.WARN, "upstream: MOS 2.50 < 4.0"),  # 10 % random, repaired by FEC
+        (side(3.6, 4.0, after=3.0), Status.FAIL, "upstream: MOS after repair 3.00 < 3.1"),
         (side(4.4, 11.0), Status.FAIL, "upstream: loss after repair 11.0 % > 10 %"),
     ],
 )
@@ -145,14 +147,14 @@ def test_thresholds(up: dict[str, Any], status: Status, reason: str) -> None:
 
 
 def test_the_worst_direction_decides_and_lost_markers_warn() -> None:
-    assert aq.judge({"upstream": side(3.9, 0.0), "downstream": side(3.0, 0.0)})[0] is Status.FAIL
+    assert aq.judge({"upstream": side(3.9, 0.0), "downstream": side(3.0, 0.0, after=3.0)})[0] is Status.FAIL
     assert aq.judge({"upstream": side(4.5, 0.0, 0)}, markers_lost=2) == (Status.WARN, "2 audio markers lost")
     assert aq.lossy({"downstream": side(4.5, 0.0, 1)}) and not aq.lossy({"downstream": side(4.5, 0.0, 0)})
 
 
 def test_describe_names_each_direction() -> None:
     line = aq.describe({"upstream": {**side(3.88, 0.19), "loss_pct": 4.02, "packets_expected": 622}})
-    assert line == "up loss 4.0 % of 622, concealed 0.2 %, MOS 3.88"
+    assert line == "up loss 4.0 % of 622, concealed 0.2 %, MOS 3.88 (after repair 4.50)"
 
 
 # ---------------------------------------------------------------- the impairment's spec and rules
