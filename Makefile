@@ -12,7 +12,7 @@ export UV_COMPILE_BYTECODE := 1
 DEVSTACK := $(PY) -m devstack
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools lk browser-deps net-deps bench bench-canary bench-capacity bench-drills cluster-up cluster-down paths-up paths-down paths remote-lab-up remote-lab-down env up down status logs health check-config bootstrap backend worker test lint fmt clean
+.PHONY: help install tools lk browser-deps net-deps bench bench-audio bench-canary bench-capacity bench-drills cluster-up cluster-down paths-up paths-down paths remote-lab-up remote-lab-down env up down status logs health check-config bootstrap backend worker test lint fmt clean
 
 COMPOSECHECK := .tools/composecheck
 ACTIONLINT := .tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
@@ -144,6 +144,9 @@ bench-canary: install env ## The canary's cost: CPU at a 60 s interval, RSS over
 
 bench-capacity: install env ## The capacity curve: rooms one echo worker holds at once, cost per room, the knee (holds the integration lock)
 	flock /tmp/lkh-integration.lock $(PY) -m bench.capacity
+
+bench-audio: install env ## Audio quality against injected loss (root, paths lab): 0/2/5/10 % random and 5 % bursts, receivers vs nft counters, MOS (holds the integration lock)
+	flock /tmp/lkh-integration.lock $(PY) -m bench.audio_quality
 
 bench-drills: install env ## Benchmark the cluster drills (root): each 5 times, p50/max of every figure
 	@$(DEVSTACK) install-native
