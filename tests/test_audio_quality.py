@@ -11,8 +11,10 @@ from livekit import rtc
 
 from bootstrap import audio_quality as aq
 from bootstrap.audio_probe import AudioFigures, AudioProbe
+from bootstrap.modes.canary.loop import record
+from bootstrap.modes.canary.metrics import CanaryMetrics
 from bootstrap.modes.cluster.drills import audio_clean
-from bootstrap.result import StageWarning, Status
+from bootstrap.result import RunResult, StageResult, StageWarning, Status
 from bootstrap.stages import media as media_stage
 from devstack.impairment import Impairment
 from tests.conftest import make_context
@@ -207,3 +209,17 @@ async def test_the_media_stage_warns_on_a_lossy_path(monkeypatch: pytest.MonkeyP
         await media_stage.run(ctx)
     assert warned.value.cause == "audio quality: upstream: MOS 3.70 < 4.0; downstream: MOS 3.70 < 4.0"
     assert "up loss 5.0 % of 600, concealed 0.2 %, MOS 3.70" in warned.value.detail
+
+
+def test_the_canary_exports_the_last_runs_quality_each_way() -> None:
+    metrics = CanaryMetrics(["media"], 60)
+    ctx = make_context()
+    ctx.audio = AudioFigures(markers_after_setup=1, published_at=1.0, sent=[1.5], echoed={0: 1.7})
+    ctx.audio.quality = {"round_trip_ms": 200.0, "upstream": {**side(3.7, 0.2), "loss_pct": 5.0},
+                         "downstream": {**side(4.5, 0.0, 0), "loss_pct": 0.0}}  # fmt: skip
+    record(metrics, RunResult([StageResult("media", Status.WARN, 1.0)], 1.0), ctx)
+    value = metrics.registry.get_sample_value
+    assert value("lkh_canary_audio_loss_ratio", {"direction": "upstream"}) == pytest.approx(0.05)
+    assert value("lkh_canary_audio_concealed_ratio", {"direction": "upstream"}) == pytest.approx(0.002)
+    assert value("lkh_canary_audio_mos", {"direction": "upstream"}) == 3.7
+    assert value("lkh_canary_audio_mos", {"direction": "downstream"}) == 4.5

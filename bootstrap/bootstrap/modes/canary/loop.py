@@ -159,6 +159,11 @@ def record(metrics: CanaryMetrics, result: RunResult, ctx: RunContext) -> None:
             metrics.first_echo.observe(first)
         for seconds in ctx.audio.round_trips:
             metrics.audio_round_trip.observe(seconds)
+        for direction, side in ctx.audio.quality.items():
+            if isinstance(side, dict) and side.get("loss_pct") is not None:
+                metrics.audio_loss.labels(direction).set(side["loss_pct"] / 100.0)
+                metrics.audio_concealed.labels(direction).set((side.get("concealed_pct") or 0.0) / 100.0)
+                metrics.audio_mos.labels(direction).set(side["mos"])
     if ctx.data is not None:
         for seconds in ctx.data.rpc_round_trips:
             metrics.rpc_round_trip.observe(seconds)

@@ -37,6 +37,7 @@ RESULTS = ("pass", "warn", "fail", "interrupted")
 # What livekit-server's own counters say, exported beside ours (bootstrap.modes.canary.server_view).
 SERVER_JOIN_STATES = ("signal_connected", "signal_failed", "rtc_init", "rtc_connected", "rtc_active")
 SERVER_WEBHOOK_STATUSES = ("success", "failure", "drop")
+AUDIO_DIRECTIONS = ("upstream", "downstream")  # the last run's audio quality, each way (bootstrap.audio_quality)
 
 # Buckets chosen for what each figure measures here and what a deployment elsewhere adds (docs/canary.md):
 # - join: 0.07 s on this machine's stack, a few hundred ms across a WAN; the join stage's cap is 15 s.
@@ -153,6 +154,13 @@ class CanaryMetrics:
             registry=r,
         )
         self.gray_failures = Counter(f"{PREFIX}_gray_failures", "Runs that were gray failures", registry=r)
+        self.audio_loss = Gauge(f"{PREFIX}_audio_loss_ratio", "The last run's audio packets lost on the wire",
+                                ["direction"], registry=r)  # fmt: skip
+        self.audio_concealed = Gauge(f"{PREFIX}_audio_concealed_ratio",
+                                     "The last run's audio concealed by the receiver (loss after repair)",
+                                     ["direction"], registry=r)  # fmt: skip
+        self.audio_mos = Gauge(f"{PREFIX}_audio_mos", "The last run's audio MOS (livekit-server's E-model scorer)",
+                               ["direction"], registry=r)  # fmt: skip
         self.interval.set(interval)
         for stage in self.stages:
             self.stage_success.labels(stage)
