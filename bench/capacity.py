@@ -34,6 +34,9 @@ from bootstrap.stats import summary
 OTHERS_WINDOW = 3.0  # seconds of the machine's busy share read before each step
 CORES = os.cpu_count() or 1
 QUIET = 25.0  # % of one core: the machine counts as quiet for a step below this (nothing of ours running)
+# Rooms opened one at a time, as they reach a worker: four at once on 2 cores degraded the rooms already held while
+# the new ones started (N=4: markers sent during the opening p95 448 ms with 4 at once, 212 ms one at a time).
+CONCURRENCY = 1
 SETTLE = 60.0  # the longest a step waits for a quiet machine (--settle)
 
 
@@ -126,7 +129,7 @@ def above_knee(best: Step | None, args: argparse.Namespace) -> int:
     n = limit + max(2, limit // 2)
     print(f"== above the knee: {n} rooms, the worker limited to the knee (--max-jobs {limit}; the echo worker's own "
           f"limit, agent_runtime.agent.MAX_JOBS, is {MAX_JOBS})")  # fmt: skip
-    step, _ = measure(n, args, max_jobs=limit)
+    step = run_step(n, args.hold, args.concurrency, limit, args.settle)
     print(f"   held {step.held}, refused {step.refused} (the server: no worker available), joins failed "
           f"{step.join_failed}; in the rooms held: audio p50/p95 {step.audio_p50_ms:.0f}/{step.audio_p95_ms:.0f} ms, "
           f"{step.markers_lost} markers lost, RPC p95 {step.rpc_p95_ms:.0f} ms; worker load max "
@@ -160,7 +163,8 @@ def against_lk(rooms: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hold", type=float, default=20.0, help="seconds each step holds its rooms (default 20)")
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY,
+                        help=f"rooms opened at once (default {CONCURRENCY}: rooms reach a worker one by one)")  # fmt: skip
     parser.add_argument("--steps", default=",".join(map(str, COARSE)), help="the coarse steps of N")
     parser.add_argument("--resolution", type=int, default=1, help="refine the knee to this many rooms")
     parser.add_argument("--no-above", action="store_true", help="skip the run above the knee and lk's")

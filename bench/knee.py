@@ -27,7 +27,8 @@ class Step:
     join_failed: int = 0
     refused: int = 0
     worker_load_max: float | None = None
-    cpu: dict[str, float | None] = field(default_factory=dict)  # % of one core: jobs, participants, server, machine
+    # % of one core: jobs, participants, server, machine; loop: the participants' event loop thread
+    cpu: dict[str, float | None] = field(default_factory=dict)
     job_cpu_p50: float = 0.0  # % of one core
     job_pss_mb: float = 0.0
     job_rss_mb: float = 0.0
@@ -70,7 +71,8 @@ def step_from_report(n: int, report: dict[str, Any], others_before: float) -> St
         join_failed=hold["join_failed"],
         refused=hold["refused"],
         worker_load_max=hold["worker_load_max"],
-        cpu={side: usage.get(side, {}).get("cpu_percent") for side in ("jobs", "participants", "server", "machine")},
+        cpu={side: usage.get(side, {}).get("cpu_percent") for side in ("jobs", "participants", "server", "machine")}
+        | {"loop": usage.get("participants_loop", {}).get("cpu_percent")},
         job_cpu_p50=hold["per_job"]["cpu_percent"]["p50"],
         job_pss_mb=hold["per_job"]["pss_mb"]["p50"],
         job_rss_mb=hold["per_job"]["rss_mb"]["p50"],
@@ -115,10 +117,12 @@ def bound_by(step: Step, cores: int) -> str:
         return (
             f"CPU: the machine's {cores} cores {machine:.0f} % busy of {total:.0f} % ({split}); most: {names[biggest]}"
         )
-    if cpu.get("participants", 0.0) >= ONE_CORE:
-        return f"the participants' process: its event loop about one core ({split}), the machine not saturated"
+    if cpu.get("loop", 0.0) >= ONE_CORE:
+        return (f"the participants' event loop: its one Python thread {cpu['loop']:.0f} % of a core ({split}), the "
+                "machine not saturated")  # fmt: skip
     if step.join_failed:
         return f"the server: {step.join_failed} joins failed ({split})"
     if step.refused:
         return f"the worker's job limit: {step.refused} dispatches refused ({split})"
-    return f"not CPU-bound (machine {machine:.0f} % of {total:.0f} %: {split}); see the step's limits"
+    return (f"no resource saturated on average (machine {machine:.0f} % of {total:.0f} %: {split}; the participants' "
+            f"event loop {cpu.get('loop', 0.0):.0f} % of a core): bursts, see the step's samples")  # fmt: skip

@@ -62,6 +62,14 @@ def test_cpu_percent_is_of_one_core_between_two_samples() -> None:
     assert proc_usage.cpu_percent(before, after, 0.0) is None
 
 
+def test_a_threads_cpu_comes_from_its_task_stat(tmp_path: Path) -> None:
+    root = fake_proc(tmp_path)
+    (root / "4242" / "task" / "4242").mkdir(parents=True)
+    (root / "4242" / "task" / "4242" / "stat").write_text(STAT)
+    assert proc_usage.thread_cpu_seconds(4242, 4242, root) == pytest.approx(300 / proc_usage.CLOCK_TICKS)
+    assert proc_usage.thread_cpu_seconds(4242, 1, root) is None
+
+
 def test_the_machine_busy_share_leaves_out_idle_and_iowait(tmp_path: Path) -> None:
     root = fake_proc(tmp_path)
     assert proc_usage.machine_ticks(root) == (150, 1000)
@@ -171,8 +179,8 @@ def test_the_binding_resource_is_named_from_each_sides_cpu() -> None:
     bound = bound_by(step(8, ok=False, cpu=cpu), cores=2)
     assert bound.startswith("CPU: the machine's 2 cores 190 % busy of 200 %")
     assert "most: the agent's job processes" in bound and "anything else 15 %" in bound
-    loop = bound_by(step(8, ok=False, cpu={"jobs": 40.0, "participants": 95.0, "server": 5.0, "machine": 140.0}), 2)
-    assert loop.startswith("the participants' process")
+    busy_loop = {"jobs": 40.0, "participants": 100.0, "server": 5.0, "machine": 150.0, "loop": 95.0}
+    assert bound_by(step(8, ok=False, cpu=busy_loop), 2).startswith("the participants' event loop: its one Python")
     refused = bound_by(step(8, ok=False, refused=3, cpu={"machine": 50.0}), cores=2)
     assert refused.startswith("the worker's job limit: 3 dispatches refused")
 
@@ -188,7 +196,7 @@ def test_a_step_is_read_from_a_held_runs_report() -> None:
     }  # fmt: skip
     read = step_from_report(6, {"status": "pass", "hold": hold}, others_before=12.0)
     assert read.ok and (read.audio_p95_ms, read.rpc_p95_ms, read.job_pss_mb) == (250.0, 30.0, 32.0)
-    assert read.cpu == {"jobs": 90.0, "participants": 80.0, "server": 10.0, "machine": 190.0}
+    assert read.cpu == {"jobs": 90.0, "participants": 80.0, "server": 10.0, "machine": 190.0, "loop": None}
     failed = step_from_report(6, {"status": "fail", "stages": [{"name": "worker", "status": "fail",
                                                                 "cause": "no register"}]}, 0.0)  # fmt: skip
     assert not failed.ok and failed.crossed == ["no hold: worker: no register"]

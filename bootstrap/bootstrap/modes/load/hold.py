@@ -216,6 +216,7 @@ class _Meter:
         self.at = time.monotonic()
         self.samples = {pid: proc_usage.sample(pid) for pids in self.pids.values() for pid in pids}
         self.machine = proc_usage.machine_ticks()
+        self.loop = proc_usage.thread_cpu_seconds(os.getpid(), os.getpid())  # this process's event loop
 
     def since(self, before: _Meter) -> dict[str, SideUsage]:
         """Each side's CPU (% of one core) between `before`'s reading and this one, and its memory now."""
@@ -231,6 +232,9 @@ class _Meter:
                 sum(pss) / MB if pss else None,
             )
         usage["machine"] = SideUsage(proc_usage.busy_percent(before.machine, self.machine) * self.cpus)
+        # The participants' event loop: one Python thread, so one core is all it can have.
+        loop = None if self.loop is None or before.loop is None or seconds <= 0 else (self.loop - before.loop)
+        usage["participants_loop"] = SideUsage(None if loop is None else 100.0 * loop / seconds)
         return usage
 
     def snapshot(self) -> _Meter:

@@ -90,7 +90,8 @@ class HoldFigures:
     rpc_round_trip: list[float] = field(default_factory=list)
     rpc_failed: int = 0
     samples: list[Sample] = field(default_factory=list)
-    usage: dict[str, SideUsage] = field(default_factory=dict)  # participants, jobs, server, machine
+    # participants (this process), participants_loop (its event loop's thread), jobs, server, machine
+    usage: dict[str, SideUsage] = field(default_factory=dict)
     jobs: list[JobUsage] = field(default_factory=list)
     worker_load_max: float | None = None
     rooms_left: int | None = None

@@ -55,6 +55,14 @@ def sample(pid: int, root: Path = PROC) -> ProcSample | None:
     return ProcSample(pid, cpu_ticks(stat) / CLOCK_TICKS, kib_field(status, "VmRSS") or 0, pss)
 
 
+def thread_cpu_seconds(pid: int, tid: int, root: Path = PROC) -> float | None:
+    """One thread's CPU seconds (the main thread, tid == pid, runs a Python process's event loop)."""
+    try:
+        return cpu_ticks((root / str(pid) / "task" / str(tid) / "stat").read_text()) / CLOCK_TICKS
+    except OSError:
+        return None
+
+
 def machine_ticks(root: Path = PROC) -> tuple[int, int]:
     """(busy, total) clock ticks of all CPUs since boot, from /proc/stat's `cpu` line (idle and iowait are not
     busy)."""
@@ -104,4 +112,3 @@ def listener_pid(port: int, root: Path = PROC) -> int | None:
             if any(os.readlink(fd) in wanted for fd in (process / "fd").iterdir()):
                 return int(process.name)
     return None
-
