@@ -164,7 +164,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hold", type=float, default=20.0, help="seconds each step holds its rooms (default 20)")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY,
-                        help=f"rooms opened at once (default {CONCURRENCY}: rooms reach a worker one by one)")  # fmt: skip
+                        help=f"rooms opened at once (default {CONCURRENCY}: one by one, as at a worker)")  # fmt: skip
     parser.add_argument("--steps", default=",".join(map(str, COARSE)), help="the coarse steps of N")
     parser.add_argument("--resolution", type=int, default=1, help="refine the knee to this many rooms")
     parser.add_argument("--no-above", action="store_true", help="skip the run above the knee and lk's")
