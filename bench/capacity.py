@@ -34,8 +34,9 @@ from bootstrap.stats import summary
 OTHERS_WINDOW = 3.0  # seconds of the machine's busy share read before each step
 CORES = os.cpu_count() or 1
 QUIET = 25.0  # % of one core: the machine counts as quiet for a step below this (nothing of ours running)
-# Rooms opened one at a time, as they reach a worker: four at once on 2 cores degraded the rooms already held while
-# the new ones started (N=4: markers sent during the opening p95 448 ms with 4 at once, 212 ms one at a time).
+# Rooms opened one at a time, as they reach a worker: four at once on 2 cores degrade the rooms already held while
+# the new ones start (N=4, markers sent during the opening: p95 448 and 277 ms in two runs with 4 at once, 212 ms
+# one at a time).
 CONCURRENCY = 1
 SETTLE = 60.0  # the longest a step waits for a quiet machine (--settle)
 
