@@ -147,6 +147,14 @@ async def _sweep(lk: LiveKitStack) -> list[str]:
         return await room_sweep.sweep(client)
 
 
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    lk = config.stash.get(stack_key, None)
+    if lk is not None and lk.verified:
+        took = lk.report.get("harness_seconds")
+        how = f"{lk.verified} in {took:.1f}s" if took is not None and lk.verified == "bootstrap" else lk.verified
+        terminalreporter.write_line(f"livekit-harness: {lk.url} proven ({how})")
+
+
 # --- a room per test -------------------------------------------------------------------------------------------
 
 

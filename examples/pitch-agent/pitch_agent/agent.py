@@ -4,6 +4,7 @@ caller over data (topic REPLY_TOPIC) and answers two RPCs. No model, no outside 
 
 - RPC `pitch.last`: JSON {"heard_hz", "replied_hz", "replies"} for the caller;
 - RPC `pitch.ratio`: the ratio it replies at, as text.
+Names and the ratio live in pitch_agent.protocol (light to import, for tests).
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 from livekit import agents, rtc
 
+from pitch_agent.protocol import LAST_METHOD, RATIO_METHOD, READY_ATTRIBUTE, REPLY_RATIO, REPLY_TOPIC
+
 log = logging.getLogger("pitch_agent")
 
 SAMPLE_RATE = 48000
 FRAME_MS = 10
-REPLY_RATIO = 1.5  # a perfect fifth
 REPLY_SECONDS = 0.4
-REPLY_TOPIC = "pitch.reply"
-READY_ATTRIBUTE = "pitch.ready"  # set once the RPC methods are registered: a call before that is refused
 QUIET_RMS = 300.0  # int16: quieter frames are silence
 END_OF_SOUND_FRAMES = 15  # 150 ms of silence after sound ends the caller's turn
 MIN_SOUND_FRAMES = 10  # a turn shorter than 100 ms is noise
@@ -61,8 +61,8 @@ class PitchAgent:
         await self.room.local_participant.publish_track(
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         )
-        self.room.local_participant.register_rpc_method("pitch.last", self.last)
-        self.room.local_participant.register_rpc_method("pitch.ratio", self.ratio)
+        self.room.local_participant.register_rpc_method(LAST_METHOD, self.last)
+        self.room.local_participant.register_rpc_method(RATIO_METHOD, self.ratio)
         self.room.on("track_subscribed", self.on_track)
         for participant in self.room.remote_participants.values():
             for publication in participant.track_publications.values():

@@ -11,14 +11,16 @@ import pytest
 from livekit_harness_pytest.participant import Participant, dominant_frequency, tone
 from livekit_harness_pytest.plugin import AgentWorker, ParticipantFactory
 from livekit_harness_pytest.webhook_events import WebhookEvents
-from pitch_agent.agent import READY_ATTRIBUTE, REPLY_RATIO, REPLY_TOPIC, entrypoint
+from pitch_agent.protocol import ENTRYPOINT, LAST_METHOD, RATIO_METHOD, READY_ATTRIBUTE, REPLY_RATIO, REPLY_TOPIC
 
 pytestmark = pytest.mark.integration  # this repository's category marker (tests/conftest.py)
+# The agent by reference ("module:function"): the worker process imports it, this process never loads
+# livekit-agents (~2 s at collection).
 SILENCE = np.zeros(int(0.3 * 48000), dtype=np.int16)  # ends the caller's turn
 
 
 async def ready_agent(agent_worker: AgentWorker, caller: Participant) -> str:
-    agent = await agent_worker(entrypoint, agent_name="pitch")
+    agent = await agent_worker(ENTRYPOINT, agent_name="pitch")
     await caller.wait_for_attribute(agent.identity, READY_ATTRIBUTE)
     return agent.identity
 
@@ -32,7 +34,7 @@ def loud(caller: Participant, sender: str, min_rms: float = 1000.0) -> np.ndarra
 
 async def test_it_answers_its_ratio_over_rpc(agent_worker: AgentWorker, participant: Participant) -> None:
     agent = await ready_agent(agent_worker, participant)
-    assert float(await participant.rpc(agent, "pitch.ratio")) == REPLY_RATIO
+    assert float(await participant.rpc(agent, RATIO_METHOD)) == REPLY_RATIO
 
 
 @pytest.mark.parametrize("hz", [330.0, 660.0])
@@ -46,7 +48,7 @@ async def test_it_replies_a_fifth_above_what_it_heard(
     assert said["heard_hz"] == pytest.approx(hz, abs=5)
     await participant.wait_for_audio(agent, seconds=0.2, min_rms=1000)
     assert dominant_frequency(loud(participant, agent)) == pytest.approx(hz * REPLY_RATIO, rel=0.03)
-    last = json.loads(await participant.rpc(agent, "pitch.last"))
+    last = json.loads(await participant.rpc(agent, LAST_METHOD))
     assert last["replies"] == 1 and last["replied_hz"] == said["replied_hz"]
 
 
