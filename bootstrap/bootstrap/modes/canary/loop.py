@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from backend.logging import redact
 from backend.settings import SettingsError
 from bootstrap import runner
 from bootstrap.context import RunContext
@@ -128,6 +129,10 @@ class Canary:
         self._finished(metrics, result.status.value)
         failed = {s.name: s.kind for s in result.stages if s.status is Status.FAIL}
         log.info("canary run", result=result.status.value, seconds=round(result.seconds, 2), failed=failed)
+        for stage in result.stages:  # the alert names the stage; the cause and the fix are here
+            if stage.status in (Status.FAIL, Status.WARN):
+                log.warning("canary stage", stage=stage.name, status=stage.status.value, kind=stage.kind,
+                            cause=redact(stage.cause), fix=redact(stage.fix))  # fmt: skip
         return result, ctx
 
     def _finished(self, metrics: CanaryMetrics, result: str) -> None:
