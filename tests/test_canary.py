@@ -229,9 +229,14 @@ def test_the_endpoint_serves_metrics_health_and_readiness() -> None:
     base = f"http://127.0.0.1:{endpoint.port}"
     try:
         request = urllib.request.Request(f"{base}/metrics", headers={"Accept": "application/openmetrics-text"})
-        with urllib.request.urlopen(request, timeout=2) as response:
-            assert response.headers["Content-Type"].startswith("application/openmetrics-text")
-            body = response.read().decode()
+        deadline = time.monotonic() + 5
+        while True:  # the endpoint reads what was published on a thread of its own: it may lag a scrape
+            with urllib.request.urlopen(request, timeout=2) as response:
+                assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+                body = response.read().decode()
+            if "lkh_canary_stage_success" in body or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert 'lkh_canary_stage_success{stage="join"} 0.0' in body and body.endswith("# EOF\n")
         assert body.count("# EOF") == 1 and "process_resident_memory_bytes" in body  # this process's, read live
         with urllib.request.urlopen(f"{base}/metrics", timeout=2) as response:  # Prometheus' text format
@@ -322,3 +327,28 @@ def test_an_unreachable_server_endpoint_is_said_in_a_gauge() -> None:
     view = ServerView(f"http://127.0.0.1:{free_port()}/metrics")
     asyncio.run(view.after_run(metrics, result_of(join=(Status.PASS, ""))))
     assert sample(metrics, "lkh_canary_server_metrics_up") == 0
+
+
+def test_it_re_executes_itself_once_its_memory_grew(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rtc SDK keeps a native thread per run's audio source (loop.RECYCLE_MB): past the bound, the canary
+    re-executes its own command line, after its worker and endpoint are closed."""
+    readings = iter([100.0, 100.0, 150.0, 400.0, 400.0])
+    monkeypatch.setattr(loop, "rss_mb", lambda: next(readings))
+
+    class Recycled(Exception):
+        pass
+
+    def reexecute() -> None:
+        raise Recycled
+
+    async def passes(ctx: RunContext) -> str:
+        return "ok"
+
+    canary = canary_with([Stage("passes", passes, 5.0)], interval=0.01)
+    canary.schedule.recycle_mb = 256.0
+    monkeypatch.setattr(canary, "reexecute", reexecute)
+    with capture_logs() as logs, pytest.raises(Recycled):
+        asyncio.run(canary.serve(quick_context))
+    recycled = [e for e in logs if e["event"] == "recycling: re-executing after its memory grew"]
+    assert recycled and recycled[0]["grown_mb"] == 300 and recycled[0]["runs"] == 3
+    assert canary.worker.server is None  # closed before

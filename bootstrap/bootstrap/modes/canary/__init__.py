@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from bootstrap.modes.base import Mode, Plan, Target
 from bootstrap.modes.canary.kept_worker import CanaryWorker
-from bootstrap.modes.canary.loop import Canary, Schedule
+from bootstrap.modes.canary.loop import RECYCLE_MB, Canary, Schedule
 from bootstrap.stages import Stage
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class CanaryMode(Mode):
         stages = [_canary_stage(s, worker) for s in inner.stages]
         canary = Canary(
             stages,
-            Schedule(args.interval, args.jitter, args.runs),
+            Schedule(args.interval, args.jitter, args.runs, 0.0 if args.runs else RECYCLE_MB),
             worker,
             args.metrics_host,
             args.metrics_port,

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -25,6 +28,11 @@ from bootstrap.modes.canary.server_view import ServerView, default_metrics_url
 from bootstrap.result import Kind, RunResult, Status
 from bootstrap.stages import Stage
 
+# The rtc SDK (livekit 1.1.21) keeps a native "AudioSourceCapt" thread for each audio source a run creates (the
+# participant's markers, the agent's echo) after the source is disposed and its room left: the Python objects are
+# freed, the process's memory grows ~1.5 MB a run (bench/canary.py: +134 MB over 90 runs). The canary re-executes
+# itself once it grew this much: at a 60 s interval, about every 3 hours.
+RECYCLE_MB = 256.0
 # SIGTERM: the current run may finish for STOP_GRACE (a healthy run takes ~1.6 s), then it is interrupted and its
 # cleanup (each step bounded by the runner) gets ABANDON_AFTER; the worker closes in CLOSE_TIMEOUT (3 s). So the
 # process exits within ~18 s of SIGTERM: inside Kubernetes' default 30 s terminationGracePeriodSeconds.
@@ -38,6 +46,7 @@ class Schedule:
     interval: float
     jitter: float  # the first run starts at a random offset in [0, jitter]: canaries started together spread out
     runs: int = 0  # stop after this many runs (0: until SIGTERM); for benchmarks and tests
+    recycle_mb: float = 0.0  # re-execute itself once its RSS grew this much since the first run (0: never)
 
 
 @dataclass
@@ -72,6 +81,7 @@ class Canary:
             metrics=f"http://{self.metrics_host}:{endpoint.port}/metrics",
         )
         view: ServerView | None = None
+        baseline, recycle = 0.0, False
         try:
             await _sleep_or_stop(stop, random.uniform(0, self.schedule.jitter))
             done = 0
@@ -86,14 +96,27 @@ class Canary:
                 done += 1
                 if self.schedule.runs and done >= self.schedule.runs:
                     break
+                baseline = baseline or rss_mb()
+                if self.schedule.recycle_mb and (grown := rss_mb() - baseline) > self.schedule.recycle_mb:
+                    log.warning("recycling: re-executing after its memory grew", grown_mb=round(grown), runs=done)
+                    recycle = True
+                    break
                 await _sleep_or_stop(stop, started + self.schedule.interval - time.monotonic())
         finally:
             await self.worker.close()
             endpoint.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+        if recycle:
+            self.reexecute()
         log.info("canary stopped")
         return 0
+
+    def reexecute(self) -> None:
+        """The same command line in this process (its pid, so systemd and Kubernetes see no restart): a fresh
+        interpreter gives back what the rtc SDK keeps per run (RECYCLE_MB). Its metrics start again from zero, as
+        after any restart (rate() and increase() handle the reset)."""
+        os.execv(sys.executable, list(sys.orig_argv))
 
     def _server_metrics_url(self, ctx: RunContext) -> str | None:
         if self.server_metrics is None:
@@ -215,3 +238,11 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     if seconds > 0:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
+
+
+def rss_mb() -> float:
+    """This process's resident memory (VmRSS), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
