@@ -36,6 +36,7 @@ OPTIONS = {
     "jitter": "--jitter",
     "server_metrics": "--server-metrics",
     "runs": "--runs",
+    "recycle_mb": "--recycle-mb",
 }
 
 
@@ -86,6 +87,13 @@ class CanaryMode(Mode):
             "a node on this machine's port + 3; 'off' to skip)",
         )
         group.add_argument(
+            "--recycle-mb",
+            type=float,
+            metavar="MB",
+            help=f"with --canary: re-execute itself once its memory grew this much (default {RECYCLE_MB:.0f}, none "
+            "with --runs; 0: never): the rtc SDK keeps a native thread per run",
+        )
+        group.add_argument(
             "--runs", type=int, metavar="N", help="with --canary: stop after N runs (default: until SIGTERM)"
         )
 
@@ -106,6 +114,7 @@ class CanaryMode(Mode):
         args.metrics_host = args.metrics_host or "127.0.0.1"
         args.jitter = min(args.interval, MAX_JITTER) if args.jitter is None else args.jitter
         args.runs = args.runs or 0
+        args.recycle_mb = (0.0 if args.runs else RECYCLE_MB) if args.recycle_mb is None else args.recycle_mb
         if args.interval < 1:
             return "--interval must be at least 1 second"
         if not 0 <= args.metrics_port < 65536:
@@ -131,7 +140,7 @@ class CanaryMode(Mode):
         stages = [_canary_stage(s, worker) for s in inner.stages]
         canary = Canary(
             stages,
-            Schedule(args.interval, args.jitter, args.runs, 0.0 if args.runs else RECYCLE_MB),
+            Schedule(args.interval, args.jitter, args.runs, args.recycle_mb),
             worker,
             args.metrics_host,
             args.metrics_port,
