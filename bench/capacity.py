@@ -139,13 +139,15 @@ def above_knee(best: Step | None, args: argparse.Namespace) -> int:
     return n
 
 
-def against_lk(rooms: int) -> None:
+def against_lk(rooms: int, limit: int) -> None:
     lk = find_lk()
-    print(f"== lk perf agent-load-test, {rooms} rooms, against the standalone worker (`python -m agent_runtime`)")
+    print(f"== lk perf agent-load-test, {rooms} rooms, against the standalone worker (AGENT_MAX_JOBS={limit} "
+          "python -m agent_runtime)")  # fmt: skip
     if lk is None:
         print("lk     unavailable: no lk binary (make lk / PATH / $LK); no ratio")
         return
     duration = int(rooms * 3.2 + 10)  # lk opens its rooms about 3 s apart (bench/bench.py)
+    os.environ["AGENT_MAX_JOBS"] = str(limit)  # the standalone worker's job limit: the knee
     with registered_worker() as registered:
         if not registered:
             print("lk     skipped: our worker did not register; no ratio")
@@ -154,7 +156,7 @@ def against_lk(rooms: int) -> None:
                               STACK.agent_name, "--duration", f"{duration}s"], timeout=duration + 120)  # fmt: skip
     run = parse_agent_load_test(result.stdout)
     print(f"lk     {lk_s:.1f}s, exit {result.returncode}, rooms opened {run.rooms_opened}/{rooms}, agents joined "
-          f"{run.agents_joined} (the worker takes {MAX_JOBS} at once), agent-join latency "
+          f"{run.agents_joined} (the worker takes {limit} at once), agent-join latency "
           f"{summary(run.join_delays) if run.join_delays else '-'}")  # fmt: skip
     if result.returncode != 0 or run.rooms_opened < rooms:
         print(f"no comparison: lk's run did not complete (exit {result.returncode}, rooms opened "
@@ -188,7 +190,7 @@ def main() -> int:
     best = report_knee(steps)
     if not args.no_above:
         rooms = above_knee(best, args)
-        against_lk(rooms)
+        against_lk(rooms, best.n if best else MAX_JOBS)
     return 0
 
 

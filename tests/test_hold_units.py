@@ -13,6 +13,7 @@ from agent_runtime.agent import LOAD_THRESHOLD, WorkerConfig, create_worker, job
 from bench.knee import Step, bound_by, knee, next_n, step_from_report
 from bootstrap.modes.load import proc_usage
 from bootstrap.modes.load.hold_figures import HoldFigures, JobUsage, SideUsage
+from tests.conftest import run_module
 
 pytestmark = pytest.mark.unit
 
@@ -200,3 +201,9 @@ def test_a_step_is_read_from_a_held_runs_report() -> None:
     failed = step_from_report(6, {"status": "fail", "stages": [{"name": "worker", "status": "fail",
                                                                 "cause": "no register"}]}, 0.0)  # fmt: skip
     assert not failed.ok and failed.crossed == ["no hold: worker: no register"]
+
+
+def test_the_standalone_workers_job_limit_must_be_a_number() -> None:
+    result = run_module("agent_runtime", env={"AGENT_MAX_JOBS": "four"}, timeout=60)
+    assert result.returncode == 2
+    assert "AGENT_MAX_JOBS='four': give a whole number of jobs" in result.stderr

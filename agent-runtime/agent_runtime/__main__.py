@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import structlog
 from livekit.agents import AgentServer
 
-from agent_runtime.agent import WorkerConfig, create_worker
+from agent_runtime.agent import MAX_JOBS, WorkerConfig, create_worker
 from agent_runtime.ffi_exit import exit_without_finalization
 from backend.logging import configure_logging, register_secret
 from backend.settings import SettingsError, load_settings
@@ -31,11 +32,17 @@ def main() -> int:
     log = structlog.get_logger("agent_runtime")
     for warning in settings.warnings:
         log.warning(warning)
+    max_jobs = os.environ.get("AGENT_MAX_JOBS", "0")
+    if not max_jobs.isdigit():
+        print(f"AGENT_MAX_JOBS={max_jobs!r}: give a whole number of jobs (0: no limit; measured here: {MAX_JOBS})",
+              file=sys.stderr)  # fmt: skip
+        return 2
     config = WorkerConfig(
         ws_url=settings.ws_url,
         api_key=settings.api_key,
         api_secret=settings.api_secret,
         agent_name=settings.agent_name,
+        max_jobs=int(max_jobs),  # the most jobs at once (docs/scaling.md, make bench-capacity)
     )
     server = create_worker(config)
     server.on("worker_registered", lambda wid, _info: log.info("registered", id=wid, agent_name=settings.agent_name))

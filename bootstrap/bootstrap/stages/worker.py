@@ -6,15 +6,15 @@ import asyncio
 
 from livekit import agents, api
 
-from agent_runtime.agent import MAX_JOBS, WorkerConfig, create_worker
+from agent_runtime.agent import WorkerConfig, create_worker
 from bootstrap.context import RunContext
 from bootstrap.result import StageFailure
 
 
-async def run(ctx: RunContext, *, job_processes: int = 0, max_jobs: int | None = None) -> str:
+async def run(ctx: RunContext, *, job_processes: int = 0, max_jobs: int = 0) -> str:
     """`job_processes`: 0 runs each job on a thread of this process; N > 0 runs each in a process of its own,
-    N of them kept warm. `max_jobs`: the most jobs the worker takes at once (0: no limit; None: the echo
-    worker's own, agent_runtime.agent.MAX_JOBS)."""
+    N of them kept warm. `max_jobs`: the most jobs the worker takes at once (0: no limit, as every mode but the
+    held load runs it; the standalone echo worker's own limit is agent_runtime.agent.MAX_JOBS)."""
     # An authenticated API call first: the worker's own retries would hide a 401 behind "failed to connect".
     await ctx.api.room.list_rooms(api.ListRoomsRequest())
     config = WorkerConfig(
@@ -29,7 +29,7 @@ async def run(ctx: RunContext, *, job_processes: int = 0, max_jobs: int | None =
         # with threads, 1-2 rooms in 50 lost an audio marker to the contention.
         job_executor=agents.JobExecutorType.PROCESS if job_processes else agents.JobExecutorType.THREAD,
         idle_runners=job_processes,
-        max_jobs=MAX_JOBS if max_jobs is None else max_jobs,
+        max_jobs=max_jobs,
     )
     ctx.worker = create_worker(config)
     registered: asyncio.Future[str] = asyncio.get_running_loop().create_future()
