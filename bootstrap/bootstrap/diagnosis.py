@@ -7,6 +7,7 @@ import aiohttp
 from livekit import api, rtc
 
 from backend.logging import redact
+from bootstrap import token_probe
 from bootstrap.context import RunContext
 from bootstrap.result import Kind, StageFailure
 
@@ -47,6 +48,19 @@ def diagnose(stage: str, exc: BaseException, ctx: RunContext, waited: float) -> 
     """The cause and fix for `exc`, with any token or secret the error echoed redacted."""
     failure = _diagnose(stage, exc, ctx, waited)
     return StageFailure(redact(failure.cause), redact(failure.fix), failure.kind or kind_of(stage, exc))
+
+
+async def explain_refusal(ctx: RunContext, failure: StageFailure) -> StageFailure:
+    """A refused key or secret, asked again (bootstrap.token_probe): a token refused only for its validity window
+    is the clock, with the measured skew. livekit-api's client does not read the server's plain-text 401, so the
+    diagnosis above cannot tell from the exception alone."""
+    settings = ctx.settings
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session:
+        verdict = await token_probe.probe(session, settings.http_url, settings.api_key, settings.api_secret,
+                                          ctx.room_name)  # fmt: skip
+    if verdict.clock:
+        return StageFailure(redact(token_probe.clock_cause(verdict)), CLOCK_FIX, Kind.CLOCK)
+    return failure
 
 
 def kind_of(stage: str, exc: BaseException) -> Kind:

@@ -16,7 +16,7 @@ from livekit import api
 
 from backend.logging import redact
 from bootstrap.context import RunContext
-from bootstrap.diagnosis import diagnose, kind_of
+from bootstrap.diagnosis import diagnose, explain_refusal, kind_of
 from bootstrap.result import Kind, RunResult, StageFailure, StageResult, StageSkipped, StageWarning, Status
 from bootstrap.stages import Stage
 from bootstrap.webhook_sink import WebhookSink
@@ -85,7 +85,7 @@ async def _run_stage(ctx: RunContext, stage: Stage) -> StageResult:
         return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix,
                            failure.kind or Kind.TIMEOUT)  # fmt: skip
     except Exception as exc:
-        failure = diagnose(name, exc, ctx, budget)
+        failure = await _explain_refusal(ctx, diagnose(name, exc, ctx, budget))
         log.debug("stage failed", stage=name, error=repr(exc))
         return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix,
                            failure.kind or Kind.CONFIG)  # fmt: skip
@@ -104,6 +104,18 @@ async def _explain_timeout(ctx: RunContext, stage: Stage, exc: TimeoutError, bud
         except Exception as explain_error:
             log.debug("timeout explanation failed", stage=stage.name, error=repr(explain_error))
     return diagnose(stage.name, exc, ctx, budget)
+
+
+async def _explain_refusal(ctx: RunContext, failure: StageFailure) -> StageFailure:
+    """A refused key or secret asked again, bounded: clocks that disagree are named as the clock (every mode)."""
+    if failure.kind != Kind.AUTH:
+        return failure
+    try:
+        async with asyncio.timeout(EXPLAIN_TIMEOUT):
+            return await explain_refusal(ctx, failure)
+    except Exception as explain_error:
+        log.debug("refusal explanation failed", error=repr(explain_error))
+        return failure
 
 
 def _uncancel() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -31,22 +30,18 @@ from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
-import jwt
 from livekit import api
 
-from backend.logging import redact
+from bootstrap import token_probe
 from bootstrap.context import RunContext
-from bootstrap.diagnosis import clock_refusal
 from bootstrap.ice import JOIN_RESPONSE, Offered, OfferRecorder
 from bootstrap.result import Kind, StageFailure, StageWarning
 from bootstrap.stages import join
+from bootstrap.token_probe import LEEWAY_S
 
 CONNECT_TIMEOUT = 3.0  # per attempt: a deployment's port answers in milliseconds, a dropped SYN never
 EXPIRY_WARN_DAYS = 14
-LEEWAY_S = 60  # livekit/protocol auth: the server accepts a token this far outside its nbf/exp
 CLOCK_WARN_S = 5.0  # the Date header has a resolution of 1 s: below this a skew is noise
-PROBE_WINDOW_S = 3 * 3600  # the wide token: valid from 3 h before our now to 3 h after
-PROBE_TTL_S = 3600  # the fresh token lives an hour, as the SDKs' tokens do (livekit-api: 6 h; a join token here: 1 h)
 SERVER_INFO = re.compile(r'\b(version|region|node_id): "([^"]*)"')
 
 
@@ -165,7 +160,7 @@ async def _connect(state: RemoteState, addresses: list[str], endpoint: dict[str,
 
 
 def _reason(exc: OSError) -> str:
-    """"connection refused", "no route to host": asyncio's own text names only the address."""
+    """ "connection refused", "no route to host": asyncio's own text names only the address."""
     return os.strerror(exc.errno).lower() if exc.errno else str(exc) or type(exc).__name__
 
 
@@ -327,52 +322,33 @@ async def _health(
 # --- keys and clock ---------------------------------------------------------------------------------------------
 
 
-def _probe_token(ctx: RunContext, nbf: float, exp: float) -> str:
-    claims = {"iss": ctx.settings.api_key, "sub": "bootstrap-probe", "nbf": int(nbf), "exp": int(exp),
-              "video": {"roomList": True}}  # fmt: skip
-    return jwt.encode(claims, ctx.settings.api_secret, algorithm="HS256")
-
-
-async def _probe(ctx: RunContext, state: RemoteState, token: str) -> tuple[int, str]:
-    """ListRooms for this run's room name only (nothing else listed), with `token`: the status and what the
-    server said (redacted: a 401 echoes the whole token)."""
-    url = ctx.settings.http_url.rstrip("/") + "/twirp/livekit.RoomService/ListRooms"
-    session = state.session
-    assert session is not None  # made by the endpoint stage, a prerequisite
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    async with session.post(url, json={"names": [ctx.room_name]}, headers=headers) as response:
-        text = await response.text()
-    with contextlib.suppress(ValueError, AttributeError):  # Twirp's error body: {"code": …, "msg": …}
-        text = str(json.loads(text).get("msg", text))
-    return response.status, redact(text)[:300]
-
-
 async def run_keys(ctx: RunContext, *, state: RemoteState) -> str:
-    now = time.time()
     keys: dict[str, Any] = {"api_key": ctx.settings.api_key}
     clock: dict[str, Any] = {"leeway_s": LEEWAY_S}
     state.evidence.update(keys=keys, clock=clock)
-    skew = _skew(state, clock)
-    status, said = await _probe(ctx, state, _probe_token(ctx, now, now + PROBE_TTL_S))
-    keys["probe"] = {"status": status, "said": said}
-    if status == 401:
-        wide_status, wide_said = await _probe(ctx, state, _probe_token(ctx, now - PROBE_WINDOW_S, now + PROBE_WINDOW_S))
-        keys["wide_window_probe"] = {"status": wide_status, "said": wide_said}
-        if wide_status != 200:
-            keys["accepted"] = False
-            raise _key_failure(ctx, wide_said)
-        keys["accepted"] = True
-        raise _clock_failure(ctx, skew, said)
-    if status != 200:
+    assert state.session is not None  # made by the endpoint stage, a prerequisite
+    settings = ctx.settings
+    verdict = await token_probe.probe(state.session, settings.http_url, settings.api_key, settings.api_secret,
+                                      ctx.room_name)  # fmt: skip
+    keys["probe"] = verdict.fresh.as_dict()
+    if verdict.wide is not None:
+        keys["wide_window_probe"] = verdict.wide.as_dict()
+    skew = _skew(state, clock, verdict.fresh.skew_s)
+    keys["accepted"] = verdict.accepted or verdict.clock
+    if verdict.clock:
+        raise StageFailure(token_probe.clock_cause(verdict), _clock_fix(), Kind.CLOCK)
+    if verdict.fresh.status == 401:
+        raise _key_failure(ctx, (verdict.wide or verdict.fresh).said)
+    if not verdict.accepted:
         raise StageFailure(
-            f"the token probe (ListRooms for this run's room only) answered {status}: {said}",
+            f"the token probe (ListRooms for this run's room only) answered {verdict.fresh.status}: "
+            f"{verdict.fresh.said}",
             "check the key's permissions (roomList, roomAdmin, roomCreate, roomJoin) and the server's log",
-            Kind.AUTH if status == 403 else Kind.CONFIG,
+            Kind.AUTH if verdict.fresh.status == 403 else Kind.CONFIG,
         )
-    keys["accepted"] = True
     detail = f"key {ctx.settings.api_key!r} accepted; clock skew {_signed(skew)} (server Date header)"
     if skew is None:
-        return detail.replace(_signed(skew), "unknown (no Date header)")
+        return detail
     if skew < -CLOCK_WARN_S:  # ours ahead, within the leeway (a token refused for it failed above)
         ahead = f"this machine's clock is {-skew:.0f} s ahead of the server's: tokens minted here pass only thanks"
         raise StageWarning(detail, f"{ahead} to the server's {LEEWAY_S} s leeway", _clock_fix(), Kind.CLOCK)
@@ -390,17 +366,16 @@ async def run_keys(ctx: RunContext, *, state: RemoteState) -> str:
 
 
 def _signed(skew: float | None) -> str:
-    return "unknown" if skew is None else f"{skew:+.1f} s"
+    return "unknown (no Date header)" if skew is None else f"{skew:+.1f} s"
 
 
-def _skew(state: RemoteState, clock: dict[str, Any]) -> float | None:
-    """The server's clock minus ours, in seconds (positive: ours is behind)."""
-    if state.server_date is None or state.local_date is None:
-        return None
-    skew = (state.server_date - state.local_date).total_seconds() + 0.5  # the header truncates to the second
-    clock.update(server_date=state.server_date.isoformat(), local_date=state.local_date.isoformat(),
-                 skew_s=round(skew, 1))  # fmt: skip
-    return skew
+def _skew(state: RemoteState, clock: dict[str, Any], measured: float | None) -> float | None:
+    """The server's clock minus ours, in seconds (positive: ours is behind), from the probe's Date header; the
+    endpoint stage's GET / dates as evidence."""
+    if state.server_date is not None and state.local_date is not None:
+        clock.update(server_date=state.server_date.isoformat(), local_date=state.local_date.isoformat())
+    clock["skew_s"] = measured
+    return measured
 
 
 def _clock_fix() -> str:
@@ -422,21 +397,6 @@ def _key_failure(ctx: RunContext, said: str) -> StageFailure:
         f"LIVEKIT_API_SECRET is not that key's secret (it said: {said})",
         f"set LIVEKIT_API_SECRET to the secret paired with {key!r} in the deployment's `keys:`",
         Kind.AUTH,
-    )
-
-
-def _clock_failure(ctx: RunContext, skew: float | None, said: str) -> StageFailure:
-    if skew is None:
-        measured = "off (the server sent no Date header to measure it)"
-    else:
-        measured = f"{-skew:.0f} s ahead of the server's" if skew < 0 else f"{skew:.0f} s behind the server's"
-    reading = clock_refusal(said) or "the token's validity window"
-    return StageFailure(
-        f"the server refused a fresh token but accepted the same key's token valid 3 h either side of now: the "
-        f"clocks disagree: this machine's is {measured} (Date header); the server: {reading} "
-        f"(it said: {said})",
-        _clock_fix(),
-        Kind.CLOCK,
     )
 
 
