@@ -107,7 +107,7 @@ class Canary:
             endpoint.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-        if recycle:
+        if recycle and not stop.is_set():  # a SIGTERM that came meanwhile ends it: a new image would not know
             self.reexecute()
         log.info("canary stopped")
         return 0
