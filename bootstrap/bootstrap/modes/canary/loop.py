@@ -33,6 +33,7 @@ from bootstrap.stages import Stage
 # freed, the process's memory grows ~1.5 MB a run (bench/canary.py: +134 MB over 90 runs). The canary re-executes
 # itself once it grew this much: at a 60 s interval, about every 3 hours.
 RECYCLE_MB = 256.0
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 # SIGTERM: the current run may finish for STOP_GRACE (a healthy run takes ~1.6 s), then it is interrupted and its
 # cleanup (each step bounded by the runner) gets ABANDON_AFTER; the worker closes in CLOSE_TIMEOUT (3 s). So the
 # process exits within ~18 s of SIGTERM: inside Kubernetes' default 30 s terminationGracePeriodSeconds.
@@ -75,6 +76,7 @@ class Canary:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked across a re-exec (reexecute): pending now
         log.info(
             "canary started",
             interval=self.schedule.interval,
@@ -116,6 +118,9 @@ class Canary:
         """The same command line in this process (its pid, so systemd and Kubernetes see no restart): a fresh
         interpreter gives back what the rtc SDK keeps per run (RECYCLE_MB). Its metrics start again from zero, as
         after any restart (rate() and increase() handle the reset)."""
+        # Blocked across the exec (the mask is inherited), so a SIGTERM during the new image's start-up waits for
+        # its handler (serve unblocks them) instead of killing it with the default action.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         os.execv(sys.executable, list(sys.orig_argv))
 
     def _server_metrics_url(self, ctx: RunContext) -> str | None:
