@@ -224,6 +224,14 @@ def test_nothing_listening_is_named_with_the_address_and_port(ca_file: Path) -> 
     assert f"nothing accepts TCP at {SIGNAL_NAME} port 8443" in endpoint["cause"]
 
 
+def test_ws_to_the_tls_port_is_named_with_the_wss_url() -> None:
+    code, _, report = bootstrap("--url", f"ws://{SIGNAL_NAME}:443")
+    endpoint = stage(report, "endpoint")
+    assert (code, endpoint["status"], endpoint["kind"]) == (1, "fail", "config")
+    assert "port 443 speaks TLS" in endpoint["cause"] and f"use wss://{SIGNAL_NAME}" in endpoint["fix"]
+    assert SIGNAL_NAME in report["target"]["endpoint"]["tls"]["names"]
+
+
 def test_a_node_without_its_redis_is_named_not_ready(ca_file: Path) -> None:
     try:
         remote_lab.redis(STACK, running=False)

@@ -99,6 +99,14 @@ async def run_endpoint(ctx: RunContext, *, state: RemoteState) -> str:
     if state.secure:
         if warning := await _verify_tls(state, endpoint):
             warnings.append(warning)
+    elif speaks_tls := await _peer_certificate(state):
+        endpoint["tls"] = speaks_tls
+        raise StageFailure(
+            f"{state.url} is ws:// but port {state.port} speaks TLS (it presented a certificate for "
+            f"{', '.join(speaks_tls.get('names', [])) or '?'}): a plain WebSocket there gets only an HTTP 400",
+            f"use wss://{state.host}{'' if state.port == 443 else f':{state.port}'} (LIVEKIT_URL too)",
+            Kind.CONFIG,
+        )
     elif not _loopback(state.host):
         warnings.append((
             f"ws:// to {state.host}, not this machine: tokens and signalling cross the network unencrypted",
