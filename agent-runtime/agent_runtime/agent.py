@@ -20,7 +20,8 @@ log = logging.getLogger("agent_runtime")
 
 # The echo worker's capacity on this machine's 2 cores, from the held-load curve (`make bench-capacity`,
 # docs/scaling.md): the largest number of rooms held at once with audio p95 <= 300 ms and no marker lost was 4 in
-# each of four runs (5 crossed a limit in all four), with every participant and livekit-server on the same cores.
+# three runs of four (3 in the fourth; 5 crossed a limit in all four), with every participant and livekit-server
+# on the same cores.
 MAX_JOBS = 4
 # A hair under 1.0: livekit-agents sums per-job shares (load / jobs) to decide, and float rounding of
 # (max_jobs - 1)/max_jobs + 1/max_jobs must neither admit job max_jobs + 1 nor refuse job max_jobs.
