@@ -124,7 +124,7 @@ def load_stack(path: Path = STACK_ENV) -> Stack:
         if not network.is_private or network.num_addresses < 4:
             raise StackEnvError(f"{path}: {key}={value!r} must be a private range of 4+ addresses, e.g. 10.213.70.0/24")
         if reserved := next((name for name, block in RESERVED.items() if network.overlaps(block)), None):
-            raise StackEnvError(f"{path}: {key}={value!r} is {reserved}; pick a free private range, e.g. 10.213.70.0/24")
+            raise StackEnvError(f"{path}: {key}={value!r} is {reserved}; pick a free private range like 10.213.70.0/24")
         if route := conflicting_route(network):
             raise StackEnvError(
                 f"{path}: {key}={value!r} overlaps this machine's route {route}: its hosts would be unreachable or "
