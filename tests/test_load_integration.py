@@ -51,4 +51,4 @@ def test_load_mode_reports_complete_figures(stack: Stack) -> None:
 def test_load_and_browser_are_separate_modes() -> None:
     result = run_module("bootstrap", "--load", "2", "--browser")
     assert result.returncode == 2
-    assert "--load, --browser, --cluster and --paths are separate modes" in result.stderr
+    assert "--load, --browser, --cluster, --paths, --url and --canary are separate modes" in result.stderr
