@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from livekit import api
 
+from devstack.ports import port_owner
 from livekit_harness_pytest.harness_stack import LiveKitStack
 from livekit_harness_pytest.process_identity import start_ticks
 
@@ -36,9 +37,9 @@ import logging, os
 log = logging.getLogger("harness_agent")
 
 async def entrypoint(ctx):
+    log.info("HARNESS-AGENT-MARKER job in %s", ctx.room.name)  # before the agent joins: logged by then
     await ctx.connect()
     await ctx.room.local_participant.set_attributes({"pid": str(os.getpid())})
-    log.info("HARNESS-AGENT-MARKER joined %s", ctx.room.name)
 """
 # Each inner test records its room and its agent's worker process, so the outer test can check both after.
 RECORDING_TESTS = """
@@ -126,7 +127,7 @@ async def test_rooms_and_workers_are_cleaned_after_pass_and_fail_and_the_failure
     # The failing test's report holds its agent's log (from its first agent_worker call on: a line the previous
     # test's agent logged late may come along); the passing tests print none.
     assert out.count("- livekit agent cleanup-") == 1, out
-    assert f"HARNESS-AGENT-MARKER joined {runs[1]['room']}" in out, out
+    assert f"HARNESS-AGENT-MARKER job in {runs[1]['room']}" in out, out
     assert livekit_stack.api_secret not in out
     assert not {str(r["room"]) for r in runs} & await listed_rooms(livekit_stack)
     assert all(gone(int(str(r["worker"]))) for r in runs)
@@ -182,9 +183,11 @@ async def test_a_killed_sessions_leftovers_go_once_the_next_session_starts_and_l
     assert livekit_room.name in rooms  # this (live) session's room was not swept
 
 
-def test_two_xdist_workers_never_collide(inner: pytest.Pytester) -> None:
+def test_two_xdist_workers_never_collide(inner: pytest.Pytester, livekit_stack: LiveKitStack) -> None:
     """The example epic's suite and a collision probe, with -n 2: rooms, agent names, the worker that serves a
     room, ports and webhooks all stay each session's own."""
     inner.makepyfile(test_pitch_agent=EXAMPLE_TESTS.read_text(), test_collisions=COLLISION_TESTS)
     result = inner.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(passed=9)
+    # The shared receiver left with the last session that leased it: the port is free for `python -m bootstrap`.
+    assert port_owner(livekit_stack.stack.webhook_port if livekit_stack.stack else 8000) is None

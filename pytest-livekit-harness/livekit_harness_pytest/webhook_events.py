@@ -28,6 +28,7 @@ from livekit_harness_pytest.webhook_hub import HUB_NAME, MAX_WAIT
 
 START_TIMEOUT = 10.0  # seconds for a new hub to answer, and for another program to free the port
 DEFAULT_WAIT = 10.0
+RELEASE_WAIT = 3.0
 
 
 class WebhooksUnavailable(Exception):
@@ -97,10 +98,16 @@ class HubClient:
         raise WebhooksUnavailable(f"the shared webhook receiver did not start on {self.host}:{self.port}:\n{tail}")
 
     def release(self) -> None:
-        if self.lease:
-            with contextlib.suppress(OSError, ValueError):  # gone already: it drops ended sessions' leases anyway
-                self._request("DELETE", f"/lkh/leases/{self.lease}")
-            self.lease = ""
+        """Give the lease back; when it was the last one, wait (at most RELEASE_WAIT s) until the hub is gone."""
+        if not self.lease:
+            return
+        left = 1
+        with contextlib.suppress(OSError, ValueError, KeyError):  # gone already: it drops ended sessions' leases too
+            left = self._request("DELETE", f"/lkh/leases/{self.lease}")["leases"]
+        self.lease = ""
+        deadline = time.monotonic() + RELEASE_WAIT
+        while not left and time.monotonic() < deadline and self._is_hub() is not None:
+            time.sleep(0.05)
 
     def events(self, room: str, after: int = 0, wait: float = 0.0) -> list[dict[str, Any]]:
         path = f"/lkh/events?room={urllib.parse.quote(room)}&after={after}&wait={min(wait, MAX_WAIT)}"

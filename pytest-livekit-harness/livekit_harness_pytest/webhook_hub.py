@@ -52,6 +52,7 @@ class Hub:
         self.seq = 0
         self.leases: dict[str, Creator] = {}
         self.closing = False
+        self.last_released = asyncio.Event()
         self.changed = asyncio.Condition()
 
     async def record(self, event: api.WebhookEvent) -> None:
@@ -96,7 +97,12 @@ class Hub:
         return web.json_response({"lease": lease})
 
     async def release(self, request: web.Request) -> web.Response:
+        """The last lease released: the hub closes at once (the session waits for the port to be free, so a
+        `python -m bootstrap` right after it can bind it)."""
         self.leases.pop(request.match_info["lease"], None)
+        if not self.leases:
+            self.closing = True
+            self.last_released.set()
         return web.json_response({"leases": len(self.leases)})
 
     async def until_unleased(self) -> None:
@@ -133,9 +139,9 @@ async def serve(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    idle = asyncio.create_task(hub.until_unleased())
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({idle, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    ends = {asyncio.create_task(hub.until_unleased()), asyncio.create_task(stop.wait()),
+            asyncio.create_task(hub.last_released.wait())}  # fmt: skip
+    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
     hub.closing = True
     await runner.cleanup()
 
