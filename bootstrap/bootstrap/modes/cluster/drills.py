@@ -5,9 +5,9 @@ node-loss     the node hosting a live room (a; the worker is on b) goes away, ki
               Figures for each: when GET / stopped answering 200, what the participant's SDK said and when
               (reconnecting, disconnected), and whether rejoining the same room through the surviving node gets
               a working room (agent dispatched again, data plane passing) and how long after the fault; then
-              when the audio is clean again (`clean_s`): a room check through the surviving node with no audio
-              marker lost and its quality under the WARN thresholds (bootstrap.audio_quality), tried every
-              SAMPLE_EVERY s for CLEAN_WINDOW s after the room first worked.
+              when the audio is clean again (`clean_s`): no audio marker lost and its quality under the WARN
+              thresholds (bootstrap.audio_quality), checked by the participant that stayed (else a fresh join)
+              every SAMPLE_EVERY s for CLEAN_WINDOW s after the room first worked.
 redis-outage  the cluster's Redis stopped for 5 s, then for 40 s. Figures for each: every node's GET / over time
               (200 / 406 / …), how long after Redis returned the nodes were ready and registered again, whether
               the worker re-registered, and how long until a new room worked end to end.
@@ -110,7 +110,8 @@ async def _lose_node(ctx: RunContext, victim: Node, survivor: Node, way: str) ->
         if recovery is None:
             recovery = await _rejoin(ctx, survivor, room, fault_at, stale)
         if recovery["recovered"]:
-            recovery |= await _until_clean(ctx, survivor, room, fault_at, stale)
+            stayed = watcher if recovery.get("how", "").startswith("the participant's SDK") else None
+            recovery |= await _until_clean(ctx, survivor, room, fault_at, stayed)
     finally:
         await watcher.close()
     restored_s = await _restore_node(ctx, victim, way)
@@ -224,22 +225,43 @@ def audio_clean(figures: dict[str, Any]) -> bool:
 
 
 async def _until_clean(
-    ctx: RunContext, survivor: Node, room: str, since: float, stale: frozenset[str]
+    ctx: RunContext, survivor: Node, room: str, since: float, stayed: SdkClient | None
 ) -> dict[str, Any]:
-    """Once the room works again: a room check through the surviving node until its audio is clean, or
-    CLEAN_WINDOW is over. When (seconds after the fault), how many checks, and the last check's audio."""
+    """Once the room works again: its audio checked until clean, or CLEAN_WINDOW is over: the participant that
+    stayed (its SDK reconnected) exchanging with the agent again, what its user hears; else a participant joining
+    afresh through the surviving node. When (seconds after the fault), how many checks, the last one's figures."""
+    agent = await _agent_in(ctx, survivor, room) if stayed is not None else None
+
+    async def check(attempt: int) -> tuple[bool, dict[str, Any]]:
+        if stayed is not None and agent is not None:
+            exchanged = await stayed.exchange(agent)
+            return room_works(exchanged), exchanged
+        fresh = await check_room(ctx, survivor, room, f"clean-{attempt}", frozenset())
+        return fresh.works, fresh.figures
+
     deadline, attempts = time.monotonic() + CLEAN_WINDOW, 0
     while True:
         attempts += 1
-        last = await check_room(ctx, survivor, room, f"clean-{attempts}", stale)
-        if last.works and audio_clean(last.figures):
+        works, figures = await check(attempts)
+        if works and audio_clean(figures):
             clean_s: float | None = round(time.monotonic() - since, 2)
             break
         if time.monotonic() + SAMPLE_EVERY >= deadline:
             clean_s = None
             break
         await asyncio.sleep(SAMPLE_EVERY)
-    return {"clean_s": clean_s, "clean_attempts": attempts, "clean_check": _brief(last.figures)}
+    checked_by = "the participant that stayed" if stayed is not None and agent is not None else "a fresh join"
+    return {"clean_s": clean_s, "clean_attempts": attempts, "clean_checked_by": checked_by,
+            "clean_check": _brief(figures)}  # fmt: skip
+
+
+async def _agent_in(ctx: RunContext, survivor: Node, room: str) -> str | None:
+    async with node_api(ctx, survivor) as lk:
+        try:
+            async with asyncio.timeout(10.0):
+                return (await poll_until(lambda: find_ready_agent(ctx, room, lk), 0.1)).identity
+        except TimeoutError:
+            return None
 
 
 async def _until_a_room_works(
