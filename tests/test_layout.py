@@ -26,6 +26,7 @@ PACKAGES = {
     "agent_runtime": REPO_ROOT / "agent-runtime" / "agent_runtime",
     "devstack": REPO_ROOT / "devstack" / "devstack",
     "bootstrap": REPO_ROOT / "bootstrap" / "bootstrap",
+    "livekit_harness_pytest": REPO_ROOT / "pytest-livekit-harness" / "livekit_harness_pytest",
 }
 # What each package may import of the project's own; anything else is a dependency flowing back.
 ALLOWED = {
@@ -33,6 +34,8 @@ ALLOWED = {
     "agent_runtime": {"backend"},
     "devstack": set(),
     "bootstrap": {"backend", "agent_runtime", "devstack"},
+    # The test plugin runs the bootstrap as a program (python -m bootstrap), never imports it.
+    "livekit_harness_pytest": {"backend", "agent_runtime", "devstack"},
 }
 
 
