@@ -191,3 +191,27 @@ def test_two_xdist_workers_never_collide(inner: pytest.Pytester, livekit_stack: 
     result.assert_outcomes(passed=9)
     # The shared receiver left with the last session that leased it: the port is free for `python -m bootstrap`.
     assert port_owner(livekit_stack.stack.webhook_port if livekit_stack.stack else 8000) is None
+
+
+def test_an_unmet_need_skips_with_its_reason_and_an_unknown_one_is_a_usage_error(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        test_needs="""
+import pytest
+
+@pytest.mark.livekit_needs("cluster")
+def test_cluster(): pass
+
+@pytest.mark.livekit_needs("root")
+def test_root(): pass
+
+@pytest.mark.livekit_needs("gpu")
+def test_gpu(): pass
+"""
+    )
+    result = inner.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-rs", "--livekit-url", "ws://127.0.0.1:1", timeout=60
+    )
+    out = result.stdout.str()
+    assert "SKIPPED" in out and "needs cluster: the cluster is the project's own" in out, out
+    assert "livekit_needs('gpu'): choose from browser, cluster, root" in out + result.stderr.str()
+    assert ("1 passed" in out) == (os.geteuid() == 0)

@@ -317,10 +317,14 @@ def unmet(need: str, config: pytest.Config) -> str:
     lk = _resolved(config)
     if lk.stack is None:
         return "the cluster is the project's own (make cluster-up), not the server given by --livekit-url"
-    for port in lk.stack.cluster_ports:
+    if os.geteuid() != 0:
+        return "the cluster's hosts are network namespaces: needs root"
+    from devstack.nodes import nodes
+
+    for node in nodes(lk.stack):
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):
+            with urllib.request.urlopen(f"{node.http_url}/", timeout=1):
                 pass
         except OSError:
-            return f"no cluster node answers on :{port} (make cluster-up, as root)"
+            return f"cluster node {node.name} does not answer at {node.http_url} (make cluster-up)"
     return ""
