@@ -19,6 +19,7 @@ from livekit import api
 from devstack.ports import port_owner
 from livekit_harness_pytest.harness_stack import LiveKitStack
 from livekit_harness_pytest.process_identity import start_ticks
+from livekit_harness_pytest.webhook_events import WebhookEvents
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["pytester"]
@@ -215,3 +216,21 @@ def test_gpu(): pass
     assert "SKIPPED" in out and "needs cluster: the cluster is the project's own" in out, out
     assert "livekit_needs('gpu'): choose from browser, cluster, root" in out + result.stderr.str()
     assert ("1 passed" in out) == (os.geteuid() == 0)
+
+
+def test_a_proof_while_the_shared_receiver_holds_the_port_checks_webhooks_through_it(
+    inner: pytest.Pytester, webhook_events: WebhookEvents, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This session leased the shared receiver (webhook_events), so the port is taken when the inner session's
+    `python -m bootstrap` runs: its webhooks stage is then checked on what the receiver verified for its room."""
+    monkeypatch.delenv("LIVEKIT_HARNESS_VERIFIED")  # a proof of its own, not inherited
+    inner.makepyfile(
+        test_proof="""
+def test_proof(livekit_stack):
+    webhooks = next(s for s in livekit_stack.report["stages"] if s["name"] == "webhooks")
+    print("WEBHOOKS", webhooks["status"], webhooks["detail"])
+"""
+    )
+    result = inner.runpytest_subprocess("-p", "no:cacheprovider", "-s", timeout=60)
+    result.assert_outcomes(passed=1)
+    assert "WEBHOOKS pass" in result.stdout.str() and "verified by the shared receiver" in result.stdout.str()

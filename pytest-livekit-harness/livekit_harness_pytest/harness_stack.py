@@ -230,7 +230,7 @@ def _webhooks_through_hub(report: dict[str, Any], hub_events: Any) -> bool:
     if room is None:
         return False
     events = hub_events(room.group(1))
-    kinds = [e.get("event") for e in events]
+    kinds = [entry["event"].get("event") for entry in events]  # each entry: {"seq": …, "event": the event}
     if "room_started" not in kinds or kinds.count("participant_joined") < 2:
         return False
     webhooks.update(
