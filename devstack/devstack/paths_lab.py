@@ -22,20 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import json
-import os
 import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from devstack import impairment, install, local_ca, native, netns, root_guard, tls_front
 from devstack.health import probe_livekit
+from devstack.lab_record import LabRecord
 from devstack.native import StackError
 from devstack.paths_node import (
     FRONT_DIR,
@@ -49,17 +47,16 @@ from devstack.paths_node import (
     paths_node_config,
     service,
 )
-from devstack.safe_files import ensure_dir, read_private, write_private
+from devstack.safe_files import read_private
 from devstack.server_config import render
-from devstack.stack_env import RUNTIME_DIR, Stack
+from devstack.stack_env import Stack
 
 # The layout, re-exported: a run asks this module only.
 __all__ = ["SIGNAL_NAME", "TURN_NAME", "PathsHosts", "hosts"]
 
-LOCK_FILE = RUNTIME_DIR / "paths-lab.lock"
-RECORD = RUNTIME_DIR / "paths-lab.json"  # what this checkout's lab created: all the sweep ever removes
+LAB = LabRecord("paths")  # its lock, and the record of what it created: all the sweep ever removes
+RECORD = LAB.record_file
 READY_TIMEOUT = 15.0  # the node answers GET / within about 1 s of starting here
-LOCK_WAIT = 60.0  # up makes the lab in about 1 s, a node restarts in under 1 s: longer means a stuck holder
 
 
 def node_url(stack: Stack) -> str:
@@ -109,31 +106,6 @@ def _front(stack: Stack) -> tls_front.Front:
                            lab.node_address, FRONT_DIR, namespace=lab.node.namespace)  # fmt: skip
 
 
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    """The lab's one lock: held by up, down, configure_node and the sweep. Released however the process ends."""
-    ensure_dir(RUNTIME_DIR, mode=0o755, uid=os.geteuid(), gid=os.getegid())
-    with open(LOCK_FILE, "a") as handle:
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StackError(f"another paths-up/down holds {LOCK_FILE} for over {LOCK_WAIT:.0f}s") from None
-                time.sleep(0.1)
-        yield  # closing the file releases the lock
-
-
-def _created(lab: PathsHosts) -> dict[str, list[str]]:
-    hosts_ = [lab.client, lab.node]
-    return {
-        "namespaces": [host.namespace for host in hosts_],
-        "links": [lab.lan.bridge, *(f"{host.namespace}-h" for host in hosts_)],
-    }
-
-
 def up(stack: Stack) -> None:
     """The lab, ready: reused (and restored to its own config) when it is up and sound, else made afresh."""
     if reason := netns.missing_capability("paths-up"):
@@ -142,25 +114,18 @@ def up(stack: Stack) -> None:
     install.ensure_livekit_server(stack)
     if reason := tls_front.missing():
         raise StackError(reason)
-    with _locked():
+    with LAB.locked():
         if why_down(stack) is None:
             _restore(stack)
             print(f"  paths lab already up (node {node_url(stack)}); restored to its own config", file=sys.stderr)
             return
-        for removed in _sweep(stack):
+        for removed in LAB.made_afresh(lambda: _sweep(stack), lambda: _create(stack)):
             print(f"  removed   {removed} (an earlier paths lab, incomplete)", file=sys.stderr)
-        try:
-            _create(stack)
-        except BaseException as exc:
-            _sweep(stack)
-            if isinstance(exc, (netns.NetnsError, root_guard.RootGuardError, local_ca.LocalCaError, OSError)):
-                raise StackError(f"the paths lab could not be made: {exc}") from exc
-            raise
 
 
 def _create(stack: Stack) -> None:
     lab = hosts(stack)
-    write_private(RECORD, json.dumps(_created(lab)) + "\n")  # before anything exists: a kill mid-way is swept
+    LAB.record(lab.lan, [lab.client, lab.node])
     netns.create_lan(lab.lan, [lab.client, lab.node])
     netns.add_address(lab.node, lab.turn_address)
     netns.write_hosts_file(lab.client.namespace, lab.names())
@@ -235,7 +200,7 @@ def configure_node(stack: Stack, overrides: Mapping[str, Any] | None = None) -> 
     """The node running the lab's config with `overrides` merged over it (None: the lab's own), restarted only
     when that differs from what it runs. Returns the config it runs and whether it had to restart."""
     config = paths_node_config(stack, overrides)
-    with _locked():
+    with LAB.locked():
         return config, _ensure_node(stack, config)
 
 
@@ -274,7 +239,7 @@ def clear_impairment(stack: Stack) -> None:
 
 def restore(stack: Stack) -> None:
     """The lab as `paths-up` left it: the node on its own config, the client host's firewall its guard only."""
-    with _locked():
+    with LAB.locked():
         _restore(stack)
 
 
@@ -289,7 +254,7 @@ def down(stack: Stack, *, quiet: bool = False) -> None:
         if RECORD.exists() and not quiet:
             print(f"  paths lab left up: removing it needs root ({RECORD})", file=sys.stderr)
         return
-    with _locked():
+    with LAB.locked():
         for removed in _sweep(stack):
             if not quiet:
                 print(f"  removed   {removed}", file=sys.stderr)
@@ -307,23 +272,7 @@ def _sweep(stack: Stack) -> list[str]:
     if tls_front.running(FRONT_DIR):
         removed.append("tls-front (nginx)")
     tls_front.stop(FRONT_DIR)
-    try:
-        record = json.loads(read_private(RECORD) or "{}")
-    except ValueError:
-        record = {}
-    namespaces, links = netns.namespaces(), netns.links()
-    for namespace in record.get("namespaces", []):
-        if namespace in namespaces:
-            removed.append(namespace)
-        netns.remove_namespace(namespace)
-    for link in record.get("links", []):
-        if link in links:
-            netns.remove_link(link)
-            removed.append(link)
-    RECORD.unlink(missing_ok=True)
-    if shutil.which("nft"):
-        root_guard.update(stack)
-    return [name for name in removed if not name.endswith("-h")]
+    return removed + LAB.remove_recorded(stack)
 
 
 def status(stack: Stack) -> int:

@@ -18,21 +18,17 @@ lock (LOCK_FILE). A test that changed the lab (`serve`, `redis`) puts it back wi
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
 import shutil
 import socket
 import ssl
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
 from devstack import install, local_ca, native, netns, root_guard, tls_front
+from devstack.lab_record import LabRecord
 from devstack.native import StackError
 from devstack.processes import Account
 from devstack.remote_lab_hosts import (
@@ -49,8 +45,8 @@ from devstack.remote_lab_hosts import (
 from devstack.safe_files import ensure_dir, read_private, write_private
 from devstack.stack_env import RUNTIME_DIR, Stack
 
-LOCK_FILE = RUNTIME_DIR / "remote-lab.lock"
-RECORD = RUNTIME_DIR / "remote-lab.json"
+LAB = LabRecord("remote")  # its lock, and the record of what it created: all the sweep ever removes
+RECORD = LAB.record_file
 TLS_DIR = LAB_DIR / "tls"
 FRONT_DIR = LAB_DIR / "tls-front"
 NODE_SERVICE, REDIS_SERVICE = "remote-lab-livekit", "remote-lab-redis"
@@ -63,7 +59,6 @@ CERTIFICATES = {
     "untrusted": ([SIGNAL_NAME, TURN_NAME], CERT_DAYS, CERT_BACKDATE),  # its CA is not the one the lab hands out
 }
 READY_TIMEOUT = 15.0
-LOCK_WAIT = 60.0
 
 
 def url(port: int | None = None) -> str:
@@ -119,24 +114,6 @@ def _front(stack: Stack) -> tls_front.Front:
                            namespace=lab.node.namespace)  # fmt: skip
 
 
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    ensure_dir(RUNTIME_DIR, mode=0o755, uid=os.geteuid(), gid=os.getegid())
-    with open(LOCK_FILE, "a") as handle:
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StackError(
-                        f"another remote-lab-up/down holds {LOCK_FILE} for over {LOCK_WAIT:.0f}s"
-                    ) from None
-                time.sleep(0.1)
-        yield
-
-
 def up(stack: Stack) -> None:
     """The lab, ready: reused (and restored: the healthy certificate, Redis up) when it is sound, else made anew."""
     if reason := netns.missing_capability("remote-lab-up"):
@@ -145,29 +122,20 @@ def up(stack: Stack) -> None:
     install.ensure_livekit_server(stack)
     if reason := tls_front.missing():
         raise StackError(reason)
-    with _locked():
+    with LAB.locked():
         if why_down(stack) is None:
             _restore(stack)
             print(f"  remote lab already up ({url()}); restored", file=sys.stderr)
             return
-        for removed in _sweep(stack):
+        for removed in LAB.made_afresh(lambda: _sweep(stack), lambda: _create(stack)):
             print(f"  removed   {removed} (an earlier remote lab, incomplete)", file=sys.stderr)
-        try:
-            _create(stack)
-        except BaseException as exc:
-            _sweep(stack)
-            if isinstance(exc, (netns.NetnsError, root_guard.RootGuardError, local_ca.LocalCaError, OSError)):
-                raise StackError(f"the remote lab could not be made: {exc}") from exc
-            raise
 
 
 def _create(stack: Stack) -> None:
     lab = hosts(stack)
-    created = {"namespaces": [lab.client.namespace, lab.node.namespace],
-               "links": [lab.lan.bridge, *(f"{h.namespace}-h" for h in (lab.client, lab.node))]}  # fmt: skip
     ensure_dir(LAB_DIR, mode=0o755)
     ensure_dir(TLS_DIR, mode=0o700)
-    write_private(RECORD, json.dumps(created) + "\n")  # before anything exists: a kill mid-way is swept
+    LAB.record(lab.lan, [lab.client, lab.node])
     netns.create_lan(lab.lan, [lab.client, lab.node])
     netns.add_address(lab.node, lab.turn_address)
     netns.write_hosts_file(lab.client.namespace, lab.names())
@@ -226,7 +194,7 @@ def redis(stack: Stack, *, running: bool) -> None:
 
 
 def restore(stack: Stack) -> None:
-    with _locked():
+    with LAB.locked():
         _restore(stack)
 
 
@@ -258,7 +226,7 @@ def down(stack: Stack, *, quiet: bool = False) -> None:
         if RECORD.exists() and not quiet:
             print(f"  remote lab left up: removing it needs root ({RECORD})", file=sys.stderr)
         return
-    with _locked():
+    with LAB.locked():
         for removed in _sweep(stack):
             if not quiet:
                 print(f"  removed   {removed}", file=sys.stderr)
@@ -275,20 +243,4 @@ def _sweep(stack: Stack) -> list[str]:
         if service.running_pid():
             removed.append(service.name)
         native.stop_services([service], quiet=True)
-    try:
-        record = json.loads(read_private(RECORD) or "{}")
-    except ValueError:
-        record = {}
-    namespaces, links = netns.namespaces(), netns.links()
-    for namespace in record.get("namespaces", []):
-        if namespace in namespaces:
-            removed.append(namespace)
-        netns.remove_namespace(namespace)
-    for link in record.get("links", []):
-        if link in links:
-            netns.remove_link(link)
-            removed.append(link)
-    RECORD.unlink(missing_ok=True)
-    if shutil.which("nft"):
-        root_guard.update(stack)
-    return [name for name in removed if not name.endswith("-h")]
+    return removed + LAB.remove_recorded(stack)
