@@ -165,16 +165,24 @@ def stack(livekit_stack: LiveKitStack) -> Stack:
 
 
 @pytest.fixture(scope="session")
-def paths_lab_up() -> Iterator[Stack]:
-    """`make paths-up` once per session (needs root): a lab already up is reused, restored to its own config;
-    taken down at the end only when this session brought it up."""
-    settings = load_stack()
-    started_here = paths_lab.why_down(settings) is not None
-    result = run_module("devstack", "paths-up", timeout=300)
-    assert result.returncode == 0, f"the paths lab did not come up:\n{result.stderr}"
-    yield settings
-    if started_here:
+def paths_lab_owner() -> Iterator[dict[str, bool]]:
+    """Whether this session brought the paths lab up: then it takes it down at the end, else leaves it."""
+    owner = {"started_here": False}
+    yield owner
+    if owner["started_here"]:
         run_module("devstack", "paths-down")
+
+
+@pytest.fixture(scope="module")
+def paths_lab_up(paths_lab_owner: dict[str, bool]) -> Stack:
+    """The paths lab up for each module that needs it (needs root): `make paths-up` when it is down (a module
+    before may have run `make down`, which removes it), else reused as it is (about 1 s saved per module)."""
+    settings = load_stack()
+    if paths_lab.why_down(settings) is not None:
+        result = run_module("devstack", "paths-up", timeout=300)
+        assert result.returncode == 0, f"the paths lab did not come up:\n{result.stderr}"
+        paths_lab_owner["started_here"] = True
+    return settings
 
 
 @contextlib.contextmanager

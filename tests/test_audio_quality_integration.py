@@ -76,6 +76,8 @@ def test_injected_loss_is_counted_on_the_wire_and_warns() -> None:
         assert side["packets_expected"] >= 500, side
         nft_pct = 100.0 * nft["dropped"] / nft["seen"]
         assert abs(side["loss_pct"] - nft_pct) <= 1.5, (direction, side, nft)
-        assert 2.0 <= side["loss_pct"] <= 8.0 and side["mos"] < 4.0, side
+        # 5 % random over ~600 packets lands anywhere from 2 to 8 %; the scorer's MOS falls with it from the clean
+        # path's 4.49 (4.33 at 1.6 %, 4.05 at 3.3 %, 3.4 at 6 %: make bench-audio), so below 4.35 at 2 % or more.
+        assert 2.0 <= side["loss_pct"] <= 8.0 and side["mos"] < 4.35, side
     assert "nft dropped" in stage["detail"]
     assert impair_tables() == []

@@ -149,7 +149,8 @@ def test_compose_cluster_flags_run_on_the_real_server(stack: Stack, tmp_path: Pa
     from devstack.server_config import node_config, render
 
     config = tmp_path / "livekit.yaml"
-    config.write_text(render(node_config()))
+    # The flags under test shift every port but Prometheus's, which has none: moved here, off the stack's.
+    config.write_text(render(node_config({"prometheus": {"port": 17983}})))
     server = subprocess.Popen(
         [str(livekit_server_binary(stack)), "--config", str(config), "--bind", "127.0.0.1", "--port", "17980",
          "--node-ip", "127.0.0.1", "--redis-host", f"127.0.0.1:{stack.redis_port}", "--rtc.tcp_port", "17981",

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -218,8 +219,18 @@ def test_gpu(): pass
     assert ("1 passed" in out) == (os.geteuid() == 0)
 
 
+@pytest.fixture
+def hub_released_after(request: pytest.FixtureRequest) -> Iterator[None]:
+    """This session's lease on the shared receiver given back after the test (set up before webhook_events, so
+    torn down after it): the rest of this suite runs `python -m bootstrap`, whose receiver needs the port."""
+    yield
+    from livekit_harness_pytest.plugin import _hub
+
+    _hub(request.config).release()
+
+
 def test_a_proof_while_the_shared_receiver_holds_the_port_checks_webhooks_through_it(
-    inner: pytest.Pytester, webhook_events: WebhookEvents, monkeypatch: pytest.MonkeyPatch
+    inner: pytest.Pytester, hub_released_after: None, webhook_events: WebhookEvents, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """This session leased the shared receiver (webhook_events), so the port is taken when the inner session's
     `python -m bootstrap` runs: its webhooks stage is then checked on what the receiver verified for its room."""

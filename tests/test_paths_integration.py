@@ -22,7 +22,7 @@ from devstack.__main__ import remove_network_leftovers
 from devstack.paths_node import NODE_DIR, paths_node_config
 from devstack.safe_files import read_private
 from devstack.server_config import render
-from devstack.stack_env import REPO_ROOT, RUNTIME_DIR, load_stack
+from devstack.stack_env import REPO_ROOT, RUNTIME_DIR, Stack, load_stack
 from tests.conftest import PY, bootstrap_report, run_module
 
 pytestmark = [
@@ -55,7 +55,7 @@ def stage(report: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def passing_run() -> tuple[int, dict[str, Any]]:
+def passing_run(paths_lab_up: Stack) -> tuple[int, dict[str, Any]]:
     return bootstrap_report("--paths", timeout=90)
 
 
