@@ -13,7 +13,7 @@ import structlog
 
 from backend.app import create_app
 from backend.logging import configure_logging, register_secret
-from backend.serving import MAX_CONNECTIONS, Listener
+from backend.serving import ACCEPT_BATCH, MAX_CONNECTIONS, Listener
 from backend.settings import SettingsError, load_settings
 
 ENV_FILES = [Path("backend/.env"), Path(".env")]
@@ -37,7 +37,7 @@ def main() -> int:
         structlog.get_logger().warning(warning)
     app, _ = create_app(settings)
     # Fewer connections than descriptors: past the cap a sender gets 503 at once, never a full descriptor table.
-    cap = max(1, min(MAX_CONNECTIONS, descriptors - SPARE_DESCRIPTORS))
+    cap = max(1, min(MAX_CONNECTIONS, descriptors - SPARE_DESCRIPTORS - ACCEPT_BATCH))
     asyncio.run(_serve(Listener(app, args.host, args.port, max_connections=cap, access_log=True)))
     return 0
 
