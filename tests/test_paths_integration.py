@@ -23,7 +23,7 @@ from devstack.paths_node import NODE_DIR, paths_node_config
 from devstack.safe_files import read_private
 from devstack.server_config import render
 from devstack.stack_env import REPO_ROOT, RUNTIME_DIR, Stack, load_stack
-from tests.conftest import PY, bootstrap_report, run_module
+from tests.conftest import PY, bootstrap_report, bootstrap_report_watching, run_module
 
 pytestmark = [
     pytest.mark.integration,
@@ -54,9 +54,22 @@ def stage(report: dict[str, Any], name: str) -> dict[str, Any]:
     return next(s for s in report["stages"] if s["name"] == name)
 
 
+PARTICIPANT = "bootstrap.participant_process"  # the rtc SDK's participant, in the client host
+
+
 @pytest.fixture(scope="module")
-def passing_run(paths_lab_up: Stack) -> tuple[int, dict[str, Any]]:
-    return bootstrap_report("--paths", timeout=90)
+def watched_run(paths_lab_up: Stack) -> tuple[int, dict[str, Any], dict[str, set[str]]]:
+    return bootstrap_report_watching("--paths", marks=(PARTICIPANT,), timeout=90)
+
+
+@pytest.fixture(scope="module")
+def passing_run(watched_run: tuple[int, dict[str, Any], dict[str, set[str]]]) -> tuple[int, dict[str, Any]]:
+    return watched_run[0], watched_run[1]
+
+
+def test_the_participant_never_runs_as_root(watched_run: tuple[int, dict[str, Any], dict[str, set[str]]]) -> None:
+    """libwebrtc parses network input in it, inside a host whose firewall root could change: livekit-client."""
+    assert watched_run[2] == {PARTICIPANT: {"livekit-client"}}
 
 
 def test_every_path_passes(passing_run: tuple[int, dict[str, Any]]) -> None:
