@@ -59,11 +59,19 @@ class LabRecord:
             yield  # closing the file releases the lock
 
     def record(self, lan: netns.Lan, hosts: list[netns.LanHost]) -> None:
-        """Before anything exists: a run killed half-way through making the lab is swept all the same."""
+        """Before anything exists: a run killed half-way through making the lab is swept all the same. Names that
+        already exist were made by someone else (this checkout's sweep has just run): refused, never taken over."""
         created = {
             "namespaces": [host.namespace for host in hosts],
             "links": [lan.bridge, *(f"{host.namespace}-h" for host in hosts)],
         }
+        if taken := sorted(set(created["namespaces"]) & set(netns.namespaces())
+                           | set(created["links"]) & set(netns.links())):  # fmt: skip
+            raise StackError(
+                f"the {self.name} lab's {', '.join(taken)} already exist(s) and {self.record_file} does not name "
+                "them: another checkout's lab is up on this machine (run `make down` there), or a run of an older "
+                f"version left them (remove them with `ip netns del` / `ip link del`)"
+            )
         write_private(self.record_file, json.dumps(created) + "\n")
 
     def remove_recorded(self, stack: Stack) -> list[str]:
