@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     if run.serve is not None:  # a mode on a schedule of its own: a fresh context for each of its runs
         return asyncio.run(run.serve(lambda: build_context(args, mode)))
     result = asyncio.run(run_with_signals(ctx, run.stages))
-    result.context.update(server=ctx.settings.livekit_url, pinned=ctx.stack.livekit_version)
+    header = run.header(ctx) if run.header else {"pinned": ctx.stack.livekit_version}
+    result.context.update(server=ctx.settings.livekit_url, **header)
     result.extra.update(run.figures(ctx))
     print(report.render_json(result) if args.json else report.render_text(result), flush=True)
     if args.junit:  # after the report: a JUnit file that cannot be written must not cost the verdict

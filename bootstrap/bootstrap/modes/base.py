@@ -45,6 +45,9 @@ class Plan:
     # (settings and config re-read, each with its own --timeout deadline), it owns the loop and returns the exit
     # code. None: the CLI runs `stages` once.
     serve: Callable[[Callable[[], RunContext]], Coroutine[Any, Any, int]] | None = None
+    # What the report's header says about the server (after the stages ran). None: the URL and the version this
+    # checkout pins (true of every server the harness started; a target elsewhere says its own).
+    header: Callable[[RunContext], dict[str, str]] | None = None
 
 
 class Mode:

@@ -8,7 +8,9 @@ from livekit import agents, api
 
 from agent_runtime.agent import WorkerConfig, create_worker
 from bootstrap.context import RunContext
-from bootstrap.result import StageFailure
+from bootstrap.result import Kind, StageFailure
+
+LOCAL_FIX = "check LIVEKIT_URL in .env points at the server (`make status`), and `make logs` for the server side"
 
 
 async def run(ctx: RunContext, *, job_processes: int = 0, max_jobs: int = 0) -> str:
@@ -17,6 +19,14 @@ async def run(ctx: RunContext, *, job_processes: int = 0, max_jobs: int = 0) -> 
     held load runs it; the standalone echo worker's own limit is agent_runtime.agent.MAX_JOBS)."""
     # An authenticated API call first: the worker's own retries would hide a 401 behind "failed to connect".
     await ctx.api.room.list_rooms(api.ListRoomsRequest())
+    return await register(ctx, job_processes=job_processes, max_jobs=max_jobs)
+
+
+async def register(
+    ctx: RunContext, *, job_processes: int = 0, max_jobs: int = 0, fix: str = LOCAL_FIX, kind: Kind | None = None
+) -> str:
+    """The echo worker registers under ctx.agent_name; a worker that stops first fails with `fix` (and `kind`:
+    None lets the shared diagnosis name it)."""
     config = WorkerConfig(
         ws_url=ctx.settings.ws_url,
         api_key=ctx.settings.api_key,
@@ -44,9 +54,6 @@ async def run(ctx: RunContext, *, job_processes: int = 0, max_jobs: int = 0) -> 
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     if not registered.done():
         error = ctx.worker_task.exception() if ctx.worker_task.done() else None
-        raise StageFailure(
-            f"the worker stopped before registering at {ctx.settings.ws_url}/agent: {error}",
-            "check LIVEKIT_URL in .env points at the server (`make status`), and `make logs` for the server side",
-        )
+        raise StageFailure(f"the worker stopped before registering at {ctx.settings.ws_url}/agent: {error}", fix, kind)
     ctx.worker_id = registered.result()
     return f"registered {ctx.worker_id} as agent {ctx.agent_name!r}"

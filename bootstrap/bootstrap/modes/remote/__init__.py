@@ -14,7 +14,6 @@ This mode imports nothing of devstack (tests/test_layout.py): it must work where
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import secrets
 from datetime import timedelta
@@ -23,19 +22,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from livekit import agents
-
-from agent_runtime.agent import WorkerConfig, create_worker
 from bootstrap.context import RunContext
 from bootstrap.modes.base import Mode, Plan, Target
 from bootstrap.modes.remote import target_checks
 from bootstrap.modes.remote.target_checks import RemoteState
-from bootstrap.result import Kind, StageFailure, StageSkipped
-from bootstrap.stages import Stage, stage_named, token
+from bootstrap.result import Kind, StageSkipped
+from bootstrap.stages import Stage, stage_named, token, worker
 
 JOIN_TOKEN_TTL = timedelta(hours=1)  # as users' tokens live: a clock minutes behind still joins (and is warned)
 TIMEOUT = 45.0  # the healthy lab's whole run takes ~10 s; every fault is named well inside this
 SCHEMES = ("wss", "ws", "https", "http")
+PROXY_UPGRADE_FIX = "the load balancer or proxy must pass the WebSocket upgrade on /agent as it does on /rtc"
 
 
 class RemoteMode(Mode):
@@ -115,6 +112,7 @@ class RemoteMode(Mode):
                 webhooks,
             ],
             lambda ctx: _figures(ctx, state),
+            header=lambda ctx: {"version": state.server_info.get("version") or "not seen"},
         )
 
 
@@ -135,34 +133,8 @@ async def _no_webhooks(ctx: RunContext) -> str:
 async def _register_worker(ctx: RunContext) -> str:
     """The echo worker registers with the target under this run's own agent name. Unlike the local run's worker
     stage, no room listing first: the keys stage proved the key without listing anything but this run's room."""
-    config = WorkerConfig(
-        ws_url=ctx.settings.ws_url,
-        api_key=ctx.settings.api_key,
-        api_secret=ctx.settings.api_secret,
-        agent_name=ctx.agent_name,
-        job_executor=agents.JobExecutorType.THREAD,  # one job, started in milliseconds (stages/worker.py)
-        idle_runners=0,
-    )
-    ctx.worker = create_worker(config)
-    registered: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    def on_registered(worker_id: str, _info: object) -> None:
-        if not registered.done():
-            registered.set_result(worker_id)
-
-    ctx.worker.on("worker_registered", on_registered)
-    ctx.worker_task = asyncio.create_task(ctx.worker.run(), name="noop-worker")
-    waiters: set[asyncio.Future[object]] = {registered, ctx.worker_task}  # type: ignore[arg-type]
-    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    if not registered.done():
-        error = ctx.worker_task.exception() if ctx.worker_task.done() else None
-        raise StageFailure(
-            f"the echo worker stopped before registering at {ctx.settings.ws_url}/agent: {error}",
-            "the load balancer or proxy must pass the WebSocket upgrade on /agent as it does on /rtc",
-            Kind.NETWORK,
-        )
-    ctx.worker_id = registered.result()
-    return f"registered {ctx.worker_id} as agent {ctx.agent_name!r} (this run's own name)"
+    registered = await worker.register(ctx, fix=PROXY_UPGRADE_FIX, kind=Kind.NETWORK)
+    return f"{registered} (this run's own name)"
 
 
 def _figures(ctx: RunContext, state: RemoteState) -> dict[str, Any]:

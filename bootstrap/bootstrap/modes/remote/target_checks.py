@@ -20,7 +20,6 @@ import os
 import re
 import socket
 import ssl
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
+from cryptography import x509
 from livekit import api
 
 from bootstrap import token_probe
@@ -268,18 +268,20 @@ async def _peer_certificate(state: RemoteState) -> dict[str, Any]:
 
 
 def _describe(der: bytes) -> dict[str, Any]:
-    # The standard library decodes a certificate only from a file (the private helper its own tests use).
-    with tempfile.NamedTemporaryFile("w", suffix=".pem") as pem:
-        pem.write(ssl.DER_cert_to_PEM_cert(der))
-        pem.flush()
-        decoded = ssl._ssl._test_decode_cert(pem.name)  # type: ignore[attr-defined]
-    not_before = datetime.fromtimestamp(ssl.cert_time_to_seconds(decoded["notBefore"]), UTC)
-    not_after = datetime.fromtimestamp(ssl.cert_time_to_seconds(decoded["notAfter"]), UTC)
-    issuer = dict(pair[0] for pair in decoded.get("issuer", ()))
+    """The certificate's names, issuer and dates, decoded whether or not it verified (the standard library
+    decodes only a verified peer's)."""
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns_names = names.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        dns_names = []
+    issuer = cert.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    not_after = cert.not_valid_after_utc
     return {
-        "names": [value for kind, value in decoded.get("subjectAltName", ()) if kind == "DNS"],
-        "issuer": issuer.get("commonName", ""),
-        "not_before": not_before.isoformat(),
+        "names": dns_names,
+        "issuer": str(issuer[0].value) if issuer else "",
+        "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": not_after.isoformat(),
         "days_left": round((not_after - datetime.now(UTC)).total_seconds() / 86400, 1),
     }
