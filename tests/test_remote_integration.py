@@ -89,9 +89,9 @@ def stage(report: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def serving(certificate: str) -> Iterator[None]:
+def serving(certificate: str, *, passes_upgrade: bool = True) -> Iterator[None]:
     try:
-        remote_lab.serve(STACK, certificate)
+        remote_lab.serve(STACK, certificate, passes_upgrade=passes_upgrade)
         yield
     finally:
         remote_lab.restore(STACK)
@@ -113,6 +113,7 @@ def test_a_healthy_deployment_passes_with_no_warning_and_its_evidence(ca_file: P
     assert datetime.fromisoformat(tls["not_before"]) <= now - timedelta(hours=1)  # backdated
     assert tls["days_left"] >= 30
     assert endpoint["health"] == {"status": 200, "body": "OK"}
+    assert endpoint["upgrade"] == {"path": "/rtc", "status": 401}  # LiveKit saw the upgrade and asked for a token
     assert abs(target["clock"]["skew_s"]) < 3 and target["keys"]["accepted"]
     offer = target["offer"]
     assert f"host udp {LAB.node.address}:7882" in offer["candidates"]
@@ -230,6 +231,16 @@ def test_ws_to_the_tls_port_is_named_with_the_wss_url() -> None:
     assert (code, endpoint["status"], endpoint["kind"]) == (1, "fail", "config")
     assert "port 443 speaks TLS" in endpoint["cause"] and f"use wss://{SIGNAL_NAME}" in endpoint["fix"]
     assert SIGNAL_NAME in report["target"]["endpoint"]["tls"]["names"]
+
+
+def test_a_front_that_drops_the_websocket_upgrade_is_named_with_the_status(ca_file: Path) -> None:
+    with serving("healthy", passes_upgrade=False):
+        code, _, report = bootstrap("--url", remote_lab.url(), "--ca-file", str(ca_file))
+    endpoint = stage(report, "endpoint")
+    assert (code, endpoint["status"], endpoint["kind"]) == (1, "fail", "config"), endpoint
+    assert report["target"]["endpoint"]["health"]["status"] == 200  # GET / alone cannot tell
+    assert report["target"]["endpoint"]["upgrade"] == {"path": "/rtc", "status": 404}
+    assert "does not pass the upgrade" in endpoint["cause"] and "proxy_set_header Upgrade" in endpoint["fix"]
 
 
 def test_a_node_without_its_redis_is_named_not_ready(ca_file: Path) -> None:

@@ -108,10 +108,10 @@ def _node(stack: Stack) -> native.Service:
                           prepare=prepare, namespace=hosts(stack).node.namespace, directory=directory)  # fmt: skip
 
 
-def _front(stack: Stack) -> tls_front.Front:
+def _front(stack: Stack, *, passes_upgrade: bool = True) -> tls_front.Front:
     lab = hosts(stack)
     return tls_front.Front(lab.node.address, lab.turn_address, NODE_PORT, TURN_TLS_PORT, lab.node.address, FRONT_DIR,
-                           namespace=lab.node.namespace)  # fmt: skip
+                           namespace=lab.node.namespace, passes_upgrade=passes_upgrade)  # fmt: skip
 
 
 def up(stack: Stack) -> None:
@@ -148,11 +148,11 @@ def _create(stack: Stack) -> None:
           f"{lab.client.namespace}, its hosts file {lab.hosts_file}); CA {ca_cert()}", file=sys.stderr)  # fmt: skip
 
 
-def serve(stack: Stack, certificate: str) -> None:
-    """The front restarted with `certificate` (one of CERTIFICATES); returns once the node answers through it
-    (any status: a node without its Redis answers 406)."""
+def serve(stack: Stack, certificate: str, *, passes_upgrade: bool = True) -> None:
+    """The front restarted with `certificate` (one of CERTIFICATES), passing the WebSocket upgrade or (a proxy
+    misconfigured) not; returns once the node answers through it (any status: without its Redis, 406)."""
     tls_front.stop(FRONT_DIR)
-    tls_front.start(_front(stack), local_ca.files(TLS_DIR / certificate))
+    tls_front.start(_front(stack, passes_upgrade=passes_upgrade), local_ca.files(TLS_DIR / certificate))
     deadline = time.monotonic() + READY_TIMEOUT
     while (status := health(stack)) is None or (certificate == "healthy" and status != 200 and _redis_up(stack)):
         if time.monotonic() > deadline:

@@ -118,9 +118,10 @@ async def run_endpoint(ctx: RunContext, *, state: RemoteState) -> str:
                                session=session, failover=False)  # fmt: skip
     ctx.finalizers.append(session.close)  # after cleanup's room deletion, which uses it
     await _health(ctx, state, session, endpoint)
+    await _upgrade(ctx, session, endpoint)
     detail = f"{state.host} → {', '.join(addresses)}; {address}:{state.port} connects"
     detail += f"; TLS verified, {endpoint['tls']['days_left']} days left" if state.secure else ""
-    detail += "; GET / 200"
+    detail += "; GET / 200; the WebSocket upgrade reaches LiveKit"
     if warnings:
         cause, fix, kind = warnings[0]
         raise StageWarning(detail, cause, fix, kind)
@@ -325,6 +326,38 @@ async def _health(
             f"GET {url} answered {response.status} {body.strip()!r}, not LiveKit's 200 'OK'",
             "the URL reaches something that is not LiveKit (a default backend, an auth proxy): point the proxy's "
             "route for this host at LiveKit's port 7880",
+            Kind.CONFIG,
+        )
+
+
+async def _upgrade(ctx: RunContext, session: aiohttp.ClientSession, endpoint: dict[str, Any]) -> None:
+    """A WebSocket handshake on /rtc with no token: LiveKit sees the upgrade and asks for a token (401); a proxy
+    that drops the Upgrade or Connection header hands it a plain GET, which it answers 404. Nothing joins."""
+    url = ctx.settings.ws_url.rstrip("/") + "/rtc"
+    try:
+        async with session.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=2.0)):
+            status = 101  # upgraded without a token: not LiveKit's way, but the upgrade itself passed
+    except aiohttp.WSServerHandshakeError as exc:
+        status = exc.status
+    except aiohttp.ClientError as exc:
+        raise StageFailure(
+            f"the WebSocket handshake on {url} failed: {type(exc).__name__}: {exc}",
+            "check the proxy in front of LiveKit passes WebSocket connections",
+            Kind.NETWORK,
+        ) from None
+    endpoint["upgrade"] = {"path": "/rtc", "status": status}
+    if status == 404:
+        raise StageFailure(
+            f"a WebSocket upgrade on {url} is answered 404 while GET / answers 200: the proxy in front of LiveKit "
+            "does not pass the upgrade (it drops the Upgrade/Connection headers), so no client or agent can connect",
+            "pass the upgrade on every path (nginx: `proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
+            'proxy_set_header Connection "upgrade";`; a cloud load balancer: enable WebSockets)',
+            Kind.CONFIG,
+        )
+    if status not in (101, 401):
+        raise StageFailure(
+            f"a WebSocket upgrade on {url} is answered {status}, not LiveKit's 401 (token required)",
+            "check the proxy's route for /rtc and /agent reaches LiveKit's port 7880 with the upgrade passed",
             Kind.CONFIG,
         )
 
