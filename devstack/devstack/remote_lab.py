@@ -13,7 +13,8 @@ devstack.remote_lab_hosts):
   - the root namespace's guard (devstack.root_guard) covers the lab's bridge too.
 
 What `up` creates is written to RECORD first; `down` (and `make down`) removes exactly what it names, under one
-lock (LOCK_FILE). A test that changed the lab (`serve`, `redis`) puts it back with `restore`.
+lock (LOCK_FILE). A test that changed the lab (`serve`, `redis`, `configure`, `block_udp`) puts it back with
+`restore`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -43,6 +46,7 @@ from devstack.remote_lab_hosts import (
     hosts,
 )
 from devstack.safe_files import ensure_dir, read_private, write_private
+from devstack.server_config import merged
 from devstack.stack_env import RUNTIME_DIR, Stack
 
 LAB = LabRecord("remote")  # its lock, and the record of what it created: all the sweep ever removes
@@ -97,12 +101,13 @@ def _redis(stack: Stack) -> native.Service:
                           prepare=prepare, namespace=hosts(stack).node.namespace, directory=directory)  # fmt: skip
 
 
-def _node(stack: Stack) -> native.Service:
+def _node(stack: Stack, text: str | None = None) -> native.Service:
+    """The node on `text` (None: the hand-written file, as it is)."""
     directory = RUNTIME_DIR / NODE_SERVICE
     config = directory / "livekit.yaml"
 
-    def prepare(account: Account) -> None:  # the hand-written file, as it is
-        write_private(config, CONFIG.read_text(), mode=0o640, gid=account.gid)
+    def prepare(account: Account) -> None:
+        write_private(config, text or CONFIG.read_text(), mode=0o640, gid=account.gid)
 
     return native.Service(NODE_SERVICE, [], "livekit", lambda: native.livekit_command(stack, config, ("127.0.0.1",)),
                           prepare=prepare, namespace=hosts(stack).node.namespace, directory=directory)  # fmt: skip
@@ -193,13 +198,42 @@ def redis(stack: Stack, *, running: bool) -> None:
         native.stop_services([service], quiet=True)
 
 
+def configure(stack: Stack, overrides: Mapping[str, Any]) -> None:
+    """The node restarted on the hand-written config with `overrides` merged over it (a fault a user's config
+    has: rtc.node_ip, turn.domain, turn.enabled); returns once it answers GET / 200 through the front."""
+    config = merged(yaml.safe_load(CONFIG.read_text()), overrides)
+    header = f"# tests/remote_lab/livekit.yaml with a fault merged over it: {dict(overrides)}\n"
+    with LAB.locked():
+        _restart_node(stack, header + yaml.safe_dump(config, sort_keys=False))
+        serve(stack, "healthy")
+
+
+def _restart_node(stack: Stack, text: str | None) -> None:
+    node = _node(stack, text)
+    native.stop_services([node], quiet=True)
+    native.start_missing([node], quiet=True)
+
+
+def block_udp(stack: Stack, blocked: bool) -> None:
+    """The node host sends no UDP (a deployment's firewall that lets only TCP through: ICE over UDP and TURN over
+    UDP never answer), or again does (`blocked=False`)."""
+    netns.restrict(hosts(stack).node, block_udp=blocked)
+
+
 def restore(stack: Stack) -> None:
     with LAB.locked():
         _restore(stack)
 
 
 def _restore(stack: Stack) -> None:
-    native.start_missing([_redis(stack), _node(stack)], quiet=True)
+    """The lab as `up` made it: the node's firewall open, Redis up, the node on its hand-written config (restarted
+    only when it runs another), the healthy certificate in front (which waits for GET / 200)."""
+    netns.restrict(hosts(stack).node)
+    native.start_missing([_redis(stack)], quiet=True)
+    node = _node(stack)
+    if node.running_pid() and read_private(node.dir / "livekit.yaml") != CONFIG.read_text():
+        _restart_node(stack, None)
+    native.start_missing([node], quiet=True)
     serve(stack, "healthy")
 
 

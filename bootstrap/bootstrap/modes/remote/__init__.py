@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 from bootstrap.context import RunContext
 from bootstrap.modes.base import Mode, Plan, Target
-from bootstrap.modes.remote import target_checks
+from bootstrap.modes.remote import remote_paths, target_checks
 from bootstrap.modes.remote.target_checks import RemoteState
 from bootstrap.result import Kind, StageSkipped
 from bootstrap.stages import Stage, stage_named, token, worker
@@ -104,11 +104,12 @@ class RemoteMode(Mode):
                 Stage("keys", partial(target_checks.run_keys, state=state), 8.0),
                 Stage("worker", _register_worker, 15.0),
                 Stage("token", partial(token.run, ttl=JOIN_TOKEN_TTL), 5.0),
-                Stage("join", partial(target_checks.run_join, state=state), 15.0),
+                Stage("join", partial(remote_paths.run_join, state=state), 15.0),
                 stage_named("dispatch"),
                 stage_named("data"),
                 stage_named("media"),
                 Stage("offer", partial(target_checks.run_offer, state=state), 2.0),
+                *remote_paths.stages(state),  # path udp, path turn-udp, path turn-tls
                 webhooks,
             ],
             lambda ctx: _figures(ctx, state),
