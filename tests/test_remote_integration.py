@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from backend.webhook_receiver import WEBHOOK_PATH
 from devstack import install, remote_lab
 from devstack.remote_lab_hosts import OTHER_NAME, SIGNAL_NAME, hosts
 from devstack.stack_env import load_stack
@@ -32,6 +34,7 @@ pytestmark = [
 STACK = load_stack()
 LAB = hosts(STACK)
 RUN_TIMEOUT = 60  # the whole process, bounded from outside too (timeout -k)
+WEBHOOK_LISTEN_PORT = 8090  # on the client host: its own network, so the stack's 8000 is no concern
 WHOLE_JWT = re.compile(r"eyJ[\w-]{10,}\.[\w-]{10,}\.[\w-]{10,}")
 
 
@@ -243,6 +246,18 @@ def test_a_front_that_drops_the_websocket_upgrade_is_named_with_the_status(ca_fi
     assert "does not pass the upgrade" in endpoint["cause"] and "proxy_set_header Upgrade" in endpoint["fix"]
 
 
+def test_webhooks_posted_here_are_verified_with_the_listen_flag(ca_file: Path) -> None:
+    try:
+        remote_lab.post_webhooks_to_client(STACK, WEBHOOK_LISTEN_PORT, WEBHOOK_PATH)
+        code, _, report = bootstrap("--url", remote_lab.url(), "--ca-file", str(ca_file),
+                                    "--webhook-listen", f"0.0.0.0:{WEBHOOK_LISTEN_PORT}")  # fmt: skip
+    finally:
+        remote_lab.restore(STACK)
+    webhooks = stage(report, "webhooks")
+    assert (code, webhooks["status"]) == (0, "pass"), json.dumps(report["stages"], indent=1)
+    assert "room_started" in webhooks["detail"] and "participant_joined" in webhooks["detail"]
+
+
 def test_a_node_without_its_redis_is_named_not_ready(ca_file: Path) -> None:
     try:
         remote_lab.redis(STACK, running=False)
@@ -257,6 +272,26 @@ def test_a_node_without_its_redis_is_named_not_ready(ca_file: Path) -> None:
     assert (code, endpoint["status"], endpoint["kind"]) == (1, "fail", "not-ready")
     assert report["target"]["endpoint"]["health"]["status"] == 406
     assert "NOT READY" in endpoint["cause"]
+
+
+def test_ctrl_c_after_the_join_leaves_no_room_on_the_deployment(ca_file: Path) -> None:
+    key, secret = remote_lab.credentials()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    env |= {"LIVEKIT_API_KEY": key, "LIVEKIT_API_SECRET": secret, "PYTHONUNBUFFERED": "1"}
+    argv = [PY, "-m", "bootstrap", "--json", "--verbose", "--env-file", "/nonexistent/.env", "--url",
+            remote_lab.url(), "--ca-file", str(ca_file)]  # fmt: skip
+    run = subprocess.Popen(remote_lab.client_argv(STACK, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=env)  # fmt: skip
+    assert run.stderr is not None
+    for line in run.stderr:  # `ip netns exec` execs python: the signal reaches the run itself
+        if '"stage": "join"' in line and "stage passed" in line:
+            run.send_signal(signal.SIGINT)
+            break
+    out, _ = run.communicate(timeout=30)
+    report = json.loads(out)
+    assert run.returncode == 1 and any(s["cause"] == "interrupted (Ctrl-C or SIGTERM)" for s in report["stages"])
+    room = report["target"]["room"]
+    assert room.startswith("bootstrap-") and _rooms_named(room, ca_file) == []
 
 
 def test_no_run_leaves_a_process_on_the_client_host() -> None:

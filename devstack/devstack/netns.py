@@ -187,6 +187,25 @@ table inet {PATH_TABLE} {{
         _run(host.exec_argv(["nft", "-f", "-"]), stdin=rules)
 
 
+OPENING = "lkh-opening"  # the comment that marks a port opened in a host's guard (and all `close_ports` removes)
+
+
+def open_port(host: LanHost, source: str, port: int) -> None:
+    """`host`'s guard accepts TCP from `source` to `port` (a client host that also receives: a deployment's
+    webhooks), until `close_ports`. In the guard's own chain: another table's accept cannot undo its drop."""
+    rule = f'ip saddr {source} tcp dport {port} accept comment "{OPENING}"'
+    _run(host.exec_argv(["nft", "insert", "rule", "inet", GUARD_TABLE, "input", *rule.split()]))
+
+
+def close_ports(host: LanHost) -> None:
+    """Every port `open_port` opened in `host`'s guard, closed (by rule handle); none opened: nothing to do."""
+    listing = _run(host.exec_argv(["nft", "-a", "list", "chain", "inet", GUARD_TABLE, "input"]))
+    for line in listing.splitlines():
+        if f'comment "{OPENING}"' in line and "# handle " in line:
+            handle = line.rsplit("# handle ", 1)[1].strip()
+            _run(host.exec_argv(["nft", "delete", "rule", "inet", GUARD_TABLE, "input", "handle", handle]))
+
+
 ISOLATE_TABLE = "lkh_cut"
 
 

@@ -220,6 +220,16 @@ def block_udp(stack: Stack, blocked: bool) -> None:
     netns.restrict(hosts(stack).node, block_udp=blocked)
 
 
+def post_webhooks_to_client(stack: Stack, port: int, path: str) -> None:
+    """The deployment's webhooks (signed with its own key) posted to the client host's `port` at `path`, which
+    the client host's guard opens to the node host only (until `restore`), as a user points webhook.urls at the
+    machine that runs `--webhook-listen`."""
+    lab = hosts(stack)
+    key, _ = credentials()
+    netns.open_port(lab.client, lab.node.address, port)
+    configure(stack, {"webhook": {"api_key": key, "urls": [f"http://{lab.client.address}:{port}{path}"]}})
+
+
 def restore(stack: Stack) -> None:
     with LAB.locked():
         _restore(stack)
@@ -229,6 +239,7 @@ def _restore(stack: Stack) -> None:
     """The lab as `up` made it: the node's firewall open, Redis up, the node on its hand-written config (restarted
     only when it runs another), the healthy certificate in front (which waits for GET / 200)."""
     netns.restrict(hosts(stack).node)
+    netns.close_ports(hosts(stack).client)
     native.start_missing([_redis(stack)], quiet=True)
     node = _node(stack)
     if node.running_pid() and read_private(node.dir / "livekit.yaml") != CONFIG.read_text():

@@ -32,13 +32,18 @@ async def run(ctx: RunContext) -> str:
     return f"{len(ctx.sink.for_room(ctx.room_name))} verified: {', '.join(events)} (user + agent)"
 
 
-async def on_timeout(ctx: RunContext) -> StageFailure:
+LOCAL_FIX = (
+    "check webhook.urls in docker/livekit.yaml points at this machine's port {port} (host.docker.internal "
+    "under Docker, 127.0.0.1 natively) and `make logs` for the server's delivery errors"
+)
+
+
+async def on_timeout(ctx: RunContext, *, fix: str = LOCAL_FIX) -> StageFailure:
+    """`fix`: what to check, `{port}` the receiver's (a deployment elsewhere has its own config and logs)."""
     missing = sorted(f"{event}({who})" if who else event for event, who in _expected(ctx) - _seen(ctx))
     return StageFailure(
         f"missing verified webhooks for {ctx.room_name}: {', '.join(missing)} "
         f"(:{ctx.webhook_port} verified {len(ctx.sink.for_room(ctx.room_name))} event(s) for this room, "
         f"{len(ctx.sink.events) - len(ctx.sink.for_room(ctx.room_name))} for others)",
-        "check webhook.urls in docker/livekit.yaml points at this machine's port "
-        f"{ctx.webhook_port} (host.docker.internal under Docker, 127.0.0.1 natively) and `make logs` "
-        "for the server's delivery errors",
+        fix.format(port=ctx.webhook_port),
     )

@@ -27,11 +27,16 @@ from bootstrap.modes.base import Mode, Plan, Target
 from bootstrap.modes.remote import remote_paths, target_checks
 from bootstrap.modes.remote.target_checks import RemoteState
 from bootstrap.result import Kind, StageSkipped
-from bootstrap.stages import Stage, stage_named, token, worker
+from bootstrap.stages import Stage, stage_named, token, webhooks, worker
 
 JOIN_TOKEN_TTL = timedelta(hours=1)  # as users' tokens live: a clock minutes behind still joins (and is warned)
 TIMEOUT = 45.0  # the healthy lab's whole run takes ~10 s; every fault is named well inside this
 SCHEMES = ("wss", "ws", "https", "http")
+WEBHOOKS_FIX = (
+    "one of the deployment's webhook.urls must be http://<this machine, as the deployment reaches it>:{port}"
+    "/api/webhooks/livekit, its webhook.api_key the key this run was given; see the deployment's log for "
+    "delivery errors"
+)
 PROXY_UPGRADE_FIX = "the load balancer or proxy must pass the WebSocket upgrade on /agent as it does on /rtc"
 
 
@@ -97,7 +102,10 @@ class RemoteMode(Mode):
             # The rtc SDK's TLS and the agents worker's read it (each builds its context from it); the run's own
             # HTTP session is given the CA explicitly (target_checks).
             os.environ["SSL_CERT_FILE"] = str(args.ca_file.resolve())
-        webhooks = stage_named("webhooks") if args.webhook_listen else Stage("webhooks", _no_webhooks, 1.0)
+        receive = Stage("webhooks", _no_webhooks, 1.0)
+        if args.webhook_listen:
+            on_timeout = partial(webhooks.on_timeout, fix=WEBHOOKS_FIX)
+            receive = Stage("webhooks", webhooks.run, stage_named("webhooks").cap, on_timeout)
         return Plan(
             [
                 Stage("endpoint", partial(target_checks.run_endpoint, state=state), 12.0),
@@ -110,7 +118,7 @@ class RemoteMode(Mode):
                 stage_named("media"),
                 Stage("offer", partial(target_checks.run_offer, state=state), 2.0),
                 *remote_paths.stages(state),  # path udp, path turn-udp, path turn-tls
-                webhooks,
+                receive,
             ],
             lambda ctx: _figures(ctx, state),
             header=lambda ctx: {"version": state.server_info.get("version") or "not seen"},
