@@ -196,9 +196,12 @@ def native_cluster() -> Iterator[Stack]:
 
 
 @contextlib.contextmanager
-def agent_runtime_process(stack: Stack, agent_name: str | None = None) -> Iterator[subprocess.Popen[str]]:
+def agent_runtime_process(
+    stack: Stack, agent_name: str | None = None, registered: dict[str, Any] | None = None
+) -> Iterator[subprocess.Popen[str]]:
     """`python -m agent_runtime` in a process of its own, registered (under `agent_name`, default its own
-    default); stopped with Ctrl-C afterwards, killed if that does not end it."""
+    default); stopped with Ctrl-C afterwards, killed if that does not end it. `registered` receives its
+    registration's log record (its id, max_jobs, health_port)."""
     env = {**os.environ, "LIVEKIT_URL": stack.livekit_ws_url, "LIVEKIT_API_KEY": stack.api_key,
            "LIVEKIT_API_SECRET": stack.api_secret, "PYTHONUNBUFFERED": "1"}  # fmt: skip
     if agent_name:
@@ -210,6 +213,8 @@ def agent_runtime_process(stack: Stack, agent_name: str | None = None) -> Iterat
         deadline = time.monotonic() + 30
         for line in worker.stdout:
             if "registered" in line and "AW_" in line:
+                if registered is not None:
+                    registered.update(json.loads(line))
                 break
             assert time.monotonic() < deadline, "python -m agent_runtime did not register"
         # Keep reading: a worker whose log pipe fills up blocks on its next log line and stops taking jobs.

@@ -1,5 +1,6 @@
-"""`python -m agent_runtime`: run the no-op worker until Ctrl-C, with settings from `.env` (the backend's
-settings loader: every problem listed at once) and the backend's logging set-up."""
+"""`python -m agent_runtime`: run the echo worker until Ctrl-C, with settings from `.env` (the backend's
+settings loader: every problem listed at once) and the backend's logging set-up. It takes at most
+`AGENT_MAX_JOBS` jobs at once (default agent_runtime.agent.MAX_JOBS, the knee measured here; 0: no limit)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,12 @@ def main() -> int:
     log = structlog.get_logger("agent_runtime")
     for warning in settings.warnings:
         log.warning(warning)
-    max_jobs = os.environ.get("AGENT_MAX_JOBS", "0")
+    # On by default: above the knee measured here the worker refuses jobs (the server says no worker is
+    # available) instead of every room it holds degrading (docs/scaling.md).
+    max_jobs = os.environ.get("AGENT_MAX_JOBS", str(MAX_JOBS))
     if not max_jobs.isdigit():
-        print(f"AGENT_MAX_JOBS={max_jobs!r}: give a whole number of jobs (0: no limit; measured here: {MAX_JOBS})",
-              file=sys.stderr)  # fmt: skip
+        print(f"AGENT_MAX_JOBS={max_jobs!r}: give a whole number of jobs (default {MAX_JOBS}, this machine's knee; "
+              "0: no limit)", file=sys.stderr)  # fmt: skip
         return 2
     config = WorkerConfig(
         ws_url=settings.ws_url,
@@ -45,7 +48,11 @@ def main() -> int:
         max_jobs=int(max_jobs),  # the most jobs at once (docs/scaling.md, make bench-capacity)
     )
     server = create_worker(config)
-    server.on("worker_registered", lambda wid, _info: log.info("registered", id=wid, agent_name=settings.agent_name))
+    # Its job limit (0: none) and its health port (GET /worker: its load and active jobs; ephemeral, so said once
+    # known).
+    server.on("worker_registered", lambda wid, _info: log.info(
+        "registered", id=wid, agent_name=settings.agent_name, max_jobs=config.max_jobs,
+        health_port=server.worker_info.http_port))  # fmt: skip
     asyncio.run(_run_until_signal(server))
     return 0
 
