@@ -103,7 +103,9 @@ def bench_load(rooms: int, lk: str | None) -> None:
     # lk opens its rooms one after another (about 3 s apart here) and runs for a fixed --duration, so
     # give it room: otherwise it stops before opening them all.
     duration = int(rooms * 3.2 + 10)
-    with registered_worker() as registered:
+    # No job limit, as our --load's worker: lk holds its rooms open, and the standalone worker's own limit
+    # (agent_runtime.agent.MAX_JOBS) would refuse all but that many (make bench-capacity runs lk against the limit).
+    with registered_worker(max_jobs=0) as registered:
         if not registered:
             print(f"lk     skipped: our worker did not register within {REGISTER_TIMEOUT:.0f} s; no ratio")
             return
@@ -118,12 +120,14 @@ def bench_load(rooms: int, lk: str | None) -> None:
 
 
 @contextlib.contextmanager
-def registered_worker() -> Iterator[bool]:
-    """`python -m agent_runtime` for lk's rooms, waited for until it says it registered (its log line), not
-    for a fixed time: lk dispatching before the worker registered opened 1 room of 50 on a slower machine."""
+def registered_worker(max_jobs: int) -> Iterator[bool]:
+    """`python -m agent_runtime` for lk's rooms, taking at most `max_jobs` at once (0: no limit; AGENT_MAX_JOBS),
+    waited for until it says it registered (its log line), not for a fixed time: lk dispatching before the worker
+    registered opened 1 room of 50 on a slower machine."""
+    env = {**os.environ, "LIVEKIT_URL": STACK.livekit_ws_url, "AGENT_MAX_JOBS": str(max_jobs)}
     worker = subprocess.Popen(
         [PY, "-m", "agent_runtime"], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, env={**os.environ, "LIVEKIT_URL": STACK.livekit_ws_url},
+        stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     try:
         registered = threading.Event()

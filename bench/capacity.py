@@ -147,8 +147,7 @@ def against_lk(rooms: int, limit: int) -> None:
         print("lk     unavailable: no lk binary (make lk / PATH / $LK); no ratio")
         return
     duration = int(rooms * 3.2 + 10)  # lk opens its rooms about 3 s apart (bench/bench.py)
-    os.environ["AGENT_MAX_JOBS"] = str(limit)  # the standalone worker's job limit: the knee
-    with registered_worker() as registered:
+    with registered_worker(max_jobs=limit) as registered:  # the standalone worker's job limit: the knee
         if not registered:
             print("lk     skipped: our worker did not register; no ratio")
             return
