@@ -294,6 +294,17 @@ def test_ctrl_c_after_the_join_leaves_no_room_on_the_deployment(ca_file: Path) -
     assert room.startswith("bootstrap-") and _rooms_named(room, ca_file) == []
 
 
+def test_a_load_of_an_owned_deployment_runs_its_rooms_there_and_leaves_none(ca_file: Path) -> None:
+    code, _, report = bootstrap("--url", remote_lab.url(), "--ca-file", str(ca_file), "--load", "3",
+                                "--concurrency", "3", "--own-deployment")  # fmt: skip
+    assert (code, report["status"]) == (0, "pass"), json.dumps(report["stages"], indent=1)
+    assert [s["name"] for s in report["stages"]] == ["endpoint", "keys", "worker", "load"]
+    load = report["load"]
+    assert (load["rooms"], load["dispatched"], load["media"]["checked"], load["rooms_left"]) == (3, 3, 3, 0), load
+    assert load["webhooks"]["expected"] == 0  # no --webhook-listen: none awaited, none claimed
+    assert "webhooks not received here" in stage(report, "load")["detail"]
+
+
 def test_no_run_leaves_a_process_on_the_client_host() -> None:
     pids = subprocess.run(["ip", "netns", "pids", LAB.client.namespace], capture_output=True, text=True).stdout
     assert pids.split() == []

@@ -52,7 +52,7 @@ class Registry:
     def resolve(self, args: argparse.Namespace) -> str | None:
         """An error message when the options are at odds (two modes at once, an option without its mode), else
         None; each mode fills in what its options imply."""
-        chosen = [m for m in self._modes if m.selected(args) and not m.wraps]
+        chosen = self._chosen(args)
         if len(chosen) > 1:
             flags = [m.flag for m in self._modes if not m.default]
             return f"{', '.join(flags[:-1])} and {flags[-1]} are separate modes: run them one at a time"
@@ -60,14 +60,18 @@ class Registry:
 
     def select(self, args: argparse.Namespace) -> Mode:
         """The mode `args` ask for (resolved first), or the default."""
-        chosen = sorted((m for m in self._modes if m.selected(args)), key=lambda m: not m.wraps)  # a wrapper first
-        return next(iter(chosen), None) or next(m for m in self._modes if m.default)
+        wrapper = next((m for m in self._modes if m.selected(args) and m.wraps), None)
+        return wrapper or self.wrapped(args)
 
     def wrapped(self, args: argparse.Namespace) -> Mode:
         """The mode a wrapping mode (the canary) runs: the one the other arguments select, or the default."""
-        return next((m for m in self._modes if m.selected(args) and not m.wraps), None) or next(
-            m for m in self._modes if m.default
-        )
+        return next(iter(self._chosen(args)), None) or next(m for m in self._modes if m.default)
+
+    def _chosen(self, args: argparse.Namespace) -> list[Mode]:
+        """The modes `args` select, but a wrapper, and a mode another selected one absorbs (runs as its own)."""
+        chosen = [m for m in self._modes if m.selected(args) and not m.wraps]
+        absorbed = {name for m in chosen for name in m.absorbs}
+        return [m for m in chosen if m.name not in absorbed]
 
 
 __all__ = ["DEFAULT_TIMEOUT", "MODES", "Mode", "Plan", "Registry", "Target"]

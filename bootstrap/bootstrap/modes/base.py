@@ -59,6 +59,9 @@ class Mode:
     # Runs another mode's verification (the canary, on a schedule): selected together with that mode's flag, not
     # counted as a second mode, and chosen over it.
     wraps: ClassVar[bool] = False
+    # Other modes whose flags this one also takes, running them against its own target (remote mode: --load
+    # against --url): selected together, those are not counted as a second mode.
+    absorbs: ClassVar[tuple[str, ...]] = ()
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Declare this mode's own options."""

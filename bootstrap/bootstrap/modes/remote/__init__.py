@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 from bootstrap.context import RunContext
 from bootstrap.modes.base import Mode, Plan, Target
-from bootstrap.modes.remote import remote_paths, target_checks
+from bootstrap.modes.remote import remote_load, remote_paths, target_checks
 from bootstrap.modes.remote.target_checks import RemoteState
 from bootstrap.result import Kind, StageSkipped
 from bootstrap.stages import Stage, stage_named, token, webhooks, worker
@@ -43,6 +43,7 @@ PROXY_UPGRADE_FIX = "the load balancer or proxy must pass the WebSocket upgrade 
 class RemoteMode(Mode):
     name = "remote"
     flag = "--url"
+    absorbs = ("load",)  # --load N against the target (remote_load: refused unless it is yours)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("remote mode (a deployment elsewhere)")
@@ -59,14 +60,22 @@ class RemoteMode(Mode):
             help="with --url: receive the deployment's webhooks here (its webhook.urls must point at this "
             "address); without it the webhooks stage is skipped",
         )
+        group.add_argument(
+            "--own-deployment",
+            action="store_true",
+            help="with --url and --load N: the deployment is yours to load (needed for a host not on this machine; "
+            "LiveKit Cloud is always refused)",
+        )
 
     def selected(self, args: argparse.Namespace) -> bool:
         return args.url is not None
 
     def resolve(self, args: argparse.Namespace) -> str | None:
         if args.url is None:
-            if args.ca_file is not None or args.webhook_listen is not None:
-                return "--ca-file and --webhook-listen need --url: they describe a deployment elsewhere"
+            if args.ca_file is not None or args.webhook_listen is not None or args.own_deployment:
+                return (
+                    "--ca-file, --webhook-listen and --own-deployment need --url: they describe a deployment elsewhere"
+                )
             return None
         parsed = urlparse(args.url)
         if parsed.scheme not in SCHEMES or not parsed.hostname:
@@ -79,10 +88,10 @@ class RemoteMode(Mode):
             return f"--ca-file {args.ca_file}: no such file"
         if args.webhook_listen is not None and _listen_address(args.webhook_listen) is None:
             return f"--webhook-listen {args.webhook_listen!r}: give HOST:PORT, e.g. 0.0.0.0:8000"
-        return None
+        return remote_load.refusal(args)
 
     def timeout(self, args: argparse.Namespace) -> float:
-        return TIMEOUT
+        return TIMEOUT + (remote_load.timeout(args) if args.load else 0.0)
 
     def timeout_note(self) -> str:
         return f"--url: {TIMEOUT:.0f}"
@@ -98,18 +107,25 @@ class RemoteMode(Mode):
 
     def plan(self, args: argparse.Namespace) -> Plan:
         state = RemoteState(args.url, args.ca_file)
+        header = lambda ctx: {"version": state.server_info.get("version") or "not seen"}  # noqa: E731
         if args.ca_file is not None:
             # The rtc SDK's TLS and the agents worker's read it (each builds its context from it); the run's own
             # HTTP session is given the CA explicitly (target_checks).
             os.environ["SSL_CERT_FILE"] = str(args.ca_file.resolve())
+        checks = [
+            Stage("endpoint", partial(target_checks.run_endpoint, state=state), 12.0),
+            Stage("keys", partial(target_checks.run_keys, state=state), 8.0),
+        ]
+        if args.load:  # the load's rooms take the single run's place (their webhooks counted with --webhook-listen)
+            stages, figures = remote_load.load_stages(args, _register_worker)
+            return Plan(checks + stages, lambda ctx: {**_figures(ctx, state), **figures(ctx)}, header=header)
         receive = Stage("webhooks", _no_webhooks, 1.0)
         if args.webhook_listen:
             on_timeout = partial(webhooks.on_timeout, fix=WEBHOOKS_FIX)
             receive = Stage("webhooks", webhooks.run, stage_named("webhooks").cap, on_timeout)
         return Plan(
             [
-                Stage("endpoint", partial(target_checks.run_endpoint, state=state), 12.0),
-                Stage("keys", partial(target_checks.run_keys, state=state), 8.0),
+                *checks,
                 Stage("worker", _register_worker, 15.0),
                 Stage("token", partial(token.run, ttl=JOIN_TOKEN_TTL), 5.0),
                 Stage("join", partial(remote_paths.run_join, state=state), 15.0),
@@ -121,7 +137,7 @@ class RemoteMode(Mode):
                 receive,
             ],
             lambda ctx: _figures(ctx, state),
-            header=lambda ctx: {"version": state.server_info.get("version") or "not seen"},
+            header=header,
         )
 
 
@@ -139,10 +155,11 @@ async def _no_webhooks(ctx: RunContext) -> str:
     )
 
 
-async def _register_worker(ctx: RunContext) -> str:
-    """The echo worker registers with the target under this run's own agent name. Unlike the local run's worker
-    stage, no room listing first: the keys stage proved the key without listing anything but this run's room."""
-    registered = await worker.register(ctx, fix=PROXY_UPGRADE_FIX, kind=Kind.NETWORK)
+async def _register_worker(ctx: RunContext, **settings: int) -> str:
+    """The echo worker registers with the target under this run's own agent name (`settings`: the load's job
+    processes). Unlike the local run's worker stage, no room listing first: the keys stage proved the key without
+    listing anything but this run's room."""
+    registered = await worker.register(ctx, fix=PROXY_UPGRADE_FIX, kind=Kind.NETWORK, **settings)
     return f"{registered} (this run's own name)"
 
 
