@@ -4,6 +4,7 @@ module (cluster-up takes about a second); each test leaves it as it found it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,10 +16,13 @@ from typing import Any
 
 import pytest
 
+from bootstrap.modes.cluster.cluster_probe import node_status
 from devstack import netns
-from devstack.nodes import client_host, lan, nodes, worker_host
+from devstack.native_cluster import service as native_cluster_service
+from devstack.nodes import Node, client_host, lan, nodes, worker_host
 from devstack.stack_env import REPO_ROOT, Stack, load_stack
 from tests.conftest import PY, bootstrap_report, bootstrap_report_watching, native_cluster, run_module
+from tests.frozen_run import run_frozen_after_worker
 
 pytestmark = [
     pytest.mark.integration,
@@ -168,3 +172,27 @@ def test_compose_cluster_flags_run_on_the_real_server(stack: Stack, tmp_path: Pa
     finally:
         server.kill()  # SIGTERM makes a Redis-backed node drain for a while; nothing to drain here
         server.wait(10)
+
+
+def test_a_node_frozen_mid_run_is_named_with_its_address(cluster: Stack) -> None:
+    """Node b, the worker's entry, frozen once the worker registered (SIGSTOP: the kernel still accepts its
+    connections, nothing answers; continued afterwards, tests/frozen_run.py). The API goes to node a, which
+    answers "no response from servers": the failing stage names node b, not only what node a said."""
+    node_b = nodes(cluster)[1]
+    pid = native_cluster_service(cluster, node_b.service).running_pid()
+    assert pid is not None
+    run = run_frozen_after_worker(pid, "--cluster", "--timeout", "20")
+    assert [s["status"] for s in run.report["stages"]] == ["pass", "pass", "fail"], run.report["stages"]
+    failed = run.failed
+    assert failed["cause"].startswith(f"node b at {node_b.address}:{node_b.port} is not answering: it accepts"), failed
+    assert failed["kind"] == "network" and str(node_b.log_file) in failed["fix"]
+    assert run.waited <= 10.0, f"the run ended {run.waited:.1f} s after the freeze"
+    assert processes_on(worker_host(STACK)) == [] and processes_on(client_host(STACK)) == []
+    assert ready_within(node_b, 10.0), "node b did not answer GET / 200 within 10 s of SIGCONT"
+
+
+def ready_within(node: Node, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while (status := asyncio.run(node_status(node))) != "200" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return status == "200"

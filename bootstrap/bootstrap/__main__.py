@@ -133,6 +133,7 @@ def build_context(args: argparse.Namespace, mode: Mode | None = None) -> RunCont
         webhook_host=args.webhook_host or target.webhook_host or webhook_bind_address(),
         webhook_port=webhook_port,
         deadline=time.monotonic() + args.timeout,
+        servers=list(target.servers),
     )
 
 

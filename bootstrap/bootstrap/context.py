@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlparse
 
 from livekit import agents, api, rtc
 
@@ -25,6 +26,29 @@ def fresh_room_name() -> str:
     return f"bootstrap-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
+@dataclass(frozen=True)
+class Server:
+    """A LiveKit server a run talks to, as a diagnosis names it: which one stopped answering, where its log is."""
+
+    name: str  # "the LiveKit server", "node a"
+    http_url: str  # http(s)://host:port, its GET / answers while the process lives
+    logs: str = "see `make logs`"  # where its side of the story is
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.http_url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        """Spelled out even when the URL leaves it implicit."""
+        url = urlparse(self.http_url)
+        return url.port or (443 if url.scheme == "https" else 80)
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
 @dataclass
 class RunContext:
     settings: Settings  # .env: the server URL and the API key/secret
@@ -35,6 +59,7 @@ class RunContext:
     deadline: float  # time.monotonic() by which the whole run (cleanup included) must end
     room_name: str = field(default_factory=fresh_room_name)  # this run's room (load mode: the prefix)
     identity: str = "bootstrap-user"  # the participant the join stage connects
+    servers: list[Server] = field(default_factory=list)  # the ones the run talks to (empty: LIVEKIT_URL's)
     # Written by the stages as they go, read by later stages and cleanup:
     worker: agents.AgentServer | None = None  # the in-process no-op worker (worker stage)
     worker_task: asyncio.Task[None] | None = None  # its run() task
@@ -58,6 +83,10 @@ class RunContext:
             return {}
         return {"media": {"audio": self.audio.as_dict() if self.audio else None,
                           "data": self.data.as_dict() if self.data else None}}  # fmt: skip
+
+    def servers_talked_to(self) -> list[Server]:
+        """Every LiveKit server this run talks to: the mode's (a cluster's nodes), else the one at LIVEKIT_URL."""
+        return self.servers or [Server("the LiveKit server", self.settings.http_url)]
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())

@@ -1,14 +1,19 @@
 """Turn an exception raised in a stage into a cause (what was expected, what was seen) and a fix
-(what to change, where). Known failures are raised as StageFailure by the stages themselves."""
+(what to change, where). Known failures are raised as StageFailure by the stages themselves. Whatever failed, a
+LiveKit server of the run's that stopped answering (frozen, hung) is named as the cause, in every mode."""
 
 from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
 
 import aiohttp
 from livekit import api, rtc
 
 from backend.logging import redact
 from bootstrap import token_probe
-from bootstrap.context import RunContext
+from bootstrap.context import RunContext, Server
 from bootstrap.result import Kind, StageFailure
 
 KEY_FIX = "set LIVEKIT_API_KEY / LIVEKIT_API_SECRET in .env to a pair listed under `keys:` in docker/livekit.yaml"
@@ -77,6 +82,75 @@ def clock_refusal(message: str) -> str | None:
     """What a server's refusal says of the clocks, when it refused a token for its validity window (else None)."""
     lowered = message.lower()
     return next((meaning for words, meaning in CLOCK_REFUSALS.items() if words in lowered), None)
+
+
+# A live livekit-server answers GET / within milliseconds, loaded or not: this long without a byte is not it.
+SILENT_WAIT = 2.0
+
+
+@dataclass(frozen=True)
+class Silence:
+    """A server that sent nothing back to GET / within SILENT_WAIT. `connected`: it accepted the TCP connection
+    (the kernel still does for a stopped or hung process), else not even that (its host or the path drops)."""
+
+    server: Server
+    connected: bool
+
+    @property
+    def cause(self) -> str:
+        where = f"{self.server.name} at {self.server.address} is not answering"
+        if self.connected:
+            return (f"{where}: it accepts connections but sent nothing back to GET / within {SILENT_WAIT:g} s "
+                    "(a frozen or hung process)")  # fmt: skip
+        return f"{where}: no connection within {SILENT_WAIT:g} s (its host down or cut off, or traffic dropped)"
+
+    @property
+    def fix(self) -> str:
+        address, logs = self.server.address, self.server.logs
+        if self.connected:
+            return (f"check the livekit-server process serving {address} and its host: a stopped one (state T "
+                    f"in `ps -o stat= -p PID`: SIGSTOP, a debugger) needs `kill -CONT PID`, a hung one a restart; "
+                    f"{logs}")  # fmt: skip
+        return f"check that {address} is reachable from here and its host is up (routes, firewall); {logs}"
+
+
+async def silent_servers(servers: list[Server]) -> list[Silence]:
+    """The servers that send nothing back to GET / within SILENT_WAIT, all asked at once."""
+    found = await asyncio.gather(*(_silence(server) for server in servers))
+    return [silence for silence in found if silence is not None]
+
+
+async def _silence(server: Server) -> Silence | None:
+    """None when `server` answered anything at all: a refusal, a TLS error or any HTTP status is an answer (the
+    stage's own diagnosis names those). Plain asyncio, not aiohttp: what matters is whether the TCP connection
+    was accepted before the silence, which a client library's single timeout does not say."""
+    connected = False
+    try:
+        async with asyncio.timeout(SILENT_WAIT):
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            connected = True
+            try:
+                if server.http_url.startswith("https:"):  # the system store, or SSL_CERT_FILE (--ca-file)
+                    await writer.start_tls(ssl.create_default_context(), server_hostname=server.host)
+                writer.write(f"GET / HTTP/1.1\r\nHost: {server.address}\r\nConnection: close\r\n\r\n".encode())
+                await writer.drain()
+                await reader.readline()  # a status line, or the connection closed: either is an answer
+            finally:
+                writer.transport.abort()  # no closing handshake with a peer that may never reply
+    except TimeoutError:
+        return Silence(server, connected)
+    except Exception:  # an answer of some kind (refused, reset, TLS): not silence, and never the run's failure
+        return None
+    return None
+
+
+def name_silent(failure: StageFailure, silent: list[Silence]) -> StageFailure:
+    """`failure`, unless a server of the run's is not answering: then that is the cause, named first (what the
+    stage itself saw follows, as the symptom), kind network."""
+    if not silent:
+        return failure
+    cause = "; ".join(s.cause for s in silent) + f" (what the stage saw: {failure.cause})"
+    return StageFailure(cause, "; ".join(s.fix for s in silent), Kind.NETWORK)
 
 
 def _diagnose(stage: str, exc: BaseException, ctx: RunContext, waited: float) -> StageFailure:

@@ -16,7 +16,9 @@ class Status(StrEnum):
 class Kind(StrEnum):
     """What kind of cause a failure has, in every mode: the one small set a canary labels its metrics with."""
 
-    NETWORK = "network"  # nothing answers at an address and port (refused, unreachable, no route)
+    # Nothing answers at an address and port: refused, unreachable, no route, or a server that stopped answering
+    # (frozen, hung: the kernel accepts its connections, the process sends nothing back).
+    NETWORK = "network"
     DNS = "dns"  # a name does not resolve
     TLS = "tls"  # a certificate this client does not accept (expired, another name, an untrusted CA)
     AUTH = "auth"  # an API key the server does not know, or a secret that does not match it

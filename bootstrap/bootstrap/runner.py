@@ -16,7 +16,7 @@ from livekit import api
 
 from backend.logging import redact
 from bootstrap.context import RunContext
-from bootstrap.diagnosis import diagnose, explain_refusal, kind_of
+from bootstrap.diagnosis import diagnose, explain_refusal, kind_of, name_silent, silent_servers
 from bootstrap.result import Kind, RunResult, StageFailure, StageResult, StageSkipped, StageWarning, Status
 from bootstrap.stages import Stage
 from bootstrap.webhook_sink import WebhookSink
@@ -25,7 +25,8 @@ from devstack.ports import port_owner
 # Seconds kept back from --timeout for explaining a timeout (<= EXPLAIN_TIMEOUT) and cleaning up, so
 # the whole run ends by --timeout; only a cleanup that hangs may overrun, by at most CLEANUP_MIN.
 CLEANUP_RESERVE = 5.0
-EXPLAIN_TIMEOUT = 2.5  # > health.CHECK_TIMEOUT: explanations re-run the checks
+# > health.CHECK_TIMEOUT: explanations re-run the checks; >= diagnosis.SILENT_WAIT, the servers asked meanwhile
+EXPLAIN_TIMEOUT = 2.5
 CLEANUP_STEP = 2.0
 CLEANUP_MIN = 2.0
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
@@ -81,17 +82,24 @@ async def _run_stage(ctx: RunContext, stage: Stage) -> StageResult:
         log.info("stage skipped", stage=name, reason=str(skipped))
         return StageResult(name, Status.SKIPPED, time.monotonic() - started, "", str(skipped))
     except TimeoutError as exc:
-        failure = await _explain_timeout(ctx, stage, exc, budget)
+        failure = await _with_silent_servers(ctx, _explain_timeout(ctx, stage, exc, budget))
         return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix,
                            failure.kind or Kind.TIMEOUT)  # fmt: skip
     except Exception as exc:
-        failure = await _explain_refusal(ctx, diagnose(name, exc, ctx, budget))
+        failure = await _with_silent_servers(ctx, _explain_refusal(ctx, diagnose(name, exc, ctx, budget)))
         log.debug("stage failed", stage=name, error=repr(exc))
         return StageResult(name, Status.FAIL, time.monotonic() - started, "", failure.cause, failure.fix,
                            failure.kind or Kind.CONFIG)  # fmt: skip
     seconds = time.monotonic() - started
     log.info("stage passed", stage=name, seconds=round(seconds, 3), detail=detail)
     return StageResult(name, Status.PASS, seconds, detail)
+
+
+async def _with_silent_servers(ctx: RunContext, explanation: Awaitable[StageFailure]) -> StageFailure:
+    """The stage's explanation, and meanwhile every LiveKit server the run talks to asked GET / (bounded by
+    diagnosis.SILENT_WAIT): one that is not answering (frozen, hung) is the cause, named, in every mode."""
+    failure, silent = await asyncio.gather(explanation, silent_servers(ctx.servers_talked_to()))
+    return name_silent(failure, silent)
 
 
 async def _explain_timeout(ctx: RunContext, stage: Stage, exc: TimeoutError, budget: float) -> StageFailure:

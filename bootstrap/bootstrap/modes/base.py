@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from bootstrap.context import RunContext
+from bootstrap.context import RunContext, Server
 from bootstrap.stages import Stage
 
 if TYPE_CHECKING:  # a mode that verifies a deployment elsewhere imports nothing of devstack
@@ -32,6 +32,9 @@ class Target:
     # server config is not read; the agent name the worker registers (None: the stack's).
     webhook_port: int | None = None
     agent_name: str | None = None
+    # Every LiveKit server the run talks to, named (a cluster's nodes): a stage that fails names the one that
+    # stopped answering (bootstrap.diagnosis). Empty: the one at livekit_url (LIVEKIT_URL).
+    servers: tuple[Server, ...] = ()
 
 
 @dataclass

@@ -132,7 +132,7 @@ class CanaryMode(Mode):
         target = self._inner(args).target(args, stack)
         if not self._agent_name:
             self._agent_name = f"{target.agent_name or stack.agent_name}-canary-{secrets.token_hex(2)}"
-        return Target(target.livekit_url, target.webhook_host, target.webhook_port, self._agent_name)
+        return dataclasses.replace(target, agent_name=self._agent_name)
 
     def plan(self, args: argparse.Namespace) -> Plan:
         inner = self._inner(args).plan(args)

@@ -7,6 +7,7 @@ import argparse
 from functools import partial
 from typing import Any
 
+from bootstrap.context import Server
 from bootstrap.modes.base import Mode, Plan, Target
 from bootstrap.modes.cluster import cluster_stages
 from bootstrap.modes.cluster.cluster_stages import ClusterRooms
@@ -51,8 +52,11 @@ class ClusterMode(Mode):
         return f"with --drill: {DRILL_TIMEOUT:.0f}"
 
     def target(self, args: argparse.Namespace, stack: Stack) -> Target:
-        # The API calls and cleanup go to node a; the nodes post webhooks to this machine on the bridge.
-        return Target(livekit_url=nodes(stack)[0].ws_url, webhook_host=lan(stack).gateway)
+        # The API calls and cleanup go to node a; the nodes post webhooks to this machine on the bridge. Both nodes
+        # are named, so a failure names the one that stopped answering (the worker and the joins use node b too).
+        cluster = nodes(stack)
+        servers = tuple(Server(f"node {n.name}", n.http_url, f"see its log {n.log_file}") for n in cluster)
+        return Target(livekit_url=cluster[0].ws_url, webhook_host=lan(stack).gateway, servers=servers)
 
     def plan(self, args: argparse.Namespace) -> Plan:
         setup = [

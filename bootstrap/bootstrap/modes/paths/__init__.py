@@ -8,7 +8,7 @@ import argparse
 from functools import partial
 from typing import Any
 
-from bootstrap.context import RunContext
+from bootstrap.context import RunContext, Server
 from bootstrap.modes.base import Mode, Plan, Target
 from bootstrap.modes.paths import path_stages
 from bootstrap.modes.paths.network_paths import DEFAULT_PATHS, FAULTS, PATHS
@@ -78,7 +78,9 @@ class PathsMode(Mode):
     def target(self, args: argparse.Namespace, stack: Stack) -> Target:
         # The paths lab's node (make paths-up), on its own host: the worker, the API calls and cleanup all go to
         # it, not to the stack's, from this machine's address on the lab's bridge.
-        return Target(livekit_url=paths_lab.node_url(stack))
+        url = paths_lab.node_url(stack)
+        node = Server("the paths lab's node", url.replace("ws://", "http://", 1), f"see its log {paths_lab.node_log()}")
+        return Target(livekit_url=url, servers=(node,))
 
     def plan(self, args: argparse.Namespace) -> Plan:
         state = PathsState(args.paths, args.fault, impair=args.impair)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from bootstrap.context import RunContext
+from bootstrap.context import RunContext, Server
 from bootstrap.modes.base import Mode, Plan, Target
 from bootstrap.modes.remote import remote_load, remote_paths, target_checks
 from bootstrap.modes.remote.target_checks import RemoteState
@@ -37,6 +37,7 @@ WEBHOOKS_FIX = (
     "/api/webhooks/livekit, its webhook.api_key the key this run was given; see the deployment's log for "
     "delivery errors"
 )
+DEPLOYMENT_LOGS = "see its own logs (e.g. `kubectl logs`, `journalctl -u livekit-server`) and its load balancer's"
 PROXY_UPGRADE_FIX = "the load balancer or proxy must pass the WebSocket upgrade on /agent as it does on /rtc"
 
 
@@ -103,6 +104,7 @@ class RemoteMode(Mode):
             webhook_host=listen[0] if listen else None,
             webhook_port=listen[1] if listen else 0,  # 0: no receiver at all
             agent_name=f"bootstrap-remote-{secrets.token_hex(4)}",
+            servers=(Server("the deployment", _http_url(args.url), DEPLOYMENT_LOGS),),
         )
 
     def plan(self, args: argparse.Namespace) -> Plan:
@@ -139,6 +141,10 @@ class RemoteMode(Mode):
             lambda ctx: _figures(ctx, state),
             header=header,
         )
+
+
+def _http_url(url: str) -> str:
+    return url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
 
 
 def _listen_address(text: str) -> tuple[str, int] | None:
