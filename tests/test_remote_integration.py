@@ -23,7 +23,7 @@ import pytest
 
 from backend.webhook_receiver import WEBHOOK_PATH
 from devstack import install, remote_lab
-from devstack.remote_lab_hosts import OTHER_NAME, SIGNAL_NAME, hosts
+from devstack.remote_lab_hosts import OTHER_NAME, SIGNAL_NAME, TURN_NAME, hosts
 from devstack.stack_env import load_stack
 from tests.conftest import PY, run_module
 
@@ -124,6 +124,7 @@ def test_a_healthy_deployment_passes_with_no_warning_and_its_evidence(ca_file: P
     assert offer["ice_servers"]["turn_tls"] == ["turns:turn.remote.test:443?transport=tcp"]
     assert offer["server"]["version"] == STACK.livekit_version.lstrip("v")
     assert target["agent_name"].startswith("bootstrap-remote-")
+    _assert_paths_pass(report)
     assert elapsed < 15, f"the healthy run took {elapsed:.1f}s (target: 15 s, whole process)"
     assert _rooms_named(target["room"], ca_file) == [], "the run's room was left on the deployment"
 
@@ -292,6 +293,87 @@ def test_ctrl_c_after_the_join_leaves_no_room_on_the_deployment(ca_file: Path) -
     assert run.returncode == 1 and any(s["cause"] == "interrupted (Ctrl-C or SIGTERM)" for s in report["stages"])
     room = report["target"]["room"]
     assert room.startswith("bootstrap-") and _rooms_named(room, ca_file) == []
+
+
+def _assert_paths_pass(report: dict[str, Any]) -> None:
+    """From the client host: UDP host to host, a relay forced over TURN/UDP, and TURN/TLS checked up to TURN's
+    answer, its relay skipped naming the rtc SDK's limit (the lab's CA is private)."""
+    node, paths = LAB.node.address, report["target"]["paths"]
+    assert stage(report, "path udp")["status"] == "pass"
+    assert paths["udp"]["pairs"]["publisher"] == f"host udp {LAB.client.address} → host udp {node}:7882"
+    assert stage(report, "path turn-udp")["status"] == "pass"
+    assert paths["turn-udp"]["pairs"]["publisher"].startswith(f"relay udp {node} (TURN over udp) → ")
+    assert paths["turn-udp"]["allocate"] == {f"{node}:3478": "401 Unauthorized (realm livekit)"}
+    turn_tls = stage(report, "path turn-tls")
+    assert turn_tls["status"] == "skipped" and "the rtc SDK cannot force TURN over TLS" in turn_tls["cause"]
+    assert "private CA (--ca-file)" in turn_tls["cause"]
+    checked = paths["turn-tls"]["checks"]["turns:turn.remote.test:443?transport=tcp"]
+    assert checked == {"host": TURN_NAME, "port": 443, "addresses": [LAB.turn_address], "tls": "verified",
+                       "allocate": "401 Unauthorized (realm livekit)"}  # fmt: skip
+
+
+@contextlib.contextmanager
+def faulted(overrides: dict[str, Any] | None = None, *, udp_blocked: bool = False) -> Iterator[None]:
+    """The lab's node on its config with `overrides` merged in, and/or its host sending no UDP; put back however
+    the test ends."""
+    try:
+        if overrides:
+            remote_lab.configure(STACK, overrides)
+        remote_lab.block_udp(STACK, udp_blocked)
+        yield
+    finally:
+        remote_lab.restore(STACK)
+
+
+def test_a_node_ip_the_client_cannot_reach_is_named_as_the_node_ip_trap(ca_file: Path) -> None:
+    unreachable = str(LAB.lan.subnet.network_address + 99)  # on the lab's bridge, where no host answers
+    with faulted({"rtc": {"node_ip": unreachable}}):
+        code, _, report = bootstrap("--url", remote_lab.url(), "--ca-file", str(ca_file))
+    join = stage(report, "join")
+    assert (code, join["status"], join["kind"]) == (1, "fail", "config"), join
+    assert "the node_ip trap" in join["cause"] and f"host udp {unreachable}:7882" in join["cause"]
+    assert f"set rtc.node_ip to the address clients reach the node at ({LAB.node.address}" in join["fix"]
+    evidence = report["target"]["join"]
+    assert evidence["offered"] == [f"host udp {unreachable}:7882", f"host tcp {unreachable}:7881"]
+    assert evidence["signal_addresses"] == [LAB.node.address]
+    assert evidence["reachability"] == {unreachable: "no answer on TCP 7881 in 1.5 s"}
+
+
+def test_the_deployments_udp_blocked_with_no_turn_is_named_with_the_port(ca_file: Path) -> None:
+    with faulted({"turn": {"enabled": False}}, udp_blocked=True):
+        code, _, report = bootstrap("--url", remote_lab.url(), "--ca-file", str(ca_file))
+    udp = stage(report, "path udp")
+    assert (code, udp["status"], udp["kind"]) == (1, "fail", "network"), udp
+    node = LAB.node.address
+    assert f"UDP to the server's candidate {node}:7882 never answered from here" in udp["cause"]
+    assert "the server offers no TURN to relay through" in udp["cause"] and "open UDP 7882" in udp["fix"]
+    assert report["target"]["paths"]["udp"]["pairs"]["publisher"].endswith(f"→ host tcp {node}:7881")
+    assert stage(report, "join")["status"] == "pass"  # over ICE/TCP: the run's own data plane still works
+    for skipped in (stage(report, "path turn-udp"), stage(report, "path turn-tls")):
+        assert skipped["status"] == "skipped" and "the server offers no TURN" in skipped["cause"]
+
+
+def test_turn_udp_blocked_is_named_with_its_address_and_port(ca_file: Path) -> None:
+    with faulted(udp_blocked=True):
+        code, _, report = bootstrap("--url", remote_lab.url(), "--ca-file", str(ca_file))
+    turn_udp = stage(report, "path turn-udp")
+    assert (code, turn_udp["status"], turn_udp["kind"]) == (1, "fail", "network"), turn_udp
+    assert f"TURN over UDP at {LAB.node.address}:3478 never answered from here" in turn_udp["cause"]
+    assert report["target"]["paths"]["turn-udp"]["allocate"] == {f"{LAB.node.address}:3478": "no answer"}
+
+
+def test_a_turn_domain_that_does_not_resolve_is_named_as_its_dns(ca_file: Path) -> None:
+    missing = "turn-missing.remote.test"
+    assert missing not in LAB.hosts_file.read_text()  # the client host's only resolver
+    with faulted({"turn": {"domain": missing}}):
+        code, _, report = bootstrap("--url", remote_lab.url(), "--ca-file", str(ca_file))
+    turn_tls = stage(report, "path turn-tls")
+    assert (code, turn_tls["status"], turn_tls["kind"]) == (1, "fail", "dns"), turn_tls
+    url = f"turns:{missing}:443?transport=tcp"
+    assert f"TURN over TLS at {url}, but its domain {missing} does not resolve here" in turn_tls["cause"]
+    assert f"turn.domain ({missing}) a DNS record" in turn_tls["fix"]
+    assert report["target"]["paths"]["turn-tls"]["checks"][url] == {"host": missing, "port": 443, "addresses": []}
+    assert [stage(report, p)["status"] for p in ("path udp", "path turn-udp")] == ["pass", "pass"]
 
 
 def test_a_load_of_an_owned_deployment_runs_its_rooms_there_and_leaves_none(ca_file: Path) -> None:

@@ -174,12 +174,27 @@ class RemotePaths:
         paths: dict[str, Any] = self.state.evidence.setdefault("paths", {})
         return paths
 
+    def start(self, ctx: RunContext) -> None:
+        """Both joins at once (each child takes ~0.4 s to start and its ICE up to PATH_ICE_TIMEOUT); the
+        relay-forced one only when the server offers TURN."""
+        if self.joins:
+            return
+        ice_servers = target_checks.offer_evidence(self.state)["ice_servers"]
+        turn = any(ice_servers[kind] for kind in ("turn_udp", "turn_tcp", "turn_tls"))
+        for kind, forced in (("direct", False), ("relay", True))[: 2 if turn else 1]:
+            self.joins[kind] = asyncio.create_task(_sdk_join(ctx, forced, f"{ctx.identity}-path-{kind}"))
+        ctx.finalizers.append(self._cancel)
+
     async def joined(self, ctx: RunContext, relay: bool) -> dict[str, Any]:
-        if not self.joins:
-            for kind, forced in (("direct", False), ("relay", True)):
-                self.joins[kind] = asyncio.create_task(_sdk_join(ctx, forced, f"{ctx.identity}-path-{kind}"))
-            ctx.finalizers.append(self._cancel)
+        self.start(ctx)
         return dict(await asyncio.shield(self.joins["relay" if relay else "direct"]))
+
+    def finished(self, relay: bool) -> dict[str, Any] | None:
+        """The join's answer if it is in already, else None (not waited for)."""
+        task = self.joins.get("relay" if relay else "direct")
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return None
+        return dict(task.result())
 
     async def _cancel(self) -> None:
         for task in self.joins.values():
@@ -232,29 +247,35 @@ async def run_turn_udp(ctx: RunContext, *, paths: RemotePaths) -> str:
         raise StageSkipped("the server offers no TURN over UDP (turn.enabled off, or no turn.udp_port): nothing to "
                            "relay through from a network that blocks the node's UDP ports")  # fmt: skip
     servers = [_host_port(url) for url in urls]
-    answers, result = await asyncio.gather(
-        asyncio.gather(*(turn_probe.over_udp(host, port) for host, port in servers)), paths.joined(ctx, relay=True)
-    )
+    paths.start(ctx)
+    answers = await asyncio.gather(*(turn_probe.over_udp(host, port) for host, port in servers))
     said = [str(a) if a else "no answer" for a in answers]
     evidence["allocate"] = {f"{h}:{p}": s for (h, p), s in zip(servers, said, strict=True)}
-    evidence.update(_outcome(result))
-    pairs = result["pairs"]
-    if result["joined"] and all(p["local"].get("relay_protocol") == "udp" for p in pairs.values()):
-        return f"rtc-sdk, relay forced: {_pair_text(pairs)}; TURN answered an Allocate: {answers[0]}"
     silent = [f"{h}:{p}" for (h, p), a in zip(servers, answers, strict=True) if a is None]
-    took = f"the relay-forced join took {_pair_text(pairs)}" if result["joined"] else (
-        f"the relay-forced join never connected within {PATH_ICE_TIMEOUT:.0f} s")  # fmt: skip
+    # Nothing answered: the relay over UDP cannot work, and its join need not be waited for (it may go over TLS).
+    result = paths.finished(relay=True) if len(silent) == len(servers) else await paths.joined(ctx, relay=True)
+    if result is not None:
+        evidence.update(_outcome(result))
+    pairs = result["pairs"] if result else {}
+    if result and result["joined"] and all(p["local"].get("relay_protocol") == "udp" for p in pairs.values()):
+        return f"rtc-sdk, relay forced: {_pair_text(pairs)}; TURN answered an Allocate: {answers[0]}"
+    if result is None:
+        took = ""
+    elif result["joined"]:
+        took = f"the relay-forced join took {_pair_text(pairs)}"
+    else:
+        took = f"the relay-forced join never connected within {PATH_ICE_TIMEOUT:.0f} s"
     if silent:
         raise StageFailure(
             f"TURN over UDP at {', '.join(silent)} never answered from here (an Allocate request, "
-            f"{turn_probe.UDP_TRIES} × {turn_probe.UDP_WAIT:.0f} s); {took}",
+            f"{turn_probe.UDP_TRIES} × {turn_probe.UDP_WAIT:.0f} s)" + (f"; {took}" if took else ""),
             f"open UDP {', '.join(s.rsplit(':', 1)[1] for s in silent)} (turn.udp_port) and TURN's relay ports "
             "(turn.relay_range_start–end) to clients",
             Kind.NETWORK,
         )
     raise StageFailure(
         f"TURN over UDP answers here ({', '.join(evidence['allocate'])}: {answers[0]}), but {took} "
-        f"({result['error'] or 'not over TURN/UDP'})",
+        f"({(result or {}).get('error') or 'not over TURN/UDP'})",
         "the server's TURN must relay to its own candidates: a private address there needs "
         "turn.allow_restricted_peer_cidrs, and TURN's relay ports (turn.relay_range_start–end) must be open",
         Kind.NETWORK,
@@ -268,9 +289,10 @@ async def run_turn_tls(ctx: RunContext, *, paths: RemotePaths) -> str:
         raise StageSkipped("the server offers no TURN over TLS (turn.tls_port and turn.domain unset): clients "
                            "whose network allows only TLS on 443 have no way in")  # fmt: skip
     checked = [await _turn_tls_reaches(paths.state, url, evidence.setdefault("checks", {})) for url in urls]
-    relay = await paths.joined(ctx, relay=True)
-    pairs = relay["pairs"]
-    if relay["joined"] and pairs and all(p["local"].get("relay_protocol") == "tls" for p in pairs.values()):
+    # With a private CA the SDK cannot take TURN/TLS (SDK_PRIVATE_CA): its relay-forced join is not waited for.
+    relay = paths.finished(relay=True) if paths.state.ca_file else await paths.joined(ctx, relay=True)
+    pairs = relay["pairs"] if relay else {}
+    if relay and relay["joined"] and pairs and all(p["local"].get("relay_protocol") == "tls" for p in pairs.values()):
         evidence.update(client="rtc-sdk", relay_forced=True, **_outcome(relay))
         return f"rtc-sdk, relay forced: {_pair_text(pairs)} (TURN/UDP did not answer); {'; '.join(checked)}"
     limit = SDK_CANNOT_FORCE + (f"; {SDK_PRIVATE_CA}" if paths.state.ca_file else "")
