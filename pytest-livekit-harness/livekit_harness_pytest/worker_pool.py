@@ -5,13 +5,13 @@ workers and other sessions never take each other's jobs.
 A warm process (livekit-agents imported, no assignment yet) is started as soon as the session knows a test asks
 for `agent_worker`, while the stack is still being verified; the first assignment takes it. Each worker's
 stderr goes to a log file of its own; the plugin attaches what it logged during a test to that test's failure
-report. The processes die with the session: stdin closed at the end, PR_SET_PDEATHSIG if the session is killed.
+report. The processes die with the session: stdin closed at the end, PR_SET_PDEATHSIG if the session is killed
+(set by the worker itself, first thing: see WorkerProcess.start for why not in a preexec_fn).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import queue
@@ -24,17 +24,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 REGISTER_TIMEOUT = 20.0  # seconds: a cold process imports livekit-agents (~2 s here), then registers (~0.1 s)
 STOP_TIMEOUT = 8.0
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the session's process ends, however it ends."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def entrypoint_ref(entrypoint: Callable[..., Any] | str) -> str:
@@ -60,14 +53,22 @@ class WorkerProcess:
     agent_name: str = ""
     worker_id: str = ""
 
+    command: ClassVar[tuple[str, ...]] = (sys.executable, "-m", "livekit_harness_pytest.worker_process")
+
     @classmethod
     def start(cls, env: dict[str, str], log_dir: Path) -> WorkerProcess:
-        log_path = Path(tempfile.mkstemp(prefix="agent-worker-", suffix=".log", dir=log_dir)[1])
-        with log_path.open("w") as log:
+        """The worker process, started with no Python code run between fork and exec (no preexec_fn): a session
+        that joined rooms has the rtc SDK's native threads calling into Python (each call makes and drops a
+        thread state under the interpreter's lock), and a child forked while one of them holds that lock hangs
+        in CPython 3.11's after-fork re-initialisation before it can exec, with this call waiting on it forever
+        (pool.get's lock held: the test, and the xdist run, hung). The worker sets its own death signal
+        (worker_process.die_with_parent), given this process's pid."""
+        fd, name = tempfile.mkstemp(prefix="agent-worker-", suffix=".log", dir=log_dir)
+        log_path = Path(name)
+        with os.fdopen(fd, "w") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "livekit_harness_pytest.worker_process"],
+                [*cls.command, "--parent-pid", str(os.getpid())],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-                preexec_fn=_die_with_parent,  # only prctl: no locks taken
             )  # fmt: skip
         worker = cls(process, log_path)
         threading.Thread(target=worker._read, daemon=True).start()

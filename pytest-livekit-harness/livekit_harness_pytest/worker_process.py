@@ -6,12 +6,17 @@ while the stack is still being verified. It then registers the entrypoint under 
 (agent_runtime.create_worker: the project's worker settings) and answers on stdout, one JSON line each:
 {"registered": "AW_…"} or {"error": "…"}. The server URL and keys come in the environment, never in argv.
 Logs go to stderr (the plugin's log file). It ends when stdin closes (the session ended or died), on SIGTERM or
-SIGINT, and with the session's process too (PR_SET_PDEATHSIG, set by the plugin).
+SIGINT, and with the session's process too: PR_SET_PDEATHSIG, which it sets itself first thing (`--parent-pid`:
+the session's pid, so one that died before then is noticed too). Not set in a preexec_fn by the plugin: Python
+code between fork and exec can hang the child for good (worker_pool.WorkerProcess.start).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import ctypes
 import importlib
 import json
 import logging
@@ -27,6 +32,16 @@ from agent_runtime.ffi_exit import exit_without_finalization
 
 log = logging.getLogger("livekit_harness_pytest.worker")
 CLOSE_TIMEOUT = 5.0
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when its parent (the session that started it) ends, however it ends; exit now if it
+    has ended already (this process was then handed to another parent)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        exit_without_finalization(0)
 
 
 def say(**message: Any) -> None:
@@ -95,6 +110,9 @@ async def serve() -> int:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--parent-pid", type=int, required=True, help="the session's pid: die with it")
+    die_with_parent(parser.parse_args().parent_pid)
     fmt = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=fmt, datefmt="%H:%M:%S")
     os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
