@@ -181,7 +181,7 @@ def test_a_node_frozen_mid_run_is_named_with_its_address(cluster: Stack) -> None
     node_b = nodes(cluster)[1]
     pid = native_cluster_service(cluster, node_b.service).running_pid()
     assert pid is not None
-    run = run_frozen_after_worker(pid, "--cluster", "--timeout", "20")
+    run = run_frozen_after_worker(pid, "--cluster", "--timeout", "15")  # the worker registers ~5 s into the run
     assert [s["status"] for s in run.report["stages"]] == ["pass", "pass", "fail"], run.report["stages"]
     failed = run.failed
     assert failed["cause"].startswith(f"node b at {node_b.address}:{node_b.port} is not answering: it accepts"), failed
