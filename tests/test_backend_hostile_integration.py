@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -52,13 +51,12 @@ def backend_process(stack: Stack, descriptor_limit: int | None = None) -> Iterat
     env = {**os.environ, "LIVEKIT_URL": stack.livekit_ws_url, "LIVEKIT_API_KEY": stack.api_key,
            "LIVEKIT_API_SECRET": stack.api_secret, "PYTHONUNBUFFERED": "1"}  # fmt: skip
 
-    def limit() -> None:
-        if descriptor_limit is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (descriptor_limit, descriptor_limit))
-
+    # prlimit (util-linux), not a preexec_fn: Python code between fork and exec can hang for good while the rtc
+    # SDK's native threads call into this interpreter (docs/testing-agents.md).
+    limit = [] if descriptor_limit is None else ["prlimit", f"--nofile={descriptor_limit}:{descriptor_limit}"]
     with log.open("wb") as stderr:
-        process = subprocess.Popen([PY, "-m", "backend", "--port", str(port)], cwd=REPO_ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=limit)  # fmt: skip
+        process = subprocess.Popen([*limit, PY, "-m", "backend", "--port", str(port)], cwd=REPO_ROOT, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
     try:
         deadline = time.monotonic() + 15
         while healthz(port) is None:

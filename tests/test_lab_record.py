@@ -11,7 +11,7 @@ import pytest
 from devstack import lab_record, netns
 from devstack.native import StackError
 
-LAN = netns.Lan("probe", ipaddress.ip_network("10.213.79.0/24"))
+LAN = netns.Lan("probe", ipaddress.IPv4Network("10.213.79.0/24"))
 pytestmark = pytest.mark.unit
 
 HOSTS = [netns.LanHost(LAN, "client", 10), netns.LanHost(LAN, "node", 20, serves=True)]
