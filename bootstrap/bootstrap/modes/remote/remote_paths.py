@@ -386,6 +386,10 @@ async def _sdk_join(ctx: RunContext, relay: bool, identity: str) -> dict[str, An
         try:
             return await _ask(process, stderr, {"url": ctx.settings.ws_url, "token": token, "relay": relay,
                                                 "ice_timeout": PATH_ICE_TIMEOUT})  # fmt: skip
+        except asyncio.CancelledError:  # the run is ending (a join not waited for): no graceful leave mid-ICE
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            raise
         finally:
             await _close(process)
 
