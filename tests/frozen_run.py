@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +40,14 @@ def worker_registered(line: str) -> bool:
     return bool(record.get("event") == "stage passed" and record.get("stage") == "worker")
 
 
-def run_frozen_after_worker(pid: int, *args: str, env: dict[str, str] | None = None) -> FrozenRun:
-    """The run, with process `pid` frozen once the worker registered; raises if it never got that far."""
+def run_frozen_after_worker(
+    pid: int, *args: str, env: dict[str, str] | None = None, on_host: Callable[[list[str]], list[str]] = list
+) -> FrozenRun:
+    """The run (its command line wrapped by `on_host`: e.g. run on a lab's client host), with process `pid`
+    frozen once the worker registered; raises if it never got that far."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
-    run = subprocess.Popen([PY, "-m", "bootstrap", "--json", "--verbose", *args], cwd=REPO_ROOT, text=True,
+    argv = on_host([PY, "-m", "bootstrap", "--json", "--verbose", *args])
+    run = subprocess.Popen(argv, cwd=REPO_ROOT, text=True,
                            env={**inherited, "PYTHONUNBUFFERED": "1", **(env or {})},
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     frozen_at = 0.0

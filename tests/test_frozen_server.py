@@ -1,6 +1,7 @@
 """A server that stops answering in the middle of a run (frozen, not killed: SIGSTOP, so the kernel still accepts
 its connections) is named with its address in the failing stage's cause (issue 25), against REAL livekit-servers:
-the stack's (the default run) and the paths lab's node (--paths). Both are shared: each is always continued
+the stack's (the default run), the paths lab's node (--paths), the remote lab's (--url, behind its TLS front). All
+are shared: each is always continued
 (SIGCONT) before the test ends, pass or fail (tests/frozen_run.py); a cluster node frozen the same way is in
 test_cluster_integration.py."""
 
@@ -8,12 +9,15 @@ from __future__ import annotations
 
 import os
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from bootstrap import runner
-from devstack import native, paths_lab, paths_node
-from devstack.stack_env import Stack
+from devstack import native, paths_lab, paths_node, remote_lab
+from devstack.stack_env import Stack, load_stack
+from tests.conftest import run_module
 from tests.frozen_run import run_frozen_after_worker
 
 pytestmark = pytest.mark.faults
@@ -59,4 +63,37 @@ def test_the_paths_lab_node_frozen_mid_run_is_named_with_its_address(paths_lab_u
     assert failed["name"] == "path udp", run.report["stages"]
     assert failed["cause"].startswith(f"the paths lab's node at {node} is not answering: it accepts"), failed
     assert failed["kind"] == "network" and str(paths_lab.node_log()) in failed["fix"]
+    assert run.waited <= TIMEOUT + runner.CLEANUP_MIN, f"the run ended {run.waited:.1f} s after the freeze"
+
+
+@pytest.fixture(scope="module")
+def remote_lab_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The remote lab up (made here when it was down, and then taken down again), its CA as a user gets it."""
+    started_here = remote_lab.why_down(load_stack()) is not None
+    result = run_module("devstack", "remote-lab-up", timeout=300)
+    assert result.returncode == 0, f"the remote lab did not come up:\n{result.stderr}"
+    copy = tmp_path_factory.mktemp("ca") / "ca.pem"
+    copy.write_bytes(remote_lab.ca_cert().read_bytes())
+    yield copy
+    if started_here:
+        run_module("devstack", "remote-lab-down")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the remote lab's hosts are network namespaces: needs root (as CI runs)")
+def test_the_deployment_frozen_mid_run_is_named_with_its_address(remote_lab_ca: Path) -> None:
+    """--url: the deployment's livekit-server (behind its TLS front, which still answers TLS) frozen once the
+    worker registered with it: named by the URL's host and port, from the lab's client host."""
+    stack = load_stack()
+    pid = remote_lab._node(stack).running_pid()  # the lab's own node service (private: tests only read its pid)
+    assert pid is not None
+    key, secret = remote_lab.credentials()
+    url = remote_lab.url()
+    run = run_frozen_after_worker(pid, "--env-file", "/nonexistent/.env", "--url", url, "--ca-file", str(remote_lab_ca),
+                                  "--timeout", str(TIMEOUT), on_host=lambda argv: remote_lab.client_argv(stack, argv),
+                                  env={"LIVEKIT_API_KEY": key, "LIVEKIT_API_SECRET": secret})  # fmt: skip
+    failed = run.failed
+    assert failed["name"] == "join", run.report["stages"]
+    host = url.removeprefix("wss://")
+    assert failed["cause"].startswith(f"the deployment at {host}:443 is not answering: it accepts"), failed
+    assert failed["kind"] == "network" and "kubectl logs" in failed["fix"]
     assert run.waited <= TIMEOUT + runner.CLEANUP_MIN, f"the run ended {run.waited:.1f} s after the freeze"
