@@ -1,9 +1,8 @@
 """A server that stops answering in the middle of a run (frozen, not killed: SIGSTOP, so the kernel still accepts
 its connections) is named with its address in the failing stage's cause (issue 25), against REAL livekit-servers:
 the stack's (the default run), the paths lab's node (--paths), the remote lab's (--url, behind its TLS front). All
-are shared: each is always continued
-(SIGCONT) before the test ends, pass or fail (tests/frozen_run.py); a cluster node frozen the same way is in
-test_cluster_integration.py."""
+are shared: each is always continued (SIGCONT) before the test ends, pass or fail (tests/frozen_run.py); a cluster
+node frozen the same way is in test_cluster_integration.py."""
 
 from __future__ import annotations
 
