@@ -11,6 +11,7 @@ from livekit import rtc
 
 from bootstrap import audio_quality as aq
 from bootstrap.audio_probe import AudioFigures, AudioProbe
+from bootstrap.modes.canary.isolated import RunFigures
 from bootstrap.modes.canary.loop import record
 from bootstrap.modes.canary.metrics import CanaryMetrics
 from bootstrap.modes.cluster.drills import audio_clean
@@ -217,7 +218,7 @@ def test_the_canary_exports_the_last_runs_quality_each_way() -> None:
     ctx.audio = AudioFigures(markers_after_setup=1, published_at=1.0, sent=[1.5], echoed={0: 1.7})
     ctx.audio.quality = {"round_trip_ms": 200.0, "upstream": {**side(3.7, 0.2), "loss_pct": 5.0},
                          "downstream": {**side(4.5, 0.0, 0), "loss_pct": 0.0}}  # fmt: skip
-    record(metrics, RunResult([StageResult("media", Status.WARN, 1.0)], 1.0), ctx)
+    record(metrics, RunResult([StageResult("media", Status.WARN, 1.0)], 1.0), RunFigures.of(ctx))
     value = metrics.registry.get_sample_value
     assert value("lkh_canary_audio_loss_ratio", {"direction": "upstream"}) == pytest.approx(0.05)
     assert value("lkh_canary_audio_concealed_ratio", {"direction": "upstream"}) == pytest.approx(0.002)

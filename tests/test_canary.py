@@ -5,29 +5,38 @@ figures recorded), its endpoint and the server's counters read beside ours (delt
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
 import signal
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
 from bootstrap import __main__ as cli
+from bootstrap import runner
 from bootstrap.audio_probe import AudioFigures
 from bootstrap.context import RunContext
 from bootstrap.modes import MODES
-from bootstrap.modes.canary import loop
+from bootstrap.modes.canary import canary_stages, loop
+from bootstrap.modes.canary.isolated import Outcome, RunFigures, check_worker
 from bootstrap.modes.canary.kept_worker import CanaryWorker
 from bootstrap.modes.canary.loop import Canary, Schedule, record
 from bootstrap.modes.canary.metrics import CanaryMetrics, Endpoint
 from bootstrap.modes.canary.server_view import ServerView, default_metrics_url, gray_failure, parse
 from bootstrap.result import Kind, RunResult, StageResult, Status
-from bootstrap.stages import STAGES, Stage
-from tests.conftest import make_context
+from bootstrap.stages import STAGES, Stage, stage_named
+from devstack.stack_env import LIVEKIT_YAML, REPO_ROOT
+from tests.conftest import PY, make_context
 
 pytestmark = pytest.mark.unit
 
@@ -191,14 +200,14 @@ def test_stage_outcomes_and_runs_in_a_row() -> None:
     metrics = CanaryMetrics(["join", "media"], 60)
     ctx = quick_context()
     for _ in range(2):
-        record(metrics, result_of(join=(Status.FAIL, "network"), media=(Status.SKIPPED, "")), ctx)
+        record(metrics, result_of(join=(Status.FAIL, "network"), media=(Status.SKIPPED, "")), RunFigures.of(ctx))
     assert sample(metrics, "lkh_canary_stage_success", stage="join") == 0
     assert sample(metrics, "lkh_canary_stage_failures_total", stage="join", kind="network") == 2
     assert sample(metrics, "lkh_canary_stage_failures_total", stage="join", kind="auth") == 0  # born at 0
     assert sample(metrics, "lkh_canary_stage_consecutive_failures", stage="join") == 2
     assert sample(metrics, "lkh_canary_stage_consecutive_failures", stage="media") == 2  # skipped: not passed
     assert sample(metrics, "lkh_canary_stage_failures_total", stage="media", kind="network") == 0
-    record(metrics, result_of(join=(Status.PASS, ""), media=(Status.WARN, "clock")), ctx)
+    record(metrics, result_of(join=(Status.PASS, ""), media=(Status.WARN, "clock")), RunFigures.of(ctx))
     assert sample(metrics, "lkh_canary_stage_consecutive_failures", stage="join") == 0
     assert sample(metrics, "lkh_canary_stage_success", stage="media") == 1
     assert sample(metrics, "lkh_canary_join_seconds_count") == 1  # only a passing join is a join time
@@ -209,7 +218,7 @@ def test_figures_fill_the_histograms() -> None:
     ctx = quick_context()
     ctx.audio = AudioFigures(markers_after_setup=3, published_at=10.0, sent=[10.5, 11.0, 11.5],
                              echoed={0: 10.7, 1: 11.2, 2: 12.1})  # fmt: skip
-    record(metrics, result_of(media=(Status.PASS, "")), ctx)
+    record(metrics, result_of(media=(Status.PASS, "")), RunFigures.of(ctx))
     assert sample(metrics, "lkh_canary_audio_round_trip_seconds_count") == 3
     assert sample(metrics, "lkh_canary_audio_round_trip_seconds_bucket", le="0.25") == 2
     assert sample(metrics, "lkh_canary_first_echo_seconds_sum") == pytest.approx(0.7)
@@ -218,7 +227,7 @@ def test_figures_fill_the_histograms() -> None:
 def test_labels_are_bounded_and_carry_no_run_specifics() -> None:
     metrics = CanaryMetrics([s.name for s in STAGES], 60)
     ctx = quick_context()
-    record(metrics, result_of(join=(Status.FAIL, "network")), ctx)
+    record(metrics, result_of(join=(Status.FAIL, "network")), RunFigures.of(ctx))
     text = generate_latest(metrics.registry).decode()
     assert ctx.room_name not in text and ctx.identity not in text and ctx.settings.api_key not in text
     series = [line for line in text.splitlines() if line.startswith("lkh_canary_")]
@@ -332,26 +341,101 @@ def test_an_unreachable_server_endpoint_is_said_in_a_gauge() -> None:
     assert sample(metrics, "lkh_canary_server_metrics_up") == 0
 
 
-def test_it_re_executes_itself_once_its_memory_grew(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The rtc SDK keeps a native thread per run's audio source (loop.RECYCLE_MB): past the bound, the canary
-    re-executes its own command line, after its worker and endpoint are closed."""
-    readings = iter([100.0, 100.0, 150.0, 400.0, 400.0])
-    monkeypatch.setattr(loop, "rss_mb", lambda: next(readings))
+# --- a refused port ---------------------------------------------------------------------------------------------------
 
-    class Recycled(Exception):
-        pass
 
-    def reexecute() -> None:
-        raise Recycled
+def refusing_context(timeout: float = 8.0) -> RunContext:
+    """A run whose LiveKit, PostgreSQL and Redis are all at ports nothing listens on."""
+    ctx = make_context(timeout=timeout, LIVEKIT_URL=f"ws://127.0.0.1:{free_port()}")
+    ctx.stack = dataclasses.replace(ctx.stack, postgres_port=free_port(), redis_port=free_port())
+    ctx.webhook_port = free_port()
+    return ctx
 
-    async def passes(ctx: RunContext) -> str:
-        return "ok"
 
-    canary = canary_with([Stage("passes", passes, 5.0)], interval=0.01)
-    canary.schedule.recycle_mb = 256.0
-    monkeypatch.setattr(canary, "reexecute", reexecute)
-    with capture_logs() as logs, pytest.raises(Recycled):
-        asyncio.run(canary.serve(quick_context))
-    recycled = [e for e in logs if e["event"] == "recycling: re-executing after its memory grew"]
-    assert recycled and recycled[0]["grown_mb"] == 300 and recycled[0]["runs"] == 3
-    assert canary.worker.server is None  # closed before
+def test_a_refused_port_fails_the_canarys_services_at_once_as_a_network_fault_naming_it() -> None:
+    ctx = refusing_context()
+    (services,) = canary_stages([stage_named("services")], CanaryWorker().check)
+    started = time.monotonic()
+    result = asyncio.run(runner.run(ctx, [services]))
+    (stage,) = result.stages
+    assert (stage.status, stage.kind) == (Status.FAIL, Kind.NETWORK)
+    assert f"livekit at 127.0.0.1:{ctx.settings.http_url.rsplit(':', 1)[1]}: connection refused" in stage.cause
+    assert time.monotonic() - started < services.cap  # named at once, not when its time ran out
+
+
+def test_a_port_refused_until_the_deadline_is_a_network_fault_in_the_single_run_too() -> None:
+    """The single run waits for a starting stack (its ports refuse until they listen); when its time runs out, a
+    refusal is still named as the network fault it is, not as a timeout."""
+    ctx = refusing_context()
+    services = dataclasses.replace(stage_named("services"), cap=1.0)
+    (stage,) = asyncio.run(runner.run(ctx, [services])).stages
+    assert (stage.status, stage.kind) == (Status.FAIL, Kind.NETWORK)
+    assert "not healthy before the deadline" in stage.cause and "connection refused" in stage.cause
+
+
+def test_the_canarys_metrics_label_a_refused_port_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[CanaryMetrics] = []
+
+    class Kept(CanaryMetrics):
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)  # type: ignore[arg-type]
+            made.append(self)
+
+    monkeypatch.setattr(loop, "CanaryMetrics", Kept)
+    worker = CanaryWorker()
+    canary = Canary(canary_stages(list(STAGES), worker.check), Schedule(1.0, 0.0, 1), worker, "127.0.0.1", 0, None)
+    assert asyncio.run(canary.serve(refusing_context)) == 0
+    (metrics,) = made
+    assert sample(metrics, "lkh_canary_stage_failures_total", stage="services", kind="network") == 1
+    assert sample(metrics, "lkh_canary_stage_failures_total", stage="services", kind="timeout") == 0
+
+
+# --- each run in a process of its own -----------------------------------------------------------------------------
+
+
+def test_a_run_outcome_crosses_the_process_boundary_intact() -> None:
+    result = RunResult([StageResult("join", Status.PASS, 0.1, "ok"),
+                        StageResult("media", Status.FAIL, 0.2, cause="c", fix="f", kind=Kind.MEDIA)], 1.5)  # fmt: skip
+    figures = RunFigures(0.12, [0.15, 0.16], {"upstream": {"loss_pct": 1.0, "mos": 4.3}}, [0.002], 0.01)
+    sent = Outcome(result, figures, "port taken")
+    back = Outcome.from_json(json.loads(json.dumps(sent.as_json())))
+    assert back.result == result and back.figures == figures and back.sink_error == "port taken"
+    assert back.result is not None and back.result.stages[1].status is Status.FAIL
+    assert Outcome.from_json(Outcome(None).as_json()).result is None
+
+
+def test_the_worker_stage_answered_for_a_run_elsewhere_carries_its_failure() -> None:
+    """A run's process asks the canary about the kept worker: a worker that cannot register is the stage's failure,
+    kind and all, as if the stage had run there."""
+
+    async def ask() -> dict[str, Any]:
+        worker = CanaryWorker()
+        try:
+            return await check_worker(refusing_context(), worker, 10.0)
+        finally:
+            await worker.close()
+
+    failure = asyncio.run(ask())["failure"]
+    assert failure["kind"] == Kind.NETWORK
+    assert "worker stopped before registering at ws://127.0.0.1:" in failure["cause"]
+
+
+def test_each_run_is_a_process_of_its_own_forked_by_the_canary(tmp_path: Path) -> None:
+    """The CLI's canary: each run in a child process (what the rtc SDK keeps of a run ends with it), the result
+    back in the canary's metrics and log; exit 0 after --runs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    env["LIVEKIT_URL"] = f"ws://127.0.0.1:{free_port()}"
+    config = yaml.safe_load(LIVEKIT_YAML.read_text())
+    config["webhook"]["urls"] = [f"http://127.0.0.1:{free_port()}/api/webhooks/livekit"]  # never the stack's
+    (tmp_path / "livekit.yaml").write_text(yaml.safe_dump(config))
+    command = [PY, "-m", "bootstrap", "--canary", "--runs", "2", "--interval", "1", "--jitter", "0",
+               "--metrics-port", "0", "--livekit-config", str(tmp_path / "livekit.yaml")]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    runs = [line for line in lines if line.get("event") == "canary run"]
+    assert [r["failed"].get("services") for r in runs] == ["network", "network"], done.stderr[-3000:]
+    pids = {r["pid"] for r in runs}
+    assert len(pids) == 2, runs  # a process each
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()  # gone with its run

@@ -31,7 +31,7 @@ from tests.conftest import PY, _livekit_ready
 pytestmark = pytest.mark.integration
 
 RULES = REPO_ROOT / "docs" / "prometheus" / "canary-rules.yml"
-INTERVAL = 6.0  # a failing run takes ~2.5 s here (the canary's services cap 2 s): two in a row fit three intervals
+INTERVAL = 6.0  # a run against the stopped node fails at once (its port refused): two in a row fit three intervals
 NODE_OFFSET = 12000  # the node's ports: the stack's + this (19880-19883), apart from extra_livekit's default
 STAGE_ALERT = "LiveKitCanaryStageFailing"
 
@@ -156,6 +156,9 @@ def test_prometheus_fires_and_resolves_the_stage_alert(stack: Stack, tmp_path: P
                              3 * INTERVAL)  # fmt: skip
             failing = {a["stage"] for a in alerts(prom) if a["alertname"] == STAGE_ALERT}
             assert "services" in failing, failing
+            # A stopped node refuses its port: a network fault, not a timeout.
+            assert _value(prom, 'lkh_canary_stage_failures_total{stage="services",kind="network"}') >= 2
+            assert _value(prom, 'lkh_canary_stage_failures_total{stage="services",kind="timeout"}') == 0
 
             with node(config_path, port, node_log):
                 resolved = wait_for("the stage alert resolved",

@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     _add_common_arguments(parser)
     MODES.add_arguments(parser)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a mode that starts itself again (the canary's runs)
     if error := MODES.resolve(args):
         parser.error(error)
     if args.timeout is None:

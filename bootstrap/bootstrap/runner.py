@@ -180,7 +180,8 @@ async def cleanup(ctx: RunContext) -> None:
         ctx.worker_task.cancel()
         with contextlib.suppress(BaseException):
             await ctx.worker_task
-    _stop_leftover_job_processes()
+    if ctx.worker is not None:
+        _stop_leftover_job_processes()
 
 
 def _stop_leftover_job_processes() -> None:

@@ -28,6 +28,7 @@ class ServiceHealth:
     address: str
     up: bool
     reason: str = ""
+    refused: bool = False  # nothing listens at the address: the connection was refused
 
     def line(self) -> str:
         mark, state = ("✓", "up") if self.up else ("✗", "down")
@@ -99,6 +100,7 @@ async def check_livekit(host: str, port: int) -> str:
 
 async def _probe(name: str, host: str, port: int, check: Callable[[str, int], Awaitable[str]]) -> ServiceHealth:
     address = f"{host}:{port}"
+    refused = False
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
             reason = await check(host, port)
@@ -109,7 +111,7 @@ async def _probe(name: str, host: str, port: int, check: Callable[[str, int], Aw
         reason = f"no answer within {CHECK_TIMEOUT:.0f}s"
     except (OSError, aiohttp.ClientError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
-    return ServiceHealth(name, address, not reason, reason)
+    return ServiceHealth(name, address, not reason, reason, refused)
 
 
 async def probe_livekit(host: str, port: int, name: str = "livekit") -> ServiceHealth:

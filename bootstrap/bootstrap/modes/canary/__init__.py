@@ -3,8 +3,9 @@
 Every --interval seconds (the first run at a jittered offset) it runs the wrapped mode's stages — asked from the
 registry by name, never imported — with their `worker` stage replaced by one that checks the canary's own worker:
 registered once, kept between runs as a production worker is, re-created when lost. One run at a time, each
-bounded by --timeout. /metrics, /healthz and /readyz on --metrics-port; livekit-server's own counters beside ours
-when its Prometheus endpoint answers. SIGTERM ends it within ~18 s, exit code 0. docs/canary.md.
+bounded by --timeout and each in a process of its own (isolated.py: what the rtc SDK keeps of a run ends with it).
+/metrics, /healthz and /readyz on --metrics-port; livekit-server's own counters beside ours when its Prometheus
+endpoint answers. SIGTERM ends it within ~18 s, exit code 0. docs/canary.md.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from bootstrap.context import RunContext
 from bootstrap.modes.base import Mode, Plan, Target
+from bootstrap.modes.canary.isolated import Isolation
 from bootstrap.modes.canary.kept_worker import CanaryWorker
-from bootstrap.modes.canary.loop import RECYCLE_MB, Canary, Schedule
-from bootstrap.stages import Stage
+from bootstrap.modes.canary.loop import Canary, Schedule
+from bootstrap.stages import Stage, services
 
 if TYPE_CHECKING:
     from devstack.stack_env import Stack
@@ -36,7 +40,6 @@ OPTIONS = {
     "jitter": "--jitter",
     "server_metrics": "--server-metrics",
     "runs": "--runs",
-    "recycle_mb": "--recycle-mb",
 }
 
 
@@ -87,13 +90,6 @@ class CanaryMode(Mode):
             "a node on this machine's port + 3; 'off' to skip)",
         )
         group.add_argument(
-            "--recycle-mb",
-            type=float,
-            metavar="MB",
-            help=f"with --canary: re-execute itself once its memory grew this much (default {RECYCLE_MB:.0f}, none "
-            "with --runs; 0: never): the rtc SDK keeps a native thread per run",
-        )
-        group.add_argument(
             "--runs", type=int, metavar="N", help="with --canary: stop after N runs (default: until SIGTERM)"
         )
 
@@ -114,7 +110,6 @@ class CanaryMode(Mode):
         args.metrics_host = args.metrics_host or "127.0.0.1"
         args.jitter = min(args.interval, MAX_JITTER) if args.jitter is None else args.jitter
         args.runs = args.runs or 0
-        args.recycle_mb = (0.0 if args.runs else RECYCLE_MB) if args.recycle_mb is None else args.recycle_mb
         if args.interval < 1:
             return "--interval must be at least 1 second"
         if not 0 <= args.metrics_port < 65536:
@@ -137,14 +132,15 @@ class CanaryMode(Mode):
     def plan(self, args: argparse.Namespace) -> Plan:
         inner = self._inner(args).plan(args)
         worker = CanaryWorker()
-        stages = [_canary_stage(s, worker) for s in inner.stages]
+        stages = canary_stages(inner.stages, worker.check)
         canary = Canary(
             stages,
-            Schedule(args.interval, args.jitter, args.runs, args.recycle_mb),
+            Schedule(args.interval, args.jitter, args.runs),
             worker,
             args.metrics_host,
             args.metrics_port,
             None if args.server_metrics == "off" else (args.server_metrics or ""),
+            Isolation(args.argv),  # the same command line, for the process each run is forked from
         )
         return Plan(stages, inner.figures, serve=canary.serve)
 
@@ -155,13 +151,20 @@ class CanaryMode(Mode):
         return MODES.wrapped(args)
 
 
-def _canary_stage(stage: Stage, worker: CanaryWorker) -> Stage:
-    """The wrapped mode's stage as a canary runs it: its worker is the kept one; services are not waited for."""
+def canary_stages(stages: list[Stage], worker_check: Callable[[RunContext], Awaitable[str]]) -> list[Stage]:
+    """The wrapped mode's stages as a canary runs them: `worker_check` is its worker stage (the kept worker's
+    registration checked: CanaryWorker.check, or its question to the canary from a run's own process); services
+    are not waited for, and a refused connection fails them at once."""
+    return [_canary_stage(stage, worker_check) for stage in stages]
+
+
+def _canary_stage(stage: Stage, worker_check: Callable[[RunContext], Awaitable[str]]) -> Stage:
     if stage.name == "worker":
-        return Stage("worker", worker.check, stage.cap)
+        return Stage("worker", worker_check, stage.cap)
     if stage.name == "services":
-        return dataclasses.replace(stage, cap=min(stage.cap, SERVICES_CAP))
+        run = services.run_now if stage.run is services.run else stage.run
+        return dataclasses.replace(stage, run=run, cap=min(stage.cap, SERVICES_CAP))
     return stage
 
 
-__all__ = ["CanaryMode"]
+__all__ = ["CanaryMode", "canary_stages"]

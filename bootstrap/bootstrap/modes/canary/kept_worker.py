@@ -19,9 +19,15 @@ UNREGISTERED = "unregistered"  # livekit-agents' AgentServer.id before (or betwe
 log = structlog.get_logger("bootstrap.canary")
 
 
+async def authenticate(ctx: RunContext) -> None:
+    """An authenticated API call first: the worker's own retries would hide a 401 behind "failed to connect"."""
+    await ctx.api.room.list_rooms(api.ListRoomsRequest(names=[ctx.room_name]))
+
+
 class CanaryWorker:
-    """One AgentServer for the canary's whole life. The runner's cleanup never sees it (ctx.worker stays None):
-    each run gets a watcher task as ctx.worker_task, which the cleanup may cancel without touching the worker."""
+    """One AgentServer for the canary's whole life, in the canary's process. The runner's cleanup never sees it
+    (ctx.worker stays None, so its job processes are not reaped as a run's own worker's are): each run gets a
+    watcher task as ctx.worker_task, which the cleanup may cancel without touching the worker."""
 
     def __init__(self) -> None:
         self.server: agents.AgentServer | None = None
@@ -55,7 +61,12 @@ class CanaryWorker:
     async def check(self, ctx: RunContext) -> str:
         """The `worker` stage: the same authenticated call the single run makes first, then the kept worker's
         registration, or a new worker registered."""
-        await ctx.api.room.list_rooms(api.ListRoomsRequest(names=[ctx.room_name]))
+        await authenticate(ctx)
+        return await self.ensure(ctx)
+
+    async def ensure(self, ctx: RunContext) -> str:
+        """The kept worker's registration, or a new worker registered (for a run in a process of its own, which
+        made the authenticated call itself, with its mode's HTTP session: a private CA's, with --ca-file)."""
         wanted = (ctx.settings.ws_url, ctx.settings.api_key, ctx.agent_name)
         ctx.worker_task = asyncio.create_task(self._watch(), name="canary-worker-watch")
         if self.registered() and self.identity == wanted:
@@ -75,11 +86,12 @@ class CanaryWorker:
             api_key=ctx.settings.api_key,
             api_secret=ctx.settings.api_secret,
             agent_name=ctx.agent_name,
-            # Threads: one job per run, started in milliseconds, and nothing for the runner's cleanup to reap (it
-            # SIGKILLs forkserver children after each run). The price (agent_runtime.agent): a room deleted while
-            # its agent is still connecting can make the rtc SDK end this process; the service manager restarts it.
-            job_executor=agents.JobExecutorType.THREAD,
-            idle_runners=0,
+            # Each job in a process of its own, one kept warm as a production worker keeps them: what the rtc SDK
+            # keeps of a room deleted under the agent (a native thread and its audio buffers per echo track,
+            # isolated.py) ends with the job's process, and so does a job the SDK aborts (a room deleted while
+            # its agent was still connecting: agent_runtime.agent), never this process.
+            job_executor=agents.JobExecutorType.PROCESS,
+            idle_runners=1,
         )
         server = create_worker(config)
         registered: asyncio.Future[str] = asyncio.get_running_loop().create_future()
