@@ -238,3 +238,13 @@ def test_each_mode_names_the_servers_it_talks_to() -> None:
     assert target_servers([]) == []
     ctx = make_context(LIVEKIT_URL="wss://lk.example.com")
     assert [(s.name, s.address) for s in ctx.servers_talked_to()] == [("the LiveKit server", "lk.example.com:443")]
+
+
+def test_a_lab_node_whose_host_does_not_exist_is_never_asked() -> None:
+    """With no lab host on the test range's bridge its addresses route off this machine: no probe may go there."""
+    ctx = make_context()
+    gone = Server("node a", "http://10.213.71.11:7980", namespace="lkh-no-such-host")
+    here = Server("the LiveKit server", "http://127.0.0.1:7880")
+    ctx.servers = [gone, here]
+    assert not gone.reachable_here and here.reachable_here
+    assert ctx.servers_talked_to() == [here]

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -33,6 +34,13 @@ class Server:
     name: str  # "the LiveKit server", "node a"
     http_url: str  # http(s)://host:port, its GET / answers while the process lives
     logs: str = "see `make logs`"  # where its side of the story is
+    # The network namespace it lives in, for a lab's node: while that host does not exist nobody asks it (the
+    # test range then routes off this machine, where no probe of ours may go).
+    namespace: str | None = None
+
+    @property
+    def reachable_here(self) -> bool:
+        return self.namespace is None or Path("/run/netns", self.namespace).exists()
 
     @property
     def host(self) -> str:
@@ -86,7 +94,8 @@ class RunContext:
 
     def servers_talked_to(self) -> list[Server]:
         """Every LiveKit server this run talks to: the mode's (a cluster's nodes), else the one at LIVEKIT_URL."""
-        return self.servers or [Server("the LiveKit server", self.settings.http_url)]
+        declared = [server for server in self.servers if server.reachable_here]
+        return declared if self.servers else [Server("the LiveKit server", self.settings.http_url)]
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())

@@ -55,7 +55,8 @@ class ClusterMode(Mode):
         # The API calls and cleanup go to node a; the nodes post webhooks to this machine on the bridge. Both nodes
         # are named, so a failure names the one that stopped answering (the worker and the joins use node b too).
         cluster = nodes(stack)
-        servers = tuple(Server(f"node {n.name}", n.http_url, f"see its log {n.log_file}") for n in cluster)
+        servers = tuple(Server(f"node {n.name}", n.http_url, f"see its log {n.log_file}", n.host.namespace)
+                        for n in cluster)  # fmt: skip
         return Target(livekit_url=cluster[0].ws_url, webhook_host=lan(stack).gateway, servers=servers)
 
     def plan(self, args: argparse.Namespace) -> Plan:

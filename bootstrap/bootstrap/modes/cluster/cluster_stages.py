@@ -46,6 +46,11 @@ async def run_nodes(ctx: RunContext) -> str:
     if reason := netns.missing_capability("cluster-up"):
         raise StageFailure(f"the cluster's hosts are network namespaces; {reason}", "run it as root")
     cluster = nodes(ctx.stack)
+    present = await asyncio.to_thread(netns.namespaces)
+    if missing := [node.host.namespace for node in cluster if node.host.namespace not in present]:
+        # Nothing is sent then: with no host on the test range's bridge, its addresses route off this machine.
+        raise StageFailure(f"the cluster is not up: its node hosts {', '.join(missing)} do not exist",
+                           "start the cluster with `make cluster-up`")  # fmt: skip
     checks = await asyncio.gather(*(probe_livekit(node.address, node.port, node.name) for node in cluster))
     problems = [f"node {c.name} at {c.address}: {c.reason}" for c in checks if not c.up]
     if problems:

@@ -79,7 +79,8 @@ class PathsMode(Mode):
         # The paths lab's node (make paths-up), on its own host: the worker, the API calls and cleanup all go to
         # it, not to the stack's, from this machine's address on the lab's bridge.
         url = paths_lab.node_url(stack)
-        node = Server("the paths lab's node", url.replace("ws://", "http://", 1), f"see its log {paths_lab.node_log()}")
+        node = Server("the paths lab's node", url.replace("ws://", "http://", 1), f"see its log {paths_lab.node_log()}",
+                      paths_lab.hosts(stack).node.namespace)  # fmt: skip
         return Target(livekit_url=url, servers=(node,))
 
     def plan(self, args: argparse.Namespace) -> Plan:
