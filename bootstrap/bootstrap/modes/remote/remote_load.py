@@ -5,13 +5,13 @@ imported). Load only what you run: refused always for LiveKit Cloud (its accepta
 from __future__ import annotations
 
 import argparse
-import ipaddress
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 from urllib.parse import urlparse
 
 from bootstrap.context import RunContext
+from bootstrap.modes.remote.target_checks import is_loopback
 from bootstrap.stages import Stage
 
 CLOUD_DOMAIN = "livekit.cloud"
@@ -29,19 +29,10 @@ def refusal(args: argparse.Namespace) -> str | None:
                 "(lk refuses them too); load a deployment you run")  # fmt: skip
     if args.hold:
         return "--hold samples this machine's livekit-server and worker from /proc: with --url give --load N alone"
-    if not _this_machine(host) and not args.own_deployment:
+    if not is_loopback(host) and not args.own_deployment:
         return (f"--load would open {args.load} rooms on {host}, which is not this machine: add --own-deployment "
                 "to say you run it (never load someone else's deployment)")  # fmt: skip
     return None
-
-
-def _this_machine(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_stages(

@@ -131,7 +131,7 @@ async def _reach(state: RemoteState, address: str, port: int | None) -> str:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return "unknown (not an address)"
-    if ip.is_loopback and not target_checks._loopback(state.host):
+    if ip.is_loopback and not target_checks.is_loopback(state.host):
         return "loopback: this machine's own, not the server's"
     if ip.is_link_local:
         return "link-local: only its own link reaches it"

@@ -79,7 +79,8 @@ class RemoteState:
         return context
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """The host is this machine (localhost or a loopback address)."""
     if host == "localhost":
         return True
     with contextlib.suppress(ValueError):
@@ -107,7 +108,7 @@ async def run_endpoint(ctx: RunContext, *, state: RemoteState) -> str:
             f"use wss://{state.host}{'' if state.port == 443 else f':{state.port}'} (LIVEKIT_URL too)",
             Kind.CONFIG,
         )
-    elif not _loopback(state.host):
+    elif not is_loopback(state.host):
         warnings.append((
             f"ws:// to {state.host}, not this machine: tokens and signalling cross the network unencrypted",
             "serve LiveKit behind TLS (a load balancer or proxy with a certificate) and use wss://",
