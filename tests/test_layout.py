@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -39,13 +40,44 @@ ALLOWED = {
 }
 
 
-def imported_modules(path: Path) -> set[str]:
+def module_name(path: Path) -> str:
+    """The dotted name of a module file of one of PACKAGES (a package's __init__.py is the package)."""
+    for package, root in PACKAGES.items():
+        if root in path.parents:
+            parts = [package, *path.relative_to(root).with_suffix("").parts]
+            return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    raise ValueError(f"{path} is in none of {sorted(PACKAGES)}: name its module")
+
+
+@functools.cache
+def is_module(name: str) -> bool:
+    """Whether `name` is a module or package of the project (not a function or class some module defines)."""
+    top, *rest = name.split(".")
+    base = PACKAGES[top].joinpath(*rest) if top in PACKAGES else None
+    return base is not None and (base.with_suffix(".py").is_file() or (base / "__init__.py").is_file())
+
+
+def resolved(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute name a `from` import reads from: a relative one (`from ..load import x` in a mode) resolved
+    against the importing module, as Python does, so a rule cannot be dodged with dots."""
+    if not node.level:
+        return node.module or ""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def imported_modules(path: Path, module: str | None = None) -> set[str]:
+    """Every module `path` imports, by absolute name; `from package import name` counts package.name too when that
+    is a module of the project. `module`: the file's own dotted name (by default from where it lies), for its
+    relative imports."""
     tree = ast.parse(path.read_text(), str(path))
-    names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
-    names += [
-        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module and not node.level
-    ]
-    return set(names)
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    for node in (n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)):
+        base = resolved(node, module or module_name(path), path.name == "__init__.py") if node.level else node.module
+        if base:
+            names |= {base, *(f"{base}.{a.name}" for a in node.names if is_module(f"{base}.{a.name}"))}
+    return names
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -129,10 +161,68 @@ BOOTSTRAP = PACKAGES["bootstrap"]
 MODES_DIR = BOOTSTRAP / "modes"
 
 
-def mode_of(path: Path) -> str:
-    """The mode a module under modes/ belongs to ("" for the registry and the interface)."""
-    part = path.relative_to(MODES_DIR).parts[0].removesuffix(".py")
-    return "" if part in ("__init__", "base") else part
+def mode_named(module: str) -> str:
+    """The mode a module belongs to ("" for the registry, the interface, and anything outside modes/)."""
+    if not module.startswith("bootstrap.modes."):
+        return ""
+    part = module.removeprefix("bootstrap.modes.").split(".")[0]
+    return "" if part == "base" else part
+
+
+def cross_mode_imports(path: Path, module: str | None = None) -> set[str]:
+    """What a mode's module imports of another mode (nothing, for a module of no mode)."""
+    own = mode_named(module or module_name(path))
+    if not own:
+        return set()
+    return {name for name in imported_modules(path, module) if (other := mode_named(name)) and other != own}
+
+
+# The top-level modules of bootstrap that serve one mode only and still stay at the top, each with why. Any other
+# such module goes under its mode's folder (modes/NAME/), so what a mode is made of is seen in one place.
+ONE_MODE_AT_THE_TOP = {
+    # The canary runs it as `python -m bootstrap.metrics_endpoint`, its /metrics process. Under modes/canary/,
+    # Python would first run bootstrap/modes/__init__.py, the registry, which imports every mode (~1.4 s here)
+    # before the endpoint could listen; at the top it imports the standard library and prometheus_client only
+    # and listens ~0.1 s after it starts.
+    "metrics_endpoint": "canary",
+}
+
+
+def run_as_module(path: Path) -> set[str]:
+    """The project's modules `path` names as a whole string (`[python, "-m", "bootstrap.metrics_endpoint"]`)."""
+    tree = ast.parse(path.read_text(), str(path))
+    return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and is_module(n.value)}  # fmt: skip
+
+
+@functools.cache
+def project_uses() -> dict[str, set[str]]:
+    """Each module of the project's packages → the project's modules it imports or runs (each file read once)."""
+    files = [p for root in PACKAGES.values() for p in root.rglob("*.py")]
+    return {module_name(path): imported_modules(path) | run_as_module(path) for path in files}
+
+
+def users_of(name: str) -> set[str]:
+    """The modules of the project's packages that import `name` (or a module inside it) or run it, but itself."""
+    inside = (name, f"{name}.")
+    return {
+        user
+        for user, used in project_uses().items()
+        if not user.startswith(inside) and any(u == name or u.startswith(f"{name}.") for u in used)
+    }
+
+
+def test_a_module_serving_one_mode_lives_in_it() -> None:
+    """Issue 23: a top-level module of bootstrap that only one mode uses belongs in that mode's folder."""
+    rooms = (MODES_DIR, BOOTSTRAP / "stages")
+    top = [p.stem for p in BOOTSTRAP.glob("*.py") if p.stem not in ("__init__", "__main__")]
+    top += [p.name for p in BOOTSTRAP.iterdir() if (p / "__init__.py").is_file() and p not in rooms]
+    one_mode = {}
+    for name in top:
+        modes = {mode_named(user) for user in users_of(f"bootstrap.{name}")}
+        if len(modes) == 1 and "" not in modes:
+            one_mode[name] = modes.pop()
+    assert one_mode == ONE_MODE_AT_THE_TOP
 
 
 def test_the_engine_and_stages_never_import_a_mode() -> None:
@@ -147,15 +237,24 @@ def test_the_engine_and_stages_never_import_a_mode() -> None:
 
 
 def test_no_mode_imports_another() -> None:
-    offenders = set()
-    for path in MODES_DIR.rglob("*.py"):
-        if not (own := mode_of(path)):
-            continue
-        for name in imported_modules(path):
-            other = name.removeprefix("bootstrap.modes.").split(".")[0] if name.startswith("bootstrap.modes.") else ""
-            if other and other not in (own, "base"):
-                offenders.add(f"{path.relative_to(REPO_ROOT)} imports {name}")
+    offenders = {
+        f"{path.relative_to(REPO_ROOT)} imports {name}"
+        for path in MODES_DIR.rglob("*.py")
+        for name in cross_mode_imports(path)
+    }
     assert not offenders
+
+
+def test_a_relative_import_of_another_mode_is_caught(tmp_path: Path) -> None:
+    """The rule above reads relative imports as Python resolves them: dots do not hide another mode."""
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text("from ..load import load_figures\nfrom .. import cluster\nfrom . import path_stages\n")
+    offenders = cross_mode_imports(snippet, "bootstrap.modes.paths.snippet")
+    assert offenders == {"bootstrap.modes.load", "bootstrap.modes.load.load_figures", "bootstrap.modes.cluster"}
+    package = tmp_path / "__init__.py"  # in a package's own __init__, one dot is the package itself
+    package.write_text("from .network_paths import PATHS\nfrom ..canary import loop\n")
+    canary = {"bootstrap.modes.canary", "bootstrap.modes.canary.loop"}
+    assert cross_mode_imports(package, "bootstrap.modes.paths") == canary
 
 
 def test_the_cli_imports_only_the_registry_and_names_no_mode() -> None:

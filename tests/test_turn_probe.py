@@ -1,5 +1,5 @@
-"""bootstrap.turn_probe (the Allocate that tells "TURN answers here" from "nothing answered"), and how the remote mode's
-paths read a TURN URL, without a deployment: a TURN server played on this machine's loopback."""
+"""bootstrap.modes.remote.turn_probe (the Allocate that tells "TURN answers here" from "nothing answered"), and how
+the remote mode's paths read a TURN URL, without a deployment: a TURN server played on this machine's loopback."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from bootstrap import turn_probe
+from bootstrap.modes.remote import turn_probe
 from bootstrap.modes.remote.remote_paths import _host_port
 
 pytestmark = pytest.mark.unit

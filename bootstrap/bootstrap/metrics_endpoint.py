@@ -9,6 +9,11 @@ Protocol: it prints `ok PORT` (or `error WHY`, exit 2) once it listens; then rea
 {"text": exposition, "openmetrics": exposition, "finished_at": Unix time of the last finished run (0: none),
 "last_result": "pass"} — and exits when stdin closes. The canary's own process metrics (CPU, memory, start time) are
 read from /proc/PID at each scrape, so they are never older than the scrape.
+
+Why at the top of bootstrap though only the canary uses it (every other one-mode module lives in its mode's folder,
+tests/test_layout.py, which lists this one as the exception): run as `python -m bootstrap.modes.canary.…`, Python
+would first run bootstrap/modes/__init__.py, the registry, which imports every mode (~1.4 s here) before this
+process could listen; from here it imports nothing of the project and listens ~0.1 s after it starts.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@
     this user on this machine: nothing of devstack) joins the run's room; its own stats must show a UDP pair
     that is not relayed, else the server's UDP candidates never answered and the transport it fell back to is
     named;
-  - path turn-udp: an Allocate to each TURN/UDP server offered (bootstrap.turn_probe: answered or not), and a
-    second child joining with relay forced: its pair must be relayed over UDP;
+  - path turn-udp: an Allocate to each TURN/UDP server offered (turn_probe, beside this module: answered or not),
+    and a second child joining with relay forced: its pair must be relayed over UDP;
   - path turn-tls: the TURN/TLS domain resolves here, its port connects, its certificate verifies (--ca-file or
     the system store) and TURN answers an Allocate behind it; the relay itself PASSes only when the relay-forced
     join took it (TURN/UDP did not answer), else it is SKIPPED naming the rtc SDK's limit: it cannot be made to
@@ -33,10 +33,9 @@ from typing import IO, Any
 from urllib.parse import urlparse
 
 from backend.tokens import participant_token
-from bootstrap import turn_probe
 from bootstrap.context import RunContext
 from bootstrap.ice import RTC_DEBUG_ENV, Candidate
-from bootstrap.modes.remote import target_checks
+from bootstrap.modes.remote import target_checks, turn_probe
 from bootstrap.modes.remote.target_checks import RemoteState
 from bootstrap.result import Kind, StageFailure, StageSkipped
 from bootstrap.stages import Stage
