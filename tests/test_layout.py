@@ -225,6 +225,14 @@ def test_a_module_serving_one_mode_lives_in_it() -> None:
     assert one_mode == ONE_MODE_AT_THE_TOP
 
 
+def test_the_readme_layout_names_every_mode() -> None:
+    """The README's layout shows where each mode lives (issue 23: where a new one goes)."""
+    layout = (REPO_ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rooms = [p for p in MODES_DIR.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()]
+    shown = {f"{p.name}/" if p.is_dir() else p.name for p in rooms}
+    assert shown and {name for name in shown if name not in layout} == set()
+
+
 def test_the_engine_and_stages_never_import_a_mode() -> None:
     engine = [p for p in BOOTSTRAP.rglob("*.py") if MODES_DIR not in p.parents and p.name != "__main__.py"]
     offenders = {

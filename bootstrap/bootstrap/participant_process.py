@@ -1,5 +1,7 @@
-"""`python -m bootstrap.participant_process`: the participant on a client host (run inside its network namespace by the
-paths check, bootstrap.stages.paths). It holds no API secret: its token comes from the parent.
+"""`python -m bootstrap.participant_process`: the rtc SDK's participant in a process of its own: on a client host,
+inside its network namespace, for the paths and cluster modes (bootstrap.remote_participant.SdkClient), or on this
+machine for the remote mode's paths (bootstrap.modes.remote.remote_paths). It holds no API secret: its token comes
+from the parent.
 
 Line protocol, one JSON object per line:
   stdin  {"url", "token", "relay": bool, "ice_timeout": s}  → join, bounded by ice_timeout
