@@ -1,7 +1,7 @@
-"""What every lab this checkout makes on this machine (the paths lab, the remote lab) keeps the same way: one
-lock, held by whatever changes the lab, and a record of the namespaces and links it created, written before any
-of them exists, which is all its sweep ever removes (never a wildcard: another lab's, or a neighbour's, link may
-share the prefix)."""
+"""What every lab this checkout makes on this machine (the cluster, the paths lab, the remote lab) keeps the same
+way: one lock, held by whatever changes the lab, and a record of the namespaces and links it created, written
+before any of them exists, which is all its sweep ever removes (never a wildcard: another lab's, or a
+neighbour's, link may share the prefix)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,14 @@
 """`make cluster-up` natively: the cluster's hosts (devstack.nodes) as network namespaces on a bridge, its
 Redis and its two nodes each on its own host, as their unprivileged accounts. Needs root (namespaces); without
-it, it says so and starts nothing. `cluster-down` (and `make down`) stop every process and remove every
-namespace and link it made; `cluster-up` first removes what an earlier one left (by the `lkh-c-` prefix). The
-root namespace's guard (devstack.root_guard) comes and goes with it (and with the paths lab)."""
+it, it says so and starts nothing. The root namespace's guard (devstack.root_guard) comes and goes with it (and
+with the other labs).
+
+Like every lab (devstack.lab_record), what it creates is written to its record (.runtime/cluster-lab.json)
+before it exists, and `cluster-down` (and `make down`, and the sweep `cluster-up` starts with) stops the
+cluster's services and removes exactly what the record names, under the lab's one lock: two lifecycle calls never
+interleave, and a namespace or link merely named like the cluster's (`lkh-c-…`: another checkout's cluster, a
+neighbour's link) is never touched; `cluster-up` refuses to take over one it did not record, naming it.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +22,14 @@ import time
 from devstack import install, native, netns, nodes, root_guard
 from devstack.credentials import load_credentials
 from devstack.health import probe_livekit, redis_command
+from devstack.lab_record import LabRecord
 from devstack.native import Service, StackError
 from devstack.processes import Account
 from devstack.stack_env import RUNTIME_DIR, Stack
 
 START_TIMEOUT = 60.0
 REDIS_DIR = RUNTIME_DIR / "cluster-redis"
+LAB = LabRecord("cluster")  # its lock, and the record of what it created: all the sweep ever removes
 
 
 def services(stack: Stack) -> list[Service]:
@@ -53,15 +61,23 @@ def _hosts(stack: Stack) -> list[netns.LanHost]:
 
 
 def up(stack: Stack) -> None:
+    """The cluster made afresh (what an earlier cluster-up left, killed or not, swept first), ready; half-made is
+    swept again."""
     if reason := netns.missing_capability("cluster-up"):
         raise StackError(f"the cluster's hosts are network namespaces; {reason}")
     install.ensure_packages(paths=True)
     install.ensure_livekit_server(stack)
-    down(stack, quiet=True)  # what an earlier cluster-up left, killed or not
-    lan = nodes.lan(stack)
-    netns.create_lan(lan, _hosts(stack))
+    with LAB.locked():
+        for removed in LAB.made_afresh(lambda: _sweep(stack), lambda: _create(stack)):
+            print(f"  removed   {removed} (an earlier cluster)", file=sys.stderr)
+
+
+def _create(stack: Stack) -> None:
+    lan, hosts = nodes.lan(stack), _hosts(stack)
+    LAB.record(lan, hosts)  # refuses a name it did not make: another checkout's cluster
+    netns.create_lan(lan, hosts)
     root_guard.update(stack)  # this machine's address on the bridge (the webhook receiver's) answers the hosts only
-    print(f"  hosts     {', '.join(f'{h.name} {h.address}' for h in _hosts(stack))} on {lan.bridge}", file=sys.stderr)
+    print(f"  hosts     {', '.join(f'{h.name} {h.address}' for h in hosts)} on {lan.bridge}", file=sys.stderr)
     redis, *node_services = services(stack)
     native.start_missing([redis])
     _wait(lambda: _redis_ready(stack), redis, "Redis")
@@ -101,7 +117,13 @@ def stop(stack: Stack, name: str) -> None:
 
 def repair(stack: Stack) -> list[str]:
     """Undo whatever a drill may have left when it was interrupted: no host cut off, every service running
-    (started again where not). Returns what it had to do."""
+    (started again where not). Returns what it had to do. Under the lab's lock: never half-way through an up or
+    a down."""
+    with LAB.locked():
+        return _repair(stack)
+
+
+def _repair(stack: Stack) -> list[str]:
     done = []
     for node in nodes.nodes(stack):
         netns.isolate(node.host, False)
@@ -137,10 +159,20 @@ def _wait(ready: object, service: Service, what: str) -> None:
 
 
 def down(stack: Stack, *, quiet: bool = False) -> None:
-    native.stop_services(services(stack), quiet=quiet)
-    if netns.missing_capability() is None and shutil.which("ip"):
-        for removed in netns.sweep(nodes.lan(stack).prefix):
-            if not removed.endswith(("-h", "-c")) and not quiet:
+    if netns.missing_capability() is not None or not shutil.which("ip"):
+        native.stop_services(services(stack), quiet=quiet)  # what this user may stop; the hosts need root
+        if LAB.record_file.exists() and not quiet:
+            print(f"  cluster's hosts left up: removing them needs root ({LAB.record_file})", file=sys.stderr)
+        return
+    with LAB.locked():
+        for removed in _sweep(stack, quiet=quiet):
+            if not quiet:
                 print(f"  removed   {removed}", file=sys.stderr)
-        if shutil.which("nft"):
-            root_guard.update(stack)  # removed with the last lab
+
+
+def _sweep(stack: Stack, *, quiet: bool = True) -> list[str]:
+    """Stop the cluster's services (each only if it is the process we recorded), then remove exactly the
+    namespaces and links the record names, whichever of them exist; then the record, and the root guard is
+    rewritten for the labs still up. Returns what it removed."""
+    native.stop_services(services(stack), quiet=quiet)
+    return LAB.remove_recorded(stack)

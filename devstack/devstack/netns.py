@@ -8,8 +8,10 @@ only replies, as a client behind a stateful firewall (every client behind NAT): 
 client's own ICE checks did not; a server host (`serves`) takes anything from the range. `restrict` adds one
 path's firewall on a client host (no UDP out: the corporate firewall; nothing to some addresses).
 
-Everything is named with PREFIX and a Lan's own prefix, so `sweep` finds what an earlier run could not remove
-(SIGKILL cannot be trapped). A namespace lives while a process holds it: removing it kills its processes first.
+Everything is named with PREFIX and a Lan's own prefix; a lab removes what an earlier run could not (SIGKILL
+cannot be trapped) from its record of what it made (devstack.lab_record), never by the prefix: another checkout's
+lab, or a neighbour's link, may share it. A namespace lives while a process holds it: removing it kills its
+processes first.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ class LanHost:
 
 def create_lan(lan: Lan, hosts: list[LanHost]) -> None:
     """The bridge and every host on it (addresses, default route via this machine, firewall); half-made is
-    undone."""
+    undone: exactly these hosts and this bridge (the caller has made sure no one else's carry their names)."""
     prefix = lan.subnet.prefixlen
     try:
         _run(["ip", "link", "add", lan.bridge, "type", "bridge"])
@@ -128,7 +130,10 @@ def create_lan(lan: Lan, hosts: list[LanHost]) -> None:
             _attach(host.namespace, outside, inside, [["ip", "link", "set", outside, "master", lan.bridge, "up"]],
                     f"{host.address}/{prefix}", lan.gateway, guard_rules(lan.subnet, serves=host.serves))  # fmt: skip
     except (NetnsError, subprocess.TimeoutExpired):
-        sweep(lan.prefix)
+        for host in hosts:
+            _remove_namespace(host.namespace)
+            remove_link(f"{host.namespace}-h")
+        remove_link(lan.bridge)
         raise
 
 
@@ -273,8 +278,9 @@ def _remove_namespace(namespace: str) -> None:
 
 
 def sweep(prefix: str) -> list[str]:
-    """Remove every namespace and link named with `prefix` (a run killed by SIGKILL leaves them); returns what
-    was removed."""
+    """Remove every namespace and link named with `prefix`; returns what was removed. Only for a name that is the
+    caller's alone (a test's own, unique namespace): a lab sweeps from its record (devstack.lab_record), never by
+    a prefix another's names may share."""
     removed = []
     for namespace in namespaces():
         if namespace.startswith(prefix):
