@@ -4,7 +4,8 @@ the runs (>= 1,000 RTP packets each way per level), beside the nft rules' own co
 
     python -m bench.audio_quality [--runs 2] [--spec loss=5% ...]          (make bench-audio; root)
 
-Checks (printed ✓/✗, figures either way; exit 0 unless a run could not report):
+Checks (printed ✓/✗, figures either way; exit 0 when every check held, 1 when one missed its target, the lab did
+not come up or a run could not report):
   - clean path (`loss=0%`: the rules count, drop nothing): loss 0 %, MOS >= 4.2;
   - each level: the receivers' loss on the wire within 1.5 points of the nft counter's;
   - MOS strictly decreasing from 0 to 5 to 10 %;
@@ -153,9 +154,14 @@ def main() -> int:
     results = {spec: measure(spec, args.runs) for spec in args.spec or SPECS}
     print("\n".join(table(results)))
     print()
-    for ok, line in checks(results):
+    return report(checks(results))
+
+
+def report(found: list[tuple[bool, str]]) -> int:
+    """Each check printed ✓/✗; the exit code: 1 when any missed its target (a bench in CI fails on it)."""
+    for ok, line in found:
         print(f"{'✓' if ok else '✗'} {line}")
-    return 0
+    return 0 if all(ok for ok, _ in found) else 1
 
 
 if __name__ == "__main__":

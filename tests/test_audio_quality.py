@@ -14,7 +14,7 @@ from bootstrap.audio_probe import AudioFigures, AudioProbe
 from bootstrap.modes.canary.isolated import RunFigures
 from bootstrap.modes.canary.loop import record
 from bootstrap.modes.canary.metrics import CanaryMetrics
-from bootstrap.modes.cluster.drills import audio_clean
+from bootstrap.modes.cluster.drills import CleanStreak, audio_clean, audio_seconds
 from bootstrap.result import RunResult, StageResult, StageWarning, Status
 from bootstrap.stages import media as media_stage
 from devstack.impairment import Impairment
@@ -29,9 +29,12 @@ def codec(name: str, fmtp: str = FMTP, mime: str = "audio/opus") -> dict[str, An
     return {"codec": {"rtc": {"id": name}, "codec": {"mime_type": mime, "sdp_fmtp_line": fmtp}}}
 
 
-def inbound(received: int, lost: int, concealed: int = 0, total: int = 48000, codec_id: str = "CI") -> dict[str, Any]:
-    """An inbound-rtp report as protobuf's JSON form writes it (64-bit integers as strings)."""
-    return {
+def inbound(
+    received: int, lost: int, concealed: int = 0, total: int = 48000, codec_id: str = "CI", silent: int | None = None
+) -> dict[str, Any]:
+    """An inbound-rtp report as protobuf's JSON form writes it (64-bit integers as strings; an SDK that does not
+    count silent concealment leaves the field out)."""
+    report = {
         "inbound_rtp": {
             "stream": {"ssrc": 1, "kind": "audio", "codec_id": codec_id},
             "received": {"packets_received": str(received), "packets_lost": str(lost), "jitter": 0.004},
@@ -40,12 +43,16 @@ def inbound(received: int, lost: int, concealed: int = 0, total: int = 48000, co
                         "concealment_events": 2},
         }
     }  # fmt: skip
+    if silent is not None:
+        report["inbound_rtp"]["inbound"]["silent_concealed_samples"] = str(silent)
+    return report
 
 
-def outbound(sent: int, lost_reported: int) -> list[dict[str, Any]]:
+def outbound(sent: int, lost_reported: int, nacks: int = 0, resent: int = 0) -> list[dict[str, Any]]:
+    """Our outbound-rtp (with the NACKs the SFU sent us and what we resent), the SFU's receiver report of it."""
     return [
         {"outbound_rtp": {"stream": {"ssrc": 7, "kind": "audio", "codec_id": "CO"}, "sent": {"packets_sent": str(sent)},
-                          "outbound": {"nack_count": 0}}},
+                          "outbound": {"nack_count": nacks, "retransmitted_packets_sent": str(resent)}}},
         {"remote_inbound_rtp": {"stream": {"ssrc": 7, "kind": "audio"}, "received": {"packets_lost": str(lost_reported)},  # noqa: E501
                                 "remote_inbound": {"round_trip_time": 0.001}}},
         codec("CO", "minptime=10;usedtx=1;useinbandfec=1"),
@@ -106,10 +113,31 @@ def test_both_directions_from_both_ends() -> None:
     agent = [inbound(960, 40, concealed=480), codec("CI")]
     figures = aq.quality(own, agent, 160.0)
     up, down = figures["upstream"], figures["downstream"]
-    assert (up["counted_by"], up["packets_lost"], up["loss_pct"], up["concealed_pct"]) == ("agent", 40, 4.0, 1.0)
+    assert (up["packets_lost"], up["loss_pct"], up["concealed_pct"]) == (40, 4.0, 1.0)
+    assert up["counted_by"]["loss"] == up["counted_by"]["jitter_and_concealment"] == aq.AGENT_RX
     assert (up["sfu_packets_sent"], up["sfu_packets_lost"]) == (1000, 40)
-    assert up["dtx"] and up["fec"] and down["loss_pct"] == 0.0 and down["counted_by"] == "participant"
+    assert up["dtx"] and up["fec"] and down["loss_pct"] == 0.0 and down["counted_by"]["loss"] == aq.OWN_RX
     assert down["mos"] > up["mos"] and up["mos_after_repair"] > up["mos"]
+
+
+def test_upstream_nacks_are_the_ones_the_sfu_sent_our_publisher() -> None:
+    """The participant → SFU leg's repair is on our outbound-rtp (the SFU's NACKs to us, our retransmissions),
+    counted between the snapshots; the agent's inbound NACKs (3 here) are the SFU → agent leg's, not ours."""
+    before = ([*outbound(100, 0, nacks=1, resent=1), codec("CI")], [inbound(100, 0), codec("CI")])
+    own = [*outbound(1100, 0, nacks=6, resent=5), inbound(1000, 0), codec("CI")]
+    up = aq.quality(own, [inbound(1090, 10), codec("CI")], 160.0, since=before)["upstream"]
+    assert (up["nack_count"], up["retransmitted"], up["counted_by"]["nacks"]) == (5, 4, aq.OWN_TX)
+    alone = aq.quality([inbound(1000, 0), codec("CI")], [inbound(1090, 10), codec("CI")], 160.0)["upstream"]
+    assert (alone["nack_count"], alone["retransmitted"]) == (None, None) and "nacks" not in alone["counted_by"]
+
+
+def test_silent_concealment_is_not_loss_after_repair() -> None:
+    """A speech pause concealed with silence (DTX) is no lost speech: 1,440 concealed of which 960 silent leave
+    480 of 48,000 (1 %); an SDK that does not count silent concealment leaves all of it counted."""
+    down = aq.quality([inbound(1000, 0, concealed=1440, silent=960), codec("CI")], [], 160.0)["downstream"]
+    assert (down["concealed_samples"], down["silent_concealed_samples"], down["concealed_pct"]) == (480, 960, 1.0)
+    plain = aq.quality([inbound(1000, 0, concealed=1440), codec("CI")], [], 160.0)["downstream"]
+    assert (plain["concealed_samples"], plain["concealed_pct"]) == (1440, 3.0)
 
 
 def test_figures_count_only_between_the_snapshots() -> None:
@@ -129,7 +157,7 @@ def test_an_agent_that_cannot_say_leaves_upstream_out() -> None:
 # ---------------------------------------------------------------- the verdict
 
 
-def side(mos: float, concealed: float, lost: int = 1, after: float = 4.5) -> dict[str, Any]:
+def side(mos: float, concealed: float, lost: int = 3, after: float = 4.5) -> dict[str, Any]:
     return {"mos": mos, "concealed_pct": concealed, "packets_lost": lost, "loss_pct": 1.0, "packets_expected": 100,
             "mos_after_repair": after}  # fmt: skip
 
@@ -149,6 +177,17 @@ def test_thresholds(up: dict[str, Any], status: Status, reason: str) -> None:
     assert aq.judge({"upstream": up, "downstream": side(4.5, 0.0, 0)}) == (status, reason)
 
 
+def test_one_lost_packet_in_a_short_window_is_reported_not_warned_on() -> None:
+    """1 lost of 30 (the default stage's count without its window) scores MOS 3.65 without FEC and, unrepaired,
+    3.3 % concealed: too few packets to judge a rate by, so no WARN; two lost, or one of JUDGED_PACKETS, do."""
+    one = {**side(3.65, 3.3, lost=1), "packets_expected": 30}
+    assert aq.judge({"upstream": one}) == (Status.PASS, "")
+    assert aq.judge({"upstream": {**one, "packets_lost": 2}})[0] is Status.WARN
+    assert aq.judge({"upstream": {**one, "packets_expected": aq.JUDGED_PACKETS}})[0] is Status.WARN
+    assert aq.judge({"upstream": {**one, "concealed_pct": 11.0}})[0] is Status.FAIL  # FAIL is never waived
+    assert aq.judge({"upstream": one}, markers_lost=1)[0] is Status.WARN
+
+
 def test_the_worst_direction_decides_and_lost_markers_warn() -> None:
     assert aq.judge({"upstream": side(3.9, 0.0), "downstream": side(3.0, 0.0, after=3.0)})[0] is Status.FAIL
     assert aq.judge({"upstream": side(4.5, 0.0, 0)}, markers_lost=2) == (Status.WARN, "2 audio markers lost")
@@ -156,8 +195,15 @@ def test_the_worst_direction_decides_and_lost_markers_warn() -> None:
 
 
 def test_describe_names_each_direction() -> None:
-    line = aq.describe({"upstream": {**side(3.88, 0.19), "loss_pct": 4.02, "packets_expected": 622}})
-    assert line == "up loss 4.0 % of 622, concealed 0.2 %, MOS 3.88 (after repair 4.50)"
+    """The stage's line: each direction's loss, concealment, jitter, jitter buffer, NACKs, codec repair, MOS."""
+    up = {**side(3.88, 0.19), "loss_pct": 4.02, "packets_expected": 622, "jitter_ms": 1.04, "jitter_buffer_ms": 52.4,
+          "nack_count": 3, "fec": True, "dtx": True, "red": False}  # fmt: skip
+    down = {**side(4.49, 0.0, 0), "loss_pct": 0.0, "jitter_ms": 0.0, "jitter_buffer_ms": 40.0, "nack_count": None}
+    assert aq.describe({"upstream": up, "downstream": down}) == (
+        "up loss 4.0 % of 622, concealed 0.2 %, jitter 1.0 ms, buffer 52 ms, 3 NACKs, FEC+DTX, MOS 3.88 "
+        "(after repair 4.50); down loss 0.0 % of 100, concealed 0.0 %, jitter 0.0 ms, buffer 40 ms, no FEC/DTX/RED, "
+        "MOS 4.49 (after repair 4.50)"
+    )
 
 
 # ---------------------------------------------------------------- the impairment's spec and rules
@@ -190,13 +236,27 @@ def test_a_drills_check_is_clean_only_with_every_marker_and_quality_under_warn()
     assert not audio_clean({"audio": {**audio, "first_echo_s": None}}) and not audio_clean({})
 
 
+def test_clean_again_means_clean_over_a_window_of_audio_in_a_row() -> None:
+    """One fresh join's check times ~0.8 s of audio: clean again needs CLEAN_AUDIO_S (2 s) of clean checks in a
+    row, a lossy check between them starting the count again; clean_s is when the first of them began."""
+    assert audio_seconds({"audio": {"markers_sent": 16, "setup_lost": 3}}) == pytest.approx(0.78)
+    streak = CleanStreak()
+    checks = [(10.0, True), (11.0, False), (12.0, True), (13.0, True)]
+    assert [streak.add(at, clean, 0.78) for at, clean in checks] == [False, False, False, False]
+    assert streak.add(14.0, True, 0.78) and streak.began == 12.0
+    assert CleanStreak().add(20.0, True, 2.04)  # the participant that stayed: its audio flows the whole window
+
+
 async def test_the_media_stage_warns_on_a_lossy_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The stage's own verdict: markers all back, but 5 % lost on the wire each way scores MOS < 4.0: WARN, with
     the figures on the stage's line."""
     lossy = {d: {**side(3.7, 0.2), "loss_pct": 5.0, "packets_expected": 600} for d in ("upstream", "downstream")}
 
+    windows = []
+
     async def run(probe: AudioProbe) -> AudioFigures:
         probe.figures.sent, probe.figures.echoed, probe.figures.quality = [0.0, 0.06], {0: 0.2, 1: 0.26}, lossy
+        windows.append(probe.window_s)
         return probe.figures
 
     async def verdict(probe: AudioProbe) -> None:
@@ -209,7 +269,9 @@ async def test_the_media_stage_warns_on_a_lossy_path(monkeypatch: pytest.MonkeyP
     with pytest.raises(StageWarning) as warned:
         await media_stage.run(ctx)
     assert warned.value.cause == "audio quality: upstream: MOS 3.70 < 4.0; downstream: MOS 3.70 < 4.0"
-    assert "up loss 5.0 % of 600, concealed 0.2 %, MOS 3.70" in warned.value.detail
+    assert "up loss 5.0 % of 600, concealed 0.2 %, jitter 0.0 ms" in warned.value.detail
+    # The audio flows a window past the markers' ~0.6 s: ~60 packets each way are scored, not ~30.
+    assert windows == [media_stage.AUDIO_WINDOW_S] and media_stage.AUDIO_WINDOW_S >= 1.0
 
 
 def test_the_canary_exports_the_last_runs_quality_each_way() -> None:

@@ -7,11 +7,14 @@ lifecycle (the run itself only checks). Natively, as root (network namespaces):
   - the root namespace's guard (devstack.root_guard): this machine's own address on the lab's bridge answers the
     lab's hosts only.
 
-What a run changes in the lab goes through this module and is undone however the run ends: the node's config
-(`configure_node`, for a fault the run reproduces: the node restarts only when its config changes) and the client
-host's firewall for a path (`restrict`), and loss injected into a path's media (`impair`, devstack.impairment:
-nftables in each host's INPUT hook; no delay or jitter, this machine has no netem). `restore` puts all back to
-the lab's own; `paths-up` on a lab that is up restores it too (a run killed by SIGKILL could not).
+What a run changes in the lab goes through this module, each change under the lab's lock (LOCK_FILE): the
+node's config (`configure_node`, for a fault the run reproduces: the node restarts only when its config changes),
+the client host's firewall for a path (`restrict`), and loss injected into a path's media (`impair`,
+devstack.impairment: nftables in each host's INPUT hook; no delay or jitter, this machine has no netem). The run
+undoes them in its cleanup (`restore`: all back to the lab's own; Ctrl-C and SIGTERM run it too, within the
+cleanup's time bound). A run killed by SIGKILL, or whose cleanup was cut short, leaves them: the next run starts
+by putting the firewall back and removing any impairment (`start_run`), and sets the node's config through
+`configure_node`; `paths-up` on a lab that is up restores all.
 
 Everything the lab creates is written to RECORD before it is created; `paths-down` (and `make down`, and a
 `paths-up` that finds the lab broken) removes exactly what the record names, under one lock (LOCK_FILE), so two
@@ -213,6 +216,11 @@ def _ensure_node(stack: Stack, config: dict[str, Any]) -> bool:
 
 def restrict(stack: Stack, *, block_udp: bool = False, unreachable: tuple[str, ...] = ()) -> None:
     """One path's firewall on the client host (replacing the last): no UDP out, nothing to `unreachable`."""
+    with LAB.locked():
+        _restrict(stack, block_udp=block_udp, unreachable=unreachable)
+
+
+def _restrict(stack: Stack, *, block_udp: bool = False, unreachable: tuple[str, ...] = ()) -> None:
     netns.restrict(hosts(stack).client, block_udp=block_udp, unreachable=unreachable)
 
 
@@ -220,8 +228,9 @@ def impair(stack: Stack, loss: impairment.Impairment) -> None:
     """`loss` of the media in both directions (replacing any): the client host drops it from the node (server →
     client), the node host from the client host (client → server). Undone by clear_impairment and restore."""
     lab = hosts(stack)
-    impairment.apply(lab.client.exec_argv([]), loss, lab.node_address)
-    impairment.apply(lab.node.exec_argv([]), loss, lab.client_address)
+    with LAB.locked():
+        impairment.apply(lab.client.exec_argv([]), loss, lab.node_address)
+        impairment.apply(lab.node.exec_argv([]), loss, lab.client_address)
 
 
 def impairment_counters(stack: Stack) -> dict[str, dict[str, int]]:
@@ -232,20 +241,34 @@ def impairment_counters(stack: Stack) -> dict[str, dict[str, int]]:
 
 
 def clear_impairment(stack: Stack) -> None:
+    with LAB.locked():
+        _clear_impairment(stack)
+
+
+def _clear_impairment(stack: Stack) -> list[str]:
+    """The impairment removed from both hosts; the namespaces that held one."""
     lab = hosts(stack)
-    for host in (lab.client, lab.node):
-        impairment.clear(host.exec_argv([]))
+    return [host.namespace for host in (lab.client, lab.node) if impairment.clear(host.exec_argv([]))]
+
+
+def start_run(stack: Stack) -> list[str]:
+    """What a run starts from: the client host's firewall its guard only and no impairment on either host,
+    whatever a run killed before its cleanup left. Returns the hosts whose impairment it removed."""
+    with LAB.locked():
+        _restrict(stack)
+        return _clear_impairment(stack)
 
 
 def restore(stack: Stack) -> None:
-    """The lab as `paths-up` left it: the node on its own config, the client host's firewall its guard only."""
+    """The lab as `paths-up` left it: the node on its own config, the client host's firewall its guard only, no
+    impairment."""
     with LAB.locked():
         _restore(stack)
 
 
 def _restore(stack: Stack) -> None:
-    restrict(stack)
-    clear_impairment(stack)
+    _restrict(stack)
+    _clear_impairment(stack)
     _ensure_node(stack, paths_node_config(stack))
 
 

@@ -3,8 +3,10 @@
 
 client-host  (needs CAP_NET_ADMIN, else skipped) the lab is up: its client host, its node (TURN on) on a host of
              its own, the TLS front with the local CA's certificate; else it fails, naming what is missing and
-             `make paths-up`. A `--fault` that changes the node's config goes through the lab
-             (paths_lab.configure_node); the lab's own config is restored however the run ends.
+             `make paths-up`. The run starts from the lab's own state: the client host's firewall and no
+             injected loss (paths_lab.start_run: what a run killed before its cleanup left). A `--fault` that
+             changes the node's config goes through the lab (paths_lab.configure_node); the run's cleanup
+             restores the lab's own config (a SIGKILLed run's: the next run, or paths-up).
 worker       the no-op worker registers with the lab's node (the worker stage, on this machine).
 path NAME    one per path, each on its own (one failing does not skip the next): the client host's firewall
              set for the path (paths_lab.restrict); a participant joins from inside it into a fresh room with the
@@ -81,17 +83,20 @@ async def run_client_host(ctx: RunContext, state: PathsState) -> str:
     fault = FAULTS[state.fault] if state.fault else None
     state.logs = LogMark.now()
 
-    async def restore() -> None:  # the lab as paths-up left it, however the run ends (a killed run: next time)
+    async def restore() -> None:  # the lab as paths-up left it, at cleanup (a SIGKILLed run's: by the next run)
         await asyncio.to_thread(paths_lab.restore, ctx.stack)
 
     ctx.finalizers.append(restore)
-    await asyncio.to_thread(paths_lab.restrict, ctx.stack)  # whatever a killed run's last path left
+    # Whatever a run killed before its cleanup left: its last path's firewall, and its injected loss, which would
+    # otherwise drop this run's media unseen (nothing else checks for it).
+    impaired = await asyncio.to_thread(paths_lab.start_run, ctx.stack)
     state.node_config, restarted = await asyncio.to_thread(
         paths_lab.configure_node, ctx.stack, fault.node_overrides if fault else None
     )
     state.lab, state.ca_cert = lab, paths_lab.ca_cert()
     injected = f"; fault {fault.name}: {fault.description}" if fault else ""
     restored = "; the node's own config restored (an earlier run left it changed)" if restarted and not fault else ""
+    restored += f"; an earlier run's injected loss removed from {', '.join(impaired)}" if impaired else ""
     turn = "on" if state.node_config["turn"].get("enabled") else "off"
     return (f"client host {lab.client_address} ({lab.client.namespace}); node {lab.node_address}:"
             f"{ctx.stack.paths_node_port} ({lab.node.namespace}) with TURN {turn}, TLS front on {lab.node_address}:443 "
