@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -305,30 +305,52 @@ def _livekit_ready(port: int) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Watched:
+    """A kind of process the /proc watch looks for: its command line holds `mark` (any, when empty) and its
+    executable's resolved path holds `exe`. The exe test leaves out the `ip netns exec` and `setpriv` that exec
+    into the process (namespace plumbing, root by design, with the same command line for a moment)."""
+
+    mark: str
+    exe: str
+
+
 def bootstrap_report_watching(
-    *args: str, marks: tuple[str, ...], timeout: float = 120
+    *args: str, watch: dict[str, Watched], timeout: float = 120
 ) -> tuple[int, dict[str, Any], dict[str, set[str]]]:
-    """`bootstrap_report`, and meanwhile which users ran each Python process whose command line holds one of
-    `marks` (sampled from /proc every 50 ms while the run lasts; the `ip netns exec` and `setpriv` that exec
-    into it are namespace plumbing, not the process)."""
+    """`bootstrap_report`, and meanwhile which users each kind of process in `watch` ran as: every uid the kernel
+    holds for it (real, effective, saved, filesystem: /proc/<pid>/status `Uid:`), sampled from /proc every 50 ms
+    while the run lasts. A kind never seen maps to an empty set."""
     command = [PY, "-m", "bootstrap", "--json", *args]
-    seen: dict[str, set[str]] = {mark: set() for mark in marks}
+    seen: dict[str, set[str]] = {name: set() for name in watch}
     with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
         deadline = time.monotonic() + timeout
         while run.poll() is None and time.monotonic() < deadline:
             for proc in Path("/proc").glob("[0-9]*"):
-                try:
-                    cmdline = (proc / "cmdline").read_bytes()
-                    owner = proc.stat().st_uid
-                    python = "python" in os.readlink(proc / "exe")
-                except OSError:
-                    continue  # gone meanwhile
-                if not python:
-                    continue
-                for mark in marks:
-                    if mark.encode() in cmdline:
-                        seen[mark].add(pwd.getpwuid(owner).pw_name)
+                _watch_one(proc, watch, seen)
             time.sleep(0.05)
         out, err = run.communicate(timeout=max(1.0, deadline - time.monotonic()))
     assert out.count("\n") == 1, f"expected one JSON line, got:\n{out}\n{err}"
     return run.returncode, json.loads(out), seen
+
+
+def _watch_one(proc: Path, watch: dict[str, Watched], seen: dict[str, set[str]]) -> None:
+    try:
+        cmdline, exe = (proc / "cmdline").read_bytes(), os.readlink(proc / "exe")
+        kinds = [name for name, w in watch.items() if w.mark.encode() in cmdline and w.exe in exe]
+        if not kinds:
+            return
+        status = (proc / "status").read_text()
+    except OSError:
+        return  # gone meanwhile (or a kernel thread: no exe)
+    uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+    users = {_user(int(uid)) for uid in uids}
+    for name in kinds:
+        seen[name] |= users
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

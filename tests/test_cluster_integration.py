@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from devstack import netns
 from devstack.native_cluster import service as native_cluster_service
 from devstack.nodes import Node, client_host, lan, nodes, worker_host
 from devstack.stack_env import REPO_ROOT, Stack, load_stack
-from tests.conftest import PY, bootstrap_report, bootstrap_report_watching, native_cluster, run_module
+from tests.conftest import PY, Watched, bootstrap_report, bootstrap_report_watching, native_cluster, run_module
 from tests.frozen_run import run_frozen_after_worker
 
 pytestmark = [
@@ -51,24 +52,42 @@ def cluster() -> Iterator[Stack]:
     assert cluster_leftovers() == [], "cluster-down left these behind"
 
 
-WATCHED = ("bootstrap.participant_process", "agent_runtime")  # the participant's and the worker's processes
+WATCHED = {
+    **{f"livekit-server {node.name}": Watched(str(node.config_path), "livekit-server") for node in nodes(STACK)},
+    "participant": Watched("bootstrap.participant_process", "python"),
+    "worker": Watched("agent_runtime", "python"),
+}
+SCRATCH = ("participant-*", "cluster-worker-*")  # the participant's and the worker's HOMEs (service_python)
+
+
+def scratch_homes() -> set[Path]:
+    return {home for pattern in SCRATCH for home in Path(tempfile.gettempdir()).glob(pattern)}
 
 
 @pytest.fixture(scope="module")
-def watched_run(cluster: Stack) -> tuple[int, dict[str, Any], dict[str, set[str]]]:
-    return bootstrap_report_watching("--cluster", "--timeout", "60", marks=WATCHED, timeout=90)
+def watched_run(cluster: Stack) -> tuple[int, dict[str, Any], dict[str, set[str]], set[Path]]:
+    """The run, the users its processes ran as, and the scratch HOMEs it left (none were there before)."""
+    before = scratch_homes()
+    code, report, owners = bootstrap_report_watching("--cluster", "--timeout", "60", watch=WATCHED, timeout=90)
+    return code, report, owners, scratch_homes() - before
 
 
 @pytest.fixture(scope="module")
-def passing_run(watched_run: tuple[int, dict[str, Any], dict[str, set[str]]]) -> tuple[int, dict[str, Any]]:
+def passing_run(watched_run: tuple[int, dict[str, Any], Any, Any]) -> tuple[int, dict[str, Any]]:
     return watched_run[0], watched_run[1]
 
 
-def test_no_participant_or_worker_runs_as_root(watched_run: tuple[int, dict[str, Any], dict[str, set[str]]]) -> None:
-    """libwebrtc parses network input in the participant, and the worker holds the API secret: each runs as its
-    own unprivileged account, with the interpreter `make install` built for them (never a silent root)."""
-    owners = watched_run[2]
-    assert owners == {"bootstrap.participant_process": {"livekit-client"}, "agent_runtime": {"livekit-agent"}}
+def test_no_node_participant_or_worker_runs_as_root(watched_run: tuple[int, dict[str, Any], Any, Any]) -> None:
+    """libwebrtc parses network input in the participant, the nodes parse everyone's, and the worker holds the
+    API secret: each runs as its own unprivileged account (the participant and the worker with the interpreter
+    `make install` built for them: never a silent root); no uid of any is root."""
+    assert watched_run[2] == {"livekit-server a": {"livekit"}, "livekit-server b": {"livekit"},
+                              "participant": {"livekit-client"}, "worker": {"livekit-agent"}}  # fmt: skip
+
+
+def test_a_run_leaves_no_scratch_home(watched_run: tuple[int, dict[str, Any], Any, Any]) -> None:
+    """The participant's and the worker's scratch HOMEs are removed when they end (the run's own cleanup)."""
+    assert watched_run[3] == set()
 
 
 def test_cluster_passes_across_nodes_and_hosts(passing_run: tuple[int, dict[str, Any]]) -> None:

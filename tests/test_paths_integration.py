@@ -23,7 +23,7 @@ from devstack.paths_node import NODE_DIR, paths_node_config
 from devstack.safe_files import read_private
 from devstack.server_config import render
 from devstack.stack_env import REPO_ROOT, RUNTIME_DIR, Stack, load_stack
-from tests.conftest import PY, bootstrap_report, bootstrap_report_watching, run_module
+from tests.conftest import PY, Watched, bootstrap_report, bootstrap_report_watching, run_module
 
 pytestmark = [
     pytest.mark.integration,
@@ -55,11 +55,16 @@ def stage(report: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 PARTICIPANT = "bootstrap.participant_process"  # the rtc SDK's participant, in the client host
+WATCHED = {
+    "livekit-server": Watched(str(NODE_DIR / "livekit.yaml"), "livekit-server"),  # the lab's node, on its host
+    "participant": Watched(PARTICIPANT, "python"),  # the udp, turn-udp and wss paths' client
+    "chromium": Watched("", "chromium"),  # the tcp and turn-tls paths' client: browser, zygotes, renderers
+}
 
 
 @pytest.fixture(scope="module")
 def watched_run(paths_lab_up: Stack) -> tuple[int, dict[str, Any], dict[str, set[str]]]:
-    return bootstrap_report_watching("--paths", marks=(PARTICIPANT,), timeout=90)
+    return bootstrap_report_watching("--paths", watch=WATCHED, timeout=90)
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +72,13 @@ def passing_run(watched_run: tuple[int, dict[str, Any], dict[str, set[str]]]) ->
     return watched_run[0], watched_run[1]
 
 
-def test_the_participant_never_runs_as_root(watched_run: tuple[int, dict[str, Any], dict[str, set[str]]]) -> None:
-    """libwebrtc parses network input in it, inside a host whose firewall root could change: livekit-client."""
-    assert watched_run[2] == {PARTICIPANT: {"livekit-client"}}
+def test_no_server_participant_or_browser_runs_as_root(
+    watched_run: tuple[int, dict[str, Any], dict[str, set[str]]],
+) -> None:
+    """Each parses network input, on a host whose firewall root could change: the lab's node as livekit, the
+    rtc SDK's participant (libwebrtc) as livekit-client, Chromium as livekit-browser; no uid of any is root."""
+    assert watched_run[2] == {"livekit-server": {"livekit"}, "participant": {"livekit-client"},
+                              "chromium": {"livekit-browser"}}  # fmt: skip
 
 
 def test_every_path_passes(passing_run: tuple[int, dict[str, Any]]) -> None:

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
+import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +19,7 @@ from bootstrap.ice import RTC_DEBUG_ENV
 from bootstrap.result import StageFailure
 from devstack.service_python import CLIENT_ACCOUNT, ServicePythonError, Unprivileged, unprivileged
 
+CA_COPY = "ca.pem"  # in its HOME: what SSL_CERT_FILE names
 EXCHANGE_WAIT = 25.0  # 100 packets, 20 RPCs and ~20 audio markers take about 2 s on a working path
 
 
@@ -46,23 +47,30 @@ class SdkClient:
     ) -> SdkClient:
         """The child on the host `on_host` wraps a command for (e.g. LanHost.exec_argv), to join `url`, as the
         unprivileged CLIENT_ACCOUNT: libwebrtc parses network input there, so it must not be root (nor able to
-        change its host's firewall or read our .env)."""
+        change its host's firewall or read our .env). The CA's copy it can read (the CA's own directory is
+        root's) is placed in its HOME before the hand-over: after it, root writes nothing there."""
+        files = {CA_COPY: trust_ca} if trust_ca is not None else {}
         try:
-            sandbox = await asyncio.to_thread(unprivileged, CLIENT_ACCOUNT, "participant")
+            sandbox = await asyncio.to_thread(unprivileged, CLIENT_ACCOUNT, "participant", files)
         except ServicePythonError as exc:
             raise StageFailure(f"cannot start the participant unprivileged: {exc}", "run `make install`") from None
+        cls._handed_over(sandbox)
         env = {"PATH": os.environ.get("PATH", ""), "HOME": str(sandbox.home), "PYTHONUNBUFFERED": "1"} | RTC_DEBUG_ENV
-        if trust_ca is not None:  # a copy it can read: the CA's own directory is root's
-            copy = sandbox.home / "ca.pem"
-            shutil.copyfile(trust_ca, copy)
-            copy.chmod(0o644)
-            env["SSL_CERT_FILE"] = str(copy)
+        if trust_ca is not None:
+            env["SSL_CERT_FILE"] = str(sandbox.home / CA_COPY)
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         process = await asyncio.create_subprocess_exec(
             *on_host(sandbox.argv("bootstrap.participant_process")), cwd=sandbox.home,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env,
+            start_new_session=True,  # a group of its own: close() ends whatever it started too
         )  # fmt: skip
         return cls(process, stderr, url, relay, sandbox)
+
+    @classmethod
+    def _handed_over(cls, sandbox: Unprivileged) -> None:
+        """HOME belongs to the participant's account from here on: whatever runs as it may replace anything in
+        it, HOME itself included, so root writes no path in it any more. Nothing to do; the tests plant symlinks
+        here, as that account could."""
 
     async def join(self, token: str, ice_timeout: float) -> dict[str, Any]:
         await self._tell({"url": self.url, "token": token, "relay": self.relay, "ice_timeout": ice_timeout})
@@ -81,8 +89,10 @@ class SdkClient:
         return await self._hear(seconds + 5.0)
 
     async def close(self) -> None:
+        """SIGKILL to its whole group (the participant starts no process itself, but nothing it started, e.g. a
+        helper a future SDK forks, outlives it: a host's process keeps its namespace), then its HOME goes."""
         with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
         await self.process.wait()
         self.stderr.close()
         self.sandbox.remove()

@@ -142,6 +142,11 @@ def check_reachable(path: Path, account: Account) -> None:
 
 def _start(service: Service) -> int:
     account = service.account()
+    if service.namespace and not account.name:  # entered as root: without an account to become, it stays root
+        raise StackError(
+            f"{service.name} on host {service.namespace}: no account to run it as (root starts it there as "
+            f"{service.account_name}); it is never started as root"
+        )
     check_reachable(Path(service.command()[0]), account)
     check_reachable(service.dir, account)
     group_may_read = 0o750 if account.name else 0o700
@@ -149,7 +154,7 @@ def _start(service: Service) -> int:
     service.prepare(account)
     command, switch = service.command(), account
     if service.namespace:  # entered as root; then the account, by setpriv (one pid: each execs the next)
-        command = ["ip", "netns", "exec", service.namespace, *(drop_to(account) if account.name else []), *command]
+        command = ["ip", "netns", "exec", service.namespace, *drop_to(account), *command]
         switch = Account(None, account.uid, account.gid)
     record = processes.start(command, switch, log=service.log_file, pid_file=service.pid_file, cwd=service.dir,
                              executable=service.command()[0])  # fmt: skip

@@ -14,6 +14,7 @@ import pwd
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,15 +77,34 @@ class Unprivileged:
         return [*prefix, str(self.python), "-m", module]
 
     def remove(self) -> None:
+        # rmtree neither follows a symlink in HOME nor HOME itself replaced by one (it refuses that).
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-def unprivileged(account_name: str, purpose: str) -> Unprivileged:
-    """Set up a process of its own as `account_name` (ServicePythonError when it cannot run Python)."""
-    if os.geteuid() != 0:
-        return Unprivileged(None, Path(sys.executable), Path(tempfile.mkdtemp(prefix=f"{purpose}-")))
-    user = account(account_name)
-    python = interpreter_for(user)
-    home = Path(tempfile.mkdtemp(prefix=f"{purpose}-"))
-    os.chown(home, user.uid, user.gid)
+def unprivileged(account_name: str, purpose: str, files: Mapping[str, Path] | None = None) -> Unprivileged:
+    """Set up a process of its own as `account_name` (ServicePythonError when it cannot run Python), with
+    `files` (name in its HOME → the file to copy there, readable by all) placed before the hand-over: from the
+    chown on, whoever acts as that account may replace anything in HOME, HOME itself included, so root writes
+    no path in it any more."""
+    user = account(account_name) if os.geteuid() == 0 else None
+    python = interpreter_for(user) if user is not None else Path(sys.executable)
+    home = Path(tempfile.mkdtemp(prefix=f"{purpose}-"))  # ours, 0700, until the hand-over below
+    try:
+        _place(home, files or {})
+    except OSError:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+    if user is not None:
+        os.chown(home, user.uid, user.gid, follow_symlinks=False)
     return Unprivileged(user, python, home)
+
+
+def _place(home: Path, files: Mapping[str, Path]) -> None:
+    """Each file copied into `home` as a new file (O_EXCL | O_NOFOLLOW: never through something already there),
+    0644 whatever our umask; root keeps owning it."""
+    for name, source in files.items():
+        data = source.read_bytes()
+        fd = os.open(home / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as copy:
+            copy.write(data)
+            os.fchmod(fd, 0o644)
