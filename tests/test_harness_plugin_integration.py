@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from devstack.ports import port_owner
 from livekit_harness_pytest.harness_stack import LiveKitStack
 from livekit_harness_pytest.process_identity import start_ticks
 from livekit_harness_pytest.webhook_events import WebhookEvents
+from tests.process_watch import watching
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["pytester"]
@@ -84,9 +87,23 @@ async def test_own_worker_and_webhooks(n, agent_worker, participant, webhook_eve
 
 
 @pytest.fixture
-def inner(pytester: pytest.Pytester, livekit_stack: LiveKitStack, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+def agent_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The inner sessions' agent module, where the account that runs their workers (livekit-agent, when this
+    session is root) can read it: pytester's own directory is under pytest's 0700 one."""
+    directory = Path(tempfile.mkdtemp(prefix="harness-agent-"))
+    directory.chmod(0o755)
+    (directory / "harness_agent.py").write_text(AGENT)
+    (directory / "harness_agent.py").chmod(0o644)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(directory), os.environ.get("PYTHONPATH")) if p))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def inner(
+    pytester: pytest.Pytester, livekit_stack: LiveKitStack, agent_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> pytest.Pytester:
     pytester.makeini(INI)
-    pytester.makepyfile(harness_agent=AGENT)
     monkeypatch.setenv("HARNESS_OUT", str(pytester.path / "out.jsonl"))
     return pytester
 
@@ -121,8 +138,12 @@ async def test_rooms_and_workers_are_cleaned_after_pass_and_fail_and_the_failure
     inner: pytest.Pytester, livekit_stack: LiveKitStack
 ) -> None:
     inner.makepyfile(test_inner=RECORDING_TESTS)
-    result = await asyncio.to_thread(inner.runpytest_subprocess, "-p", "no:cacheprovider", timeout=90)
+    with watching() as watch:  # its jobs in processes of their own: what runs as whom, seen from /proc
+        result = await asyncio.to_thread(inner.runpytest_subprocess, "-p", "no:cacheprovider",
+                                         "--livekit-agent-jobs", "process", timeout=90)  # fmt: skip
     result.assert_outcomes(passed=2, failed=1)
+    assert watch.roles("worker") and watch.roles("job"), watch.seen
+    assert not watch.root(), f"the session's agent processes ran as root: {sorted(watch.root(), key=str)}"
     out = result.stdout.str()
     runs = recorded(inner)
     assert len(runs) == 2

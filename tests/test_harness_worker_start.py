@@ -72,6 +72,7 @@ def test_workers_start_while_native_threads_call_into_python(
     native_threads_calling_python: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(WorkerProcess, "command", (shutil.which("true") or "/bin/true",))  # a stand-in worker
+    monkeypatch.setattr(WorkerProcess, "runs_as", None)  # as ourselves: the stand-in, not the service interpreter
     started: list[int] = []  # pids (the workers themselves are let go: their pipes close with them)
     stop = threading.Event()
 

@@ -12,6 +12,7 @@ import pytest
 
 from devstack.stack_env import Stack
 from tests.conftest import run_module, server_rooms
+from tests.process_watch import watching
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,9 @@ def forkservers() -> set[int]:
 
 def test_load_mode_reports_complete_figures(stack: Stack) -> None:
     before = forkservers()
-    result = run_module("bootstrap", "--load", "12", "--concurrency", "4", "--json", "--timeout", "120", timeout=180)
+    with watching() as watch:
+        result = run_module("bootstrap", "--load", "12", "--concurrency", "4", "--json", "--timeout", "120",
+                            timeout=180)  # fmt: skip
     report = json.loads(result.stdout)
     load_stage = report["stages"][-1]
     assert result.returncode == 0, (load_stage["cause"], report["load"]["errors"], report["load"]["media"])
@@ -46,6 +49,9 @@ def test_load_mode_reports_complete_figures(stack: Stack) -> None:
     assert load["warmup_seconds"] > 0
     assert not [name for name in asyncio.run(server_rooms()) if name.endswith("-warmup")]
     assert forkservers() <= before, "the run left livekit-agents' forkserver (and its job processes) behind"
+    # Its agents ran in job processes (the rooms above passed), none of them root, even when this test is.
+    assert watch.roles("job") and watch.roles("forkserver"), watch.seen
+    assert not watch.root(), f"agent job processes ran as root: {sorted(watch.root(), key=str)}"
 
 
 def test_load_and_browser_are_separate_modes() -> None:

@@ -55,6 +55,9 @@ class WorkerConfig:
     # held load with --max-jobs; an in-process worker that runs a known number of jobs (the bootstrap's single run
     # and throughput load, the harness plugin's) needs none.
     max_jobs: int = 0
+    # Modules the job processes' forkserver imports first (a job-process worker only): devstack.agent_jobs gives
+    # the one that keeps them from running as root when this process is.
+    preload_modules: tuple[str, ...] = ()
 
 
 Session = Callable[[agents.JobContext], Awaitable[None]]
@@ -131,6 +134,7 @@ def create_worker(options: WorkerConfig, session: Session = echo_session) -> age
         load_fnc=job_share(options.max_jobs),
         load_threshold=LOAD_THRESHOLD,
         max_retry=options.max_retry,
+        preload_modules=list(options.preload_modules),
     )
     server.rtc_session(session, agent_name=options.agent_name)
     return server

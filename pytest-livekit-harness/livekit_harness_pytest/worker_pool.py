@@ -7,11 +7,17 @@ for `agent_worker`, while the stack is still being verified; the first assignmen
 stderr goes to a log file of its own; the plugin attaches what it logged during a test to that test's failure
 report. The processes die with the session: stdin closed at the end, PR_SET_PDEATHSIG if the session is killed
 (set by the worker itself, first thing: see WorkerProcess.start for why not in a preexec_fn).
+
+A session run as root never runs its workers (nor their job processes) as root: each is `livekit-agent` with the
+service interpreter (devstack.service_python.unprivileged), in a scratch HOME and working directory of its own.
+Where that interpreter is missing, or the account cannot read the agent's module, the test's agent_worker fails
+naming the cause and the fix.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import queue
@@ -25,6 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from devstack.native import StackError, check_reachable
+from devstack.service_python import AGENT_ACCOUNT, ServicePythonError, Unprivileged, unprivileged
 
 REGISTER_TIMEOUT = 20.0  # seconds: a cold process imports livekit-agents (~2 s here), then registers (~0.1 s)
 STOP_TIMEOUT = 8.0
@@ -52,8 +61,11 @@ class WorkerProcess:
     entrypoint: str = ""
     agent_name: str = ""
     worker_id: str = ""
+    account: Unprivileged | None = None  # who it runs as, when not as ourselves (the session is root)
 
-    command: ClassVar[tuple[str, ...]] = (sys.executable, "-m", "livekit_harness_pytest.worker_process")
+    module: ClassVar[str] = "livekit_harness_pytest.worker_process"
+    command: ClassVar[tuple[str, ...]] = (sys.executable, "-m", module)  # how it runs as ourselves
+    runs_as: ClassVar[str | None] = AGENT_ACCOUNT  # who runs it when the session is root
 
     @classmethod
     def start(cls, env: dict[str, str], log_dir: Path) -> WorkerProcess:
@@ -62,15 +74,20 @@ class WorkerProcess:
         thread state under the interpreter's lock), and a child forked while one of them holds that lock hangs
         in CPython 3.11's after-fork re-initialisation before it can exec, with this call waiting on it forever
         (pool.get's lock held: the test, and the xdist run, hung). The worker sets its own death signal
-        (worker_process.die_with_parent), given this process's pid."""
+        (worker_process.die_with_parent), given this process's pid. As root: the service account's, by setpriv
+        (one pid: it execs the worker), ServicePythonError when it cannot run Python."""
+        who = unprivileged(cls.runs_as, "agent-worker") if cls.runs_as and os.geteuid() == 0 else None
+        command = who.argv(cls.module) if who else list(cls.command)
+        if who:
+            env = {**env, "HOME": str(who.home), "PYTHONPATH": service_path(env.get("PYTHONPATH", ""))}
         fd, name = tempfile.mkstemp(prefix="agent-worker-", suffix=".log", dir=log_dir)
         log_path = Path(name)
         with os.fdopen(fd, "w") as log:
             process = subprocess.Popen(
-                [*cls.command, "--parent-pid", str(os.getpid())],
+                [*command, "--parent-pid", str(os.getpid())], cwd=who.home if who else None,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
             )  # fmt: skip
-        worker = cls(process, log_path)
+        worker = cls(process, log_path, account=who)
         threading.Thread(target=worker._read, daemon=True).start()
         return worker
 
@@ -126,9 +143,44 @@ class WorkerProcess:
                 self.process.send_signal(signal_to_send)
             try:
                 self.process.wait(timeout=STOP_TIMEOUT / 2)
-                return
+                break
             except subprocess.TimeoutExpired:
                 continue
+        if self.account is not None and not self.alive():
+            self.account.remove()
+
+
+def service_path(pythonpath: str) -> str:
+    """The session's module path for a worker on the service interpreter: without this interpreter's own
+    directories (its standard library and site-packages: the service interpreter has its own, and this one's may
+    be where the account cannot read, /root)."""
+    own = [Path(p).resolve() for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}]
+    kept = [p for p in pythonpath.split(os.pathsep) if p and not any(Path(p).resolve().is_relative_to(o) for o in own)]
+    return os.pathsep.join(kept)
+
+
+def readable_module(entrypoint: str, who: Unprivileged | None) -> None:
+    """RuntimeError naming the path and the fix when the account `who` runs the worker as cannot read the
+    entrypoint's module (its worker would fail to import it; it must never be run as root instead)."""
+    if who is None or who.user is None:
+        return
+    module = entrypoint.partition(":")[0]
+    spec = importlib.util.find_spec(module)
+    origin = Path(spec.origin) if spec and spec.origin and spec.has_location else None
+    if origin is None:
+        return  # not from a file (built in, or not found here either): the worker says what it finds
+    try:
+        check_reachable(origin, who.user)
+        info = origin.stat()
+        if not (info.st_mode & 0o004 or info.st_uid == who.user.uid):
+            raise StackError(
+                f"{origin} is not readable by others (mode {info.st_mode & 0o777:o}): `chmod o+r {origin}`"
+            )
+    except StackError as exc:
+        raise RuntimeError(
+            f"the agent's module {origin} cannot be read by {who.user.name}, the account that runs agent workers when "
+            f"the session runs as root (never root): {exc}; or run pytest as an ordinary user"
+        ) from None
 
 
 class WorkerPool:
@@ -141,7 +193,9 @@ class WorkerPool:
         self.lock = threading.Lock()
 
     def prewarm(self) -> None:
-        with self.lock:
+        """A warm process now; a session that cannot start one (no service interpreter) hears why from the
+        first agent_worker, which tries again."""
+        with self.lock, contextlib.suppress(ServicePythonError):
             if self.warm is None or not self.warm.alive():
                 self.warm = WorkerProcess.start(self.env, self.log_dir)
 
@@ -156,6 +210,7 @@ class WorkerPool:
             if worker is None:
                 worker = WorkerProcess.start(self.env, self.log_dir)
             try:
+                readable_module(entrypoint, worker.account)
                 worker.assign(entrypoint, unique_agent_name(base_name), self.executor)
             except RuntimeError:
                 worker.stop()

@@ -9,6 +9,8 @@ from livekit import agents, api
 from agent_runtime.agent import WorkerConfig, create_worker
 from bootstrap.context import RunContext
 from bootstrap.result import Kind, StageFailure
+from devstack.agent_jobs import UnprivilegedJobs, unprivileged_jobs
+from devstack.service_python import ServicePythonError
 
 LOCAL_FIX = "check LIVEKIT_URL in .env points at the server (`make status`), and `make logs` for the server side"
 
@@ -27,6 +29,7 @@ async def register(
 ) -> str:
     """The echo worker registers under ctx.agent_name; a worker that stops first fails with `fix` (and `kind`:
     None lets the shared diagnosis name it)."""
+    jobs = jobs_not_root_in_run(ctx) if job_processes else UnprivilegedJobs()
     config = WorkerConfig(
         ws_url=ctx.settings.ws_url,
         api_key=ctx.settings.api_key,
@@ -40,6 +43,7 @@ async def register(
         job_executor=agents.JobExecutorType.PROCESS if job_processes else agents.JobExecutorType.THREAD,
         idle_runners=job_processes,
         max_jobs=max_jobs,
+        preload_modules=jobs.preload,
     )
     ctx.worker = create_worker(config)
     registered: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -57,3 +61,24 @@ async def register(
         raise StageFailure(f"the worker stopped before registering at {ctx.settings.ws_url}/agent: {error}", fix, kind)
     ctx.worker_id = registered.result()
     return f"registered {ctx.worker_id} as agent {ctx.agent_name!r}"
+
+
+def jobs_not_root_in_run(ctx: RunContext) -> UnprivilegedJobs:
+    """jobs_not_root(), its wrapper removed by the run's cleanup."""
+    jobs = jobs_not_root()
+
+    async def remove() -> None:
+        jobs.remove()
+
+    ctx.finalizers.append(remove)
+    return jobs
+
+
+def jobs_not_root() -> UnprivilegedJobs:
+    """Job processes that are not root (devstack.agent_jobs); a worker that cannot have them fails here (the
+    stage's StageFailure, naming the fix), never runs them as root."""
+    try:
+        return unprivileged_jobs()
+    except ServicePythonError as exc:
+        fix = "run `make install`: it builds .venv-services, the interpreter the service accounts run"
+        raise StageFailure(f"agent job processes cannot run unprivileged: {exc}", fix, Kind.CONFIG) from None

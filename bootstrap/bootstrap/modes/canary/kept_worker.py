@@ -13,6 +13,8 @@ from livekit import agents, api
 from agent_runtime.agent import WorkerConfig, create_worker
 from bootstrap.context import RunContext
 from bootstrap.result import Kind, StageFailure
+from bootstrap.stages.worker import jobs_not_root
+from devstack.agent_jobs import UnprivilegedJobs
 
 CLOSE_TIMEOUT = 3.0  # a lost worker's aclose(), bounded: its server may be gone
 UNREGISTERED = "unregistered"  # livekit-agents' AgentServer.id before (or between) registrations
@@ -36,6 +38,7 @@ class CanaryWorker:
         self.registered_at = 0.0  # time.monotonic() of its registration
         self.registrations = 0  # how many times it was (re-)created and registered
         self._registered: asyncio.Future[str] | None = None
+        self.jobs = UnprivilegedJobs()  # its job processes' account (devstack.agent_jobs), kept with the worker
 
     def registered(self) -> bool:
         """Running, connected and registered. livekit-agents exposes no "connected" flag: `_connecting` is set
@@ -81,6 +84,7 @@ class CanaryWorker:
         return f"registered {ctx.worker_id} as agent {ctx.agent_name!r} ({reason})"
 
     async def _start(self, ctx: RunContext, wanted: tuple[str, str, str]) -> str:
+        self.jobs = jobs_not_root()
         config = WorkerConfig(
             ws_url=ctx.settings.ws_url,
             api_key=ctx.settings.api_key,
@@ -92,6 +96,7 @@ class CanaryWorker:
             # its agent was still connecting: agent_runtime.agent), never this process.
             job_executor=agents.JobExecutorType.PROCESS,
             idle_runners=1,
+            preload_modules=self.jobs.preload,
         )
         server = create_worker(config)
         registered: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -135,3 +140,4 @@ class CanaryWorker:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(task, CLOSE_TIMEOUT)
+        self.jobs.remove()
