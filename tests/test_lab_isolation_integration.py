@@ -7,15 +7,21 @@ must trust the labs' links by their exact names, not by the prefix. It is tried 
 outside the test ranges, and claiming an address inside each range (with this machine routing replies to those
 back to it, as it would to a neighbour that owns them: the worst case).
 
-While the cluster (make cluster-up) and the paths lab (make paths-up) are up, with what a run binds on this
-machine's own test-range addresses listening too (the webhook receiver the cluster's nodes post to, on the cluster
-bridge's gateway; the page a --paths browser path loads, on the paths bridge's gateway), the neighbour probes every
-TCP and UDP port those processes listen on (livekit-server, Redis, PostgreSQL, nginx, the receivers: read from
-`ss` in this machine's namespace and in every lab host's) at every address they bind, at this machine's address on
-the neighbour's link, and at every test-range address. Nothing may answer, except the stack's livekit-server's
-ICE/TCP port (LIVEKIT_RTC_TCP_PORT, 7881) at this machine's own address: livekit-server opens its rtc.tcp_port on
-every address, whatever --bind says (docs/livekit-setup.md). And no packet of the neighbour's may reach a lab's
-host at all: counted on each host before its own firewall.
+While the cluster (make cluster-up) and the paths lab (make paths-up) are up, the neighbour is attached (first, as
+a LAN is there before any run), then a real `python -m bootstrap --paths` run starts (PATHS_RUN, a browser path
+first: its page is served from this machine's address on the paths bridge until the run ends; the run's agent, in
+this machine's namespace, gathers ICE candidates on every address, the neighbour's link included). Once both are
+up, the neighbour probes every TCP and UDP port the project's processes listen on (livekit-server, Redis,
+PostgreSQL, nginx, the run and every process it started: read from `ss` in this machine's namespace and in every
+lab host's) at every address they bind, at this machine's address on the neighbour's link, and at every test-range
+address; then the run is interrupted with Ctrl-C (it cleans up as it always does). One listener stands in for a
+run: the receiver the cluster's nodes post webhooks to, on the cluster bridge's gateway, which only a --cluster
+run binds (a --paths run has none there; a --cluster run as well would add ~10 s for one socket). Nothing may
+answer, except ICE/TCP: the stack's livekit-server's port (LIVEKIT_RTC_TCP_PORT, 7881) at this machine's own
+address (livekit-server opens its rtc.tcp_port on every address, whatever --bind says: docs/livekit-setup.md), and
+the --paths run's own agent's passive ICE/TCP candidates there (ephemeral ports: ice_tcp_candidates says which and
+why).
+And no packet of the neighbour's may reach a lab's host at all: counted on each host before its own firewall.
 
 Forwarding: this machine may route (Docker sets ip_forward=1). The test turns forwarding on for the neighbour's
 link and the labs' bridges only (net.ipv4.conf.<link>.forwarding; ip_forward itself untouched) and puts each back.
@@ -29,16 +35,19 @@ import ipaddress
 import json
 import os
 import re
+import signal
 import subprocess
+import tempfile
 import threading
-from collections.abc import Coroutine, Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from backend.settings import validate
-from bootstrap.browser.frontend_server import FrontendServer
 from bootstrap.webhook_sink import WebhookSink
 from devstack import nodes, paths_lab, root_guard
 from devstack.stack_env import REPO_ROOT, RUNTIME_DIR, Stack
@@ -55,6 +64,10 @@ HOST_SIDE, NEIGHBOUR_SIDE = str(NEIGHBOUR_NET.network_address + 1), str(NEIGHBOU
 CLAIMED_HOST = 250  # the address number the neighbour claims in each test range
 COUNTER_TABLE = "lkh_neighbour_count"  # the test's own, on each lab host: packets from the neighbour
 USERS = re.compile(r'\("([^"]+)",pid=(\d+)')
+# A browser path first: its page server listens from its join until the run ends, while the paths after it run
+# (about 10 s here; the probe takes about 2 s, then the run is interrupted).
+PATHS_RUN = ("tcp", "turn-tls", "udp", "wss", "turn-udp")
+PAGE_WAIT = 10.0  # s for the run to serve its first page (about 2 s here), and then to be in its room
 
 
 def ip(*args: str) -> str:
@@ -82,14 +95,29 @@ def lab_addresses(stack: Stack) -> list[str]:
     return sorted(a for a in found if any(ipaddress.ip_address(a) in r for r in ranges))
 
 
-def project_pids() -> set[int]:
+def project_pids(run: int) -> set[int]:
     """What the project started on this machine's own stack: each pid file and record under .runtime/ (the
-    stack's services, the labs' nodes, nginx), and this process (the receivers below)."""
-    pids = {os.getpid()}
+    stack's services, the labs' nodes, nginx), this process (the receiver below) and the --paths run `run` with
+    every process it started."""
+    pids = {os.getpid(), *process_tree(run)}
     for path in [*RUNTIME_DIR.rglob("*.pid"), *RUNTIME_DIR.rglob("*.record")]:
         with contextlib.suppress(OSError, ValueError, IndexError):
             pids.add(int(path.read_text().split()[0]))
     return pids
+
+
+def process_tree(pid: int) -> set[int]:
+    """`pid` and its descendants, from each process's parent in /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = set(), [pid]
+    while todo:
+        tree.add(current := todo.pop())
+        todo += children.get(current, [])
+    return tree
 
 
 def listeners(namespace: str | None, pids: set[int] | None) -> list[tuple[str, str, int, str]]:
@@ -109,10 +137,11 @@ def listeners(namespace: str | None, pids: set[int] | None) -> list[tuple[str, s
     return found
 
 
-def targets(stack: Stack) -> tuple[dict[str, set[tuple[str, int]]], list[tuple[str, str, int, str]]]:
-    """Every (address, port) to probe, by protocol: each port anything the project started listens on, at every
-    specific address it binds, at this machine's address on the neighbour's link and at every test-range address."""
-    found = listeners(None, project_pids())
+def targets(stack: Stack, run: int) -> tuple[dict[str, set[tuple[str, int]]], list[tuple[str, str, int, str]]]:
+    """Every (address, port) to probe, by protocol: each port anything the project started (the --paths run `run`
+    included) listens on, at every specific address it binds, at this machine's address on the neighbour's link and
+    at every test-range address."""
+    found = listeners(None, project_pids(run))
     for namespace in lab_namespaces(stack):
         found += listeners(namespace, None)
     addresses = [HOST_SIDE, *lab_addresses(stack)]
@@ -139,25 +168,85 @@ class Loop:
         self.thread.join(5)
 
 
+@dataclass(frozen=True)
+class PathsRun:
+    """A `python -m bootstrap --paths` run in progress, and where its page server listens."""
+
+    process: subprocess.Popen[bytes]
+    page: tuple[str, int]
+
+    def page_listening(self) -> bool:
+        return self.process.poll() is None and self.page[1] in pages(self.process.pid, self.page[0])
+
+
+def pages(pid: int, address: str) -> list[int]:
+    """The ports process `pid` listens on at `address` over TCP: each browser path's page server so far (each
+    serves until the run ends)."""
+    return [port for protocol, bound, port, _ in listeners(None, {pid}) if (protocol, bound) == ("tcp", address)]
+
+
+@contextlib.contextmanager
+def paths_run(stack: Stack) -> Iterator[PathsRun]:
+    """A real --paths run, yielded once its first browser path serves its page; interrupted with Ctrl-C afterwards
+    (the run then cleans up as it does for any Ctrl-C: the lab restored, its page server and clients closed)."""
+    gateway = paths_lab.hosts(stack).gateway
+    command = [PY, "-m", "bootstrap", "--paths", ",".join(PATHS_RUN), "--json", "--timeout", "120"]
+    with tempfile.TemporaryFile() as output:  # a file, not a pipe: a pipe nobody reads would stall the run
+        run = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: bool(pages(run.pid, gateway)) or run.poll() is not None, "page served by the --paths run")
+            if not (served := pages(run.pid, gateway)):
+                output.seek(0)
+                raise AssertionError(f"the --paths run ended before it served a page:\n{output.read().decode()}")
+            yield PathsRun(run, (gateway, served[0]))
+        finally:
+            if run.poll() is None:
+                run.send_signal(signal.SIGINT)
+            try:
+                run.wait(timeout=10)  # its cleanup takes about 1.5 s here
+            except subprocess.TimeoutExpired:
+                run.kill()
+                run.wait()
+
+
+def wait_for(ready: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + PAGE_WAIT
+    while not ready():
+        assert time.monotonic() < deadline, f"no {what} within {PAGE_WAIT:.0f} s"
+        time.sleep(0.1)
+
+
+def on_neighbour_link(run: PathsRun) -> bool:
+    """Whether the run holds a socket on this machine's address on the neighbour's link: its agent, in this machine's
+    namespace, gathers ICE candidates on every address there is (sockets a neighbour could try)."""
+    return any(bound == HOST_SIDE for _, bound, _, _ in listeners(None, process_tree(run.process.pid)))
+
+
+def ice_tcp_candidates(run: PathsRun) -> set[int]:
+    """ICE_TCP: the TCP ports the run (or a process it started) listens on at this machine's address on the
+    neighbour's link itself. Nothing of the project binds that link by name: only libwebrtc under the run's echo
+    agent (the rtc SDK, joining from this machine's namespace; its job a thread of the run here) binds a socket per
+    address the machine has, a passive ICE/TCP host candidate among them, which accepts a TCP connection and then
+    speaks only ICE with the room's credentials: the same exception as livekit-server's rtc.tcp_port. Its UDP
+    candidates stay in the probe (they answer no STUN request without those credentials)."""
+    on_link = listeners(None, process_tree(run.process.pid))
+    return {port for protocol, bound, port, _ in on_link if (protocol, bound) == ("tcp", HOST_SIDE)}
+
+
 @pytest.fixture(scope="module")
 def labs_up(paths_lab_up: Stack) -> Iterator[Stack]:
-    """The cluster and the paths lab up, and what runs bind on this machine's test-range addresses listening:
-    the receiver the cluster's nodes post webhooks to (on the cluster bridge's gateway, as a --cluster run binds
-    it) and the page server a --paths browser path starts (on the paths bridge's gateway)."""
+    """The cluster and the paths lab up, and the receiver the cluster's nodes post webhooks to listening on the
+    cluster bridge's gateway (as a --cluster run binds it)."""
     stack = paths_lab_up
     with native_cluster():
         loop = Loop()
         settings = validate({"LIVEKIT_URL": stack.livekit_ws_url, "LIVEKIT_API_KEY": stack.api_key,
                              "LIVEKIT_API_SECRET": stack.api_secret})  # fmt: skip
         sink = WebhookSink(settings, nodes.lan(stack).gateway, stack.webhook_port)
-        page = FrontendServer(livekit_url=paths_lab.node_url(stack), host=paths_lab.hosts(stack).gateway)
         try:
             loop.run(sink.start())
-            loop.run(page.start())
             yield stack
         finally:
-            with contextlib.suppress(Exception):
-                loop.run(page.stop())
             with contextlib.suppress(Exception):
                 loop.run(sink.stop())
             loop.close()
@@ -243,22 +332,24 @@ def probe_from_neighbour(probes: dict[str, set[tuple[str, int]]]) -> dict[str, d
 @pytest.mark.parametrize("claims_test_range", [False, True], ids=["own-address", "claims-test-range-address"])
 def test_a_lan_neighbour_reaches_nothing_the_project_started(labs_up: Stack, claims_test_range: bool) -> None:
     stack = labs_up
-    probes, found = targets(stack)
-    assert {process for _, _, _, process in found} >= {"server", "redis-server", "postgres", "nginx"}, found
-    assert (nodes.lan(stack).gateway, stack.webhook_port) in probes["tcp"], "the webhook receiver is not listening"
-    assert root_guard.present()
-    bridges = [lab.bridge for lab in root_guard.labs(stack) if Path("/sys/class/net", lab.bridge).exists()]
-    with (
-        neighbour(stack, claims_test_range=claims_test_range) as sources,
-        forwarding([HOST_LINK, *bridges]),
-        counted_on_lab_hosts(stack, sources) as reached,
-    ):
-        results = probe_from_neighbour(probes)
+    # The neighbour first, as a LAN is there before any run: the run's agent gathers candidates on its link too.
+    with neighbour(stack, claims_test_range=claims_test_range) as sources, paths_run(stack) as run:
+        wait_for(lambda: on_neighbour_link(run), "--paths run socket on the neighbour's link (its agent's ICE)")
+        probes, found = targets(stack, run.process.pid)
+        assert {process for _, _, _, process in found} >= {"server", "redis-server", "postgres", "nginx"}, found
+        assert (nodes.lan(stack).gateway, stack.webhook_port) in probes["tcp"], "the webhook receiver is not listening"
+        assert run.page in probes["tcp"], "the --paths run's page server is not among the targets"
+        assert root_guard.present()
+        bridges = [lab.bridge for lab in root_guard.labs(stack) if Path("/sys/class/net", lab.bridge).exists()]
+        agent_ice = ice_tcp_candidates(run)
+        with forwarding([HOST_LINK, *bridges]), counted_on_lab_hosts(stack, sources) as reached:
+            results = probe_from_neighbour(probes)
+        assert run.page_listening(), f"the --paths run ended during the probe: make PATHS_RUN longer than {PATHS_RUN}"
     answered = [f"tcp {target}" for target, result in results["tcp"].items() if result == "connected"]
     answered += [f"udp {target}" for target, result in results["udp"].items() if result == "answered"]
-    # The one exclusion: the stack's livekit-server's ICE/TCP port (rtc.tcp_port) opens on every address whatever
-    # --bind says, so it answers at this machine's own address on the neighbour's link (docs/livekit-setup.md).
-    allowed = {f"tcp {HOST_SIDE}:{stack.rtc_tcp_port}"}
+    # The exclusions, ICE/TCP both: the stack's livekit-server's rtc.tcp_port opens on every address whatever --bind
+    # says (docs/livekit-setup.md), and the run's own agent's passive ICE/TCP candidates (ICE_TCP above).
+    allowed = {f"tcp {HOST_SIDE}:{stack.rtc_tcp_port}", *(f"tcp {HOST_SIDE}:{port}" for port in agent_ice)}
     assert sorted(set(answered) - allowed) == [], f"answered a LAN neighbour from {sources}"
     in_range = [t for t, r in results["tcp"].items() if r != "silent" and not t.startswith(f"{HOST_SIDE}:")]
     assert in_range == [], "a test-range address answered (even a reset tells the neighbour it is there)"
