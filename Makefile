@@ -133,7 +133,7 @@ remote-lab-down: install ## Remove the remote lab
 	@$(DEVSTACK) remote-lab-down
 
 .PHONY: mutation
-mutation: install ## Mutation testing (mutmut) of the protection modules against their unit tests; not in CI (~3 min)
+mutation: install ## Mutation testing (mutmut) of the protection modules against their unit tests; not in CI (~4 min)
 	@scripts/mutation.sh
 
 bench: install ## Benchmark the running stack: load mode vs lk perf, warm verdict vs manual lk, data-plane figures

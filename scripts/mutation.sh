@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make mutation: mutmut over the modules that hold protections (the webhook receiver, tokens, pid files, root's
-# file writes), against the fast unit tests that cover them; not in CI (about 3 minutes on 2 cores).
+# make mutation: mutmut over the modules that hold protections (the webhook receiver and its listener, tokens,
+# pid files, root's file writes, the test ranges' checks, health's 406), against the fast unit tests that cover
+# them; not in CI (about 4 minutes on 2 cores).
 #
 # mutmut imports what it mutates from mutants/src/<package>, so it needs the packages directly under src/; ours sit
 # one level down (backend/backend, devstack/devstack). It runs in a scratch copy with that layout
