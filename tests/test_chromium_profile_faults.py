@@ -15,11 +15,9 @@ import pwd
 import secrets
 import shutil
 import signal
-import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,8 @@ import pytest
 from bootstrap.browser import page_client
 from bootstrap.browser.chromium import BROWSER_USER, LOG, Chromium, ChromiumError, find_chromium
 from devstack import local_ca, netns
+from tests import planted
+from tests.planted import Victim
 
 pytestmark = [
     pytest.mark.faults,
@@ -38,37 +38,10 @@ NSS_STORE = ".pki"  # Chromium on Linux reads $HOME/.pki/nssdb; HOME is the prof
 PAGE = "data:text/html,<title>profile</title>"
 
 
-@dataclass
-class Victim:
-    """A root-owned directory (0755) with a root-owned file in it: what the browser account wants to own."""
-
-    directory: Path
-    file: Path
-
-    def snapshot(self) -> dict[str, Any]:
-        def owner_mode(path: Path) -> tuple[int, int, int]:
-            info = path.lstat()
-            return info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)
-
-        return {
-            "directory": owner_mode(self.directory),
-            "entries": sorted(p.name for p in self.directory.iterdir()),
-            "file": owner_mode(self.file),
-            "text": self.file.read_text(),
-        }
-
-
 @pytest.fixture
 def victim() -> Iterator[Victim]:
-    directory = Path(tempfile.mkdtemp(prefix="victim-"))
-    directory.chmod(0o755)
-    file = directory / "precious"
-    file.write_text("original\n")
-    file.chmod(0o644)
-    try:
-        yield Victim(directory, file)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with planted.victim(file_mode=0o644) as made:
+        yield made
 
 
 @pytest.fixture

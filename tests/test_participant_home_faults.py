@@ -16,17 +16,16 @@ import pwd
 import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bootstrap.remote_participant import CA_COPY, SdkClient
 from devstack import local_ca
 from devstack.service_python import CLIENT_ACCOUNT, Unprivileged
+from tests import planted
+from tests.planted import Victim
 
 pytestmark = [
     pytest.mark.faults,
@@ -34,37 +33,10 @@ pytestmark = [
 ]
 
 
-@dataclass
-class Victim:
-    """A root-owned directory (0755) with a root-owned file in it (0600): what the participant's account wants."""
-
-    directory: Path
-    file: Path
-
-    def snapshot(self) -> dict[str, Any]:
-        def owner_mode(path: Path) -> tuple[int, int, int]:
-            info = path.lstat()
-            return info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)
-
-        return {
-            "directory": owner_mode(self.directory),
-            "entries": sorted(p.name for p in self.directory.iterdir()),
-            "file": owner_mode(self.file),
-            "text": self.file.read_text(),
-        }
-
-
 @pytest.fixture
 def victim() -> Iterator[Victim]:
-    directory = Path(tempfile.mkdtemp(prefix="victim-"))
-    directory.chmod(0o755)
-    file = directory / "precious"
-    file.write_text("original\n")
-    file.chmod(0o600)
-    try:
-        yield Victim(directory, file)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with planted.victim(file_mode=0o600) as made:
+        yield made
 
 
 @pytest.fixture
