@@ -308,11 +308,15 @@ def _livekit_ready(port: int) -> bool:
 @dataclass(frozen=True)
 class Watched:
     """A kind of process the /proc watch looks for: its command line holds `mark` (any, when empty) and its
-    executable's resolved path holds `exe`. The exe test leaves out the `ip netns exec` and `setpriv` that exec
-    into the process (namespace plumbing, root by design, with the same command line for a moment)."""
+    executable's resolved path holds `exe`; `of_run`: only those the run started (descended from the run's
+    process), so that what else runs on this machine meanwhile (a plugin's worker, another checkout's run) is not
+    counted; a lab's node, started before the run, is told by its config's path instead. The
+    exe test leaves out the `ip netns exec` and `setpriv` that exec into the process (namespace plumbing, root
+    by design, with the same command line for a moment)."""
 
     mark: str
     exe: str
+    of_run: bool = False
 
 
 def bootstrap_report_watching(
@@ -327,17 +331,19 @@ def bootstrap_report_watching(
         deadline = time.monotonic() + timeout
         while run.poll() is None and time.monotonic() < deadline:
             for proc in Path("/proc").glob("[0-9]*"):
-                _watch_one(proc, watch, seen)
+                _watch_one(proc, run.pid, watch, seen)
             time.sleep(0.05)
         out, err = run.communicate(timeout=max(1.0, deadline - time.monotonic()))
     assert out.count("\n") == 1, f"expected one JSON line, got:\n{out}\n{err}"
     return run.returncode, json.loads(out), seen
 
 
-def _watch_one(proc: Path, watch: dict[str, Watched], seen: dict[str, set[str]]) -> None:
+def _watch_one(proc: Path, run: int, watch: dict[str, Watched], seen: dict[str, set[str]]) -> None:
     try:
         cmdline, exe = (proc / "cmdline").read_bytes(), os.readlink(proc / "exe")
         kinds = [name for name, w in watch.items() if w.mark.encode() in cmdline and w.exe in exe]
+        if any(watch[name].of_run for name in kinds) and not _descends_from(int(proc.name), run):
+            kinds = [name for name in kinds if not watch[name].of_run]
         if not kinds:
             return
         status = (proc / "status").read_text()
@@ -347,6 +353,16 @@ def _watch_one(proc: Path, watch: dict[str, Watched], seen: dict[str, set[str]])
     users = {_user(int(uid)) for uid in uids}
     for name in kinds:
         seen[name] |= users
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """Whether `ancestor` is among `pid`'s parents (/proc/<pid>/stat: the parent's pid follows the state, after
+    the command name in parentheses)."""
+    while pid > 1:
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        if pid == ancestor:
+            return True
+    return False
 
 
 def _user(uid: int) -> str:

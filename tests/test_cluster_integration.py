@@ -54,8 +54,8 @@ def cluster() -> Iterator[Stack]:
 
 WATCHED = {
     **{f"livekit-server {node.name}": Watched(str(node.config_path), "livekit-server") for node in nodes(STACK)},
-    "participant": Watched("bootstrap.participant_process", "python"),
-    "worker": Watched("agent_runtime", "python"),
+    "participant": Watched("bootstrap.participant_process", "python", of_run=True),
+    "worker": Watched("agent_runtime", "python", of_run=True),
 }
 SCRATCH = ("participant-*", "cluster-worker-*")  # the participant's and the worker's HOMEs (service_python)
 
