@@ -9,18 +9,18 @@ back to it, as it would to a neighbour that owns them: the worst case).
 
 While the cluster (make cluster-up) and the paths lab (make paths-up) are up, the neighbour is attached (first, as
 a LAN is there before any run), then a real `python -m bootstrap --paths` run starts (PATHS_RUN, a browser path
-first: its page is served from this machine's address on the paths bridge until the run ends; the run's agent, in
-this machine's namespace, gathers ICE candidates on every address, the neighbour's link included). Once both are
-up, the neighbour probes every TCP and UDP port the project's processes listen on (livekit-server, Redis,
-PostgreSQL, nginx, the run and every process it started: read from `ss` in this machine's namespace and in every
-lab host's) at every address they bind, at this machine's address on the neighbour's link, and at every test-range
-address; then the run is interrupted with Ctrl-C (it cleans up as it always does). One listener stands in for a
-run: the receiver the cluster's nodes post webhooks to, on the cluster bridge's gateway, which only a --cluster
-run binds (a --paths run has none there; a --cluster run as well would add ~10 s for one socket). Nothing may
-answer, except ICE/TCP: the stack's livekit-server's port (LIVEKIT_RTC_TCP_PORT, 7881) at this machine's own
-address (livekit-server opens its rtc.tcp_port on every address, whatever --bind says: docs/livekit-setup.md), and
-the --paths run's own agent's passive ICE/TCP candidates there (ephemeral ports: ice_tcp_candidates says which and
-why).
+first: its page is served from this machine's address on the paths bridge until the run ends; the run's agent, on
+the lab's node host, gathers ICE candidates on that host's address, behind the lab's firewall). Once both are up
+and the agent is in its room, the neighbour probes every TCP and UDP port the project's processes listen on
+(livekit-server, Redis, PostgreSQL, nginx, the run and every process it started: read from `ss` in this machine's
+namespace and in every lab host's) at every address they bind, at this machine's address on the neighbour's link,
+and at every test-range address; then the run is interrupted with Ctrl-C (it cleans up as it always does). One
+listener stands in for a run: the receiver the cluster's nodes post webhooks to, on the cluster bridge's gateway,
+which only a --cluster run binds (a --paths run has none there; a --cluster run as well would add ~10 s for one
+socket). Nothing may answer, except ICE/TCP: the stack's livekit-server's port (LIVEKIT_RTC_TCP_PORT, 7881) at
+this machine's own address (livekit-server opens its rtc.tcp_port on every address, whatever --bind says:
+docs/livekit-setup.md). The run's agent is no exception: it runs on the lab's node host, not in this machine's
+namespace (bootstrap.hosted_worker), so its ICE candidates are on a test-range address, and silent.
 And no packet of the neighbour's may reach a lab's host at all: counted on each host before its own firewall.
 
 Forwarding: this machine may route (Docker sets ip_forward=1). The test turns forwarding on for the neighbour's
@@ -216,21 +216,11 @@ def wait_for(ready: Callable[[], bool], what: str) -> None:
         time.sleep(0.1)
 
 
-def on_neighbour_link(run: PathsRun) -> bool:
-    """Whether the run holds a socket on this machine's address on the neighbour's link: its agent, in this machine's
-    namespace, gathers ICE candidates on every address there is (sockets a neighbour could try)."""
-    return any(bound == HOST_SIDE for _, bound, _, _ in listeners(None, process_tree(run.process.pid)))
-
-
-def ice_tcp_candidates(run: PathsRun) -> set[int]:
-    """ICE_TCP: the TCP ports the run (or a process it started) listens on at this machine's address on the
-    neighbour's link itself. Nothing of the project binds that link by name: only libwebrtc under the run's echo
-    agent (the rtc SDK, joining from this machine's namespace; its job a thread of the run here) binds a socket per
-    address the machine has, a passive ICE/TCP host candidate among them, which accepts a TCP connection and then
-    speaks only ICE with the room's credentials: the same exception as livekit-server's rtc.tcp_port. Its UDP
-    candidates stay in the probe (they answer no STUN request without those credentials)."""
-    on_link = listeners(None, process_tree(run.process.pid))
-    return {port for protocol, bound, port, _ in on_link if (protocol, bound) == ("tcp", HOST_SIDE)}
+def agent_in_room(stack: Stack, run: PathsRun) -> bool:
+    """Whether the run's agent holds its ICE candidates: a socket of the run's (its worker, on the lab's node host,
+    and the job processes under it) at the node host's own address (its worker's own health port is on loopback)."""
+    node = paths_lab.hosts(stack).node
+    return any(bound == node.address for _, bound, _, _ in listeners(node.namespace, process_tree(run.process.pid)))
 
 
 @pytest.fixture(scope="module")
@@ -332,24 +322,24 @@ def probe_from_neighbour(probes: dict[str, set[tuple[str, int]]]) -> dict[str, d
 @pytest.mark.parametrize("claims_test_range", [False, True], ids=["own-address", "claims-test-range-address"])
 def test_a_lan_neighbour_reaches_nothing_the_project_started(labs_up: Stack, claims_test_range: bool) -> None:
     stack = labs_up
-    # The neighbour first, as a LAN is there before any run: the run's agent gathers candidates on its link too.
+    # The neighbour first, as a LAN is there before any run (an agent of the run's in this machine's namespace would
+    # gather candidates on its link: the run's is on the lab's node host).
     with neighbour(stack, claims_test_range=claims_test_range) as sources, paths_run(stack) as run:
-        wait_for(lambda: on_neighbour_link(run), "--paths run socket on the neighbour's link (its agent's ICE)")
+        wait_for(lambda: agent_in_room(stack, run), "--paths run's agent's ICE candidate on the lab's node host")
         probes, found = targets(stack, run.process.pid)
         assert {process for _, _, _, process in found} >= {"server", "redis-server", "postgres", "nginx"}, found
         assert (nodes.lan(stack).gateway, stack.webhook_port) in probes["tcp"], "the webhook receiver is not listening"
         assert run.page in probes["tcp"], "the --paths run's page server is not among the targets"
         assert root_guard.present()
         bridges = [lab.bridge for lab in root_guard.labs(stack) if Path("/sys/class/net", lab.bridge).exists()]
-        agent_ice = ice_tcp_candidates(run)
         with forwarding([HOST_LINK, *bridges]), counted_on_lab_hosts(stack, sources) as reached:
             results = probe_from_neighbour(probes)
         assert run.page_listening(), f"the --paths run ended during the probe: make PATHS_RUN longer than {PATHS_RUN}"
     answered = [f"tcp {target}" for target, result in results["tcp"].items() if result == "connected"]
     answered += [f"udp {target}" for target, result in results["udp"].items() if result == "answered"]
-    # The exclusions, ICE/TCP both: the stack's livekit-server's rtc.tcp_port opens on every address whatever --bind
-    # says (docs/livekit-setup.md), and the run's own agent's passive ICE/TCP candidates (ICE_TCP above).
-    allowed = {f"tcp {HOST_SIDE}:{stack.rtc_tcp_port}", *(f"tcp {HOST_SIDE}:{port}" for port in agent_ice)}
+    # The one exclusion, ICE/TCP: the stack's livekit-server's rtc.tcp_port opens on every address whatever --bind
+    # says (docs/livekit-setup.md).
+    allowed = {f"tcp {HOST_SIDE}:{stack.rtc_tcp_port}"}
     assert sorted(set(answered) - allowed) == [], f"answered a LAN neighbour from {sources}"
     in_range = [t for t, r in results["tcp"].items() if r != "silent" and not t.startswith(f"{HOST_SIDE}:")]
     assert in_range == [], "a test-range address answered (even a reset tells the neighbour it is there)"

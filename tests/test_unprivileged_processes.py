@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from bootstrap import hosted_worker
+from bootstrap.hosted_worker import HostedWorker
 from bootstrap.modes.cluster import cluster_stages
 from bootstrap.remote_participant import SdkClient
 from bootstrap.result import StageFailure
@@ -161,6 +163,33 @@ async def test_stopping_the_cluster_worker_removes_its_home(scratch: Path, monke
     argv = [*sandbox.argv("agent_runtime")[:-3], "sleep", "30"]
     process = await asyncio.create_subprocess_exec(*argv, cwd=sandbox.home, start_new_session=True)
     host = worker_host(make_context().stack)
-    await cluster_stages._stop_worker(process, host, sandbox)
+    worker = HostedWorker(host, "ws://127.0.0.1:1", scratch / "worker.log", "node b", "cluster-worker", own_host=True)
+    await hosted_worker._stop(process, worker, sandbox)
     assert process.returncode is not None and swept == [host.namespace]
+    assert not present(sandbox.home) and listing(scratch) == []
+
+
+async def test_stopping_the_paths_worker_ends_its_own_group_only(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch, leftover: list[int]
+) -> None:
+    """On a host it shares (the paths node host runs the lab's livekit-server and nginx) the worker's stop kills its
+    own process group (its job processes), never every process on the host. The stand-in ignores Ctrl-C, as a
+    worker stuck closing would, so the SIGKILL is what ends it and its child."""
+    swept: list[str] = []
+    monkeypatch.setattr(netns, "kill_processes_in", swept.append)
+    monkeypatch.setattr(hosted_worker, "WORKER_STOP_WAIT", 0.5)
+    sandbox = await asyncio.to_thread(unprivileged, AGENT_ACCOUNT, "paths-worker")
+    argv = [*sandbox.argv("agent_runtime")[:-3], "sh", "-c", "trap '' INT; sleep 60 & echo $!; wait"]
+    process = await asyncio.create_subprocess_exec(
+        *argv, cwd=sandbox.home, start_new_session=True, stdout=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None
+    leftover.append(child := int(await asyncio.wait_for(process.stdout.readline(), GONE_WAIT)))
+    worker = HostedWorker(worker_host(make_context().stack), "ws://127.0.0.1:1", scratch / "worker.log",
+                          "the lab's node", "paths-worker", own_host=False)  # fmt: skip
+    await hosted_worker._stop(process, worker, sandbox)
+    deadline = time.monotonic() + GONE_WAIT
+    while alive(child) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert (await asyncio.wait_for(process.wait(), GONE_WAIT), alive(child), swept) == (-9, False, [])
     assert not present(sandbox.home) and listing(scratch) == []

@@ -12,9 +12,10 @@ node's config (`configure_node`, for a fault the run reproduces: the node restar
 the client host's firewall for a path (`restrict`), and loss injected into a path's media (`impair`,
 devstack.impairment: nftables in each host's INPUT hook; no delay or jitter, this machine has no netem). The run
 undoes them in its cleanup (`restore`: all back to the lab's own; Ctrl-C and SIGTERM run it too, within the
-cleanup's time bound). A run killed by SIGKILL, or whose cleanup was cut short, leaves them: the next run starts
-by putting the firewall back and removing any impairment (`start_run`), and sets the node's config through
-`configure_node`; `paths-up` on a lab that is up restores all.
+cleanup's time bound). A run killed by SIGKILL, or whose cleanup was cut short, leaves them (and its echo worker
+on the node host): the next run starts by putting the firewall back, ending that worker and removing any
+impairment (`start_run`), and sets the node's config through `configure_node`; `paths-up` on a lab that is up
+restores all.
 
 Everything the lab creates is written to RECORD before it is created; `paths-down` (and `make down`, and a
 `paths-up` that finds the lab broken) removes exactly what the record names, under one lock (LOCK_FILE), so two
@@ -25,8 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import pwd
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -52,6 +57,7 @@ from devstack.paths_node import (
 )
 from devstack.safe_files import read_private
 from devstack.server_config import render
+from devstack.service_python import AGENT_ACCOUNT
 from devstack.stack_env import Stack
 
 # The layout, re-exported: a run asks this module only.
@@ -256,6 +262,7 @@ def start_run(stack: Stack) -> list[str]:
     whatever a run killed before its cleanup left. Returns the hosts whose impairment it removed."""
     with LAB.locked():
         _restrict(stack)
+        _end_workers(stack)
         return _clear_impairment(stack)
 
 
@@ -268,8 +275,26 @@ def restore(stack: Stack) -> None:
 
 def _restore(stack: Stack) -> None:
     _restrict(stack)
+    _end_workers(stack)
     _clear_impairment(stack)
     _ensure_node(stack, paths_node_config(stack))
+
+
+def _end_workers(stack: Stack) -> None:
+    """A run's echo worker runs on the node host as AGENT_ACCOUNT (bootstrap.hosted_worker), in a session of its
+    own, so a run SIGKILLed leaves it registered with the node: SIGKILL whatever runs there as that account (one
+    run at a time uses the lab, so none is another run's)."""
+    try:
+        uid = pwd.getpwnam(AGENT_ACCOUNT).pw_uid
+    except KeyError:
+        return  # no such account: no worker of a run's ever ran
+    argv = ["ip", "netns", "pids", hosts(stack).node.namespace]
+    listing = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    for pid in listing.stdout.split():
+        with contextlib.suppress(OSError, StopIteration, ValueError):
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            if int(next(line for line in status if line.startswith("Uid:")).split()[1]) == uid:
+                os.kill(int(pid), signal.SIGKILL)
 
 
 def down(stack: Stack, *, quiet: bool = False) -> None:

@@ -14,19 +14,15 @@ cross-node  for a room created through each node: Redis says which node hosts it
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from livekit import api
 
 from backend.tokens import participant_token
 from bootstrap.context import RunContext
+from bootstrap.hosted_worker import HostedWorker, run_on_host
 from bootstrap.lookups import find_ready_agent, poll_until
 from bootstrap.modes.cluster.cluster_probe import WORKER_LOG, node_api, redis_command
 from bootstrap.remote_participant import SdkClient
@@ -34,12 +30,9 @@ from bootstrap.result import StageFailure
 from devstack import netns
 from devstack.health import probe_livekit
 from devstack.nodes import Node, client_host, nodes, redis_host, worker_host
-from devstack.safe_files import ensure_dir, open_private_log
-from devstack.service_python import AGENT_ACCOUNT, ServicePythonError, Unprivileged, unprivileged
 
 POLL_INTERVAL = 0.1
 ICE_TIMEOUT = 6.0
-WORKER_STOP_WAIT = 5.0
 
 
 async def run_nodes(ctx: RunContext) -> str:
@@ -73,53 +66,10 @@ async def run_worker(ctx: RunContext) -> str:
     """The worker on a host of its own, through node b: dispatch across nodes goes through Redis."""
     entry = nodes(ctx.stack)[1]
     host = worker_host(ctx.stack)
-    try:
-        sandbox = await asyncio.to_thread(unprivileged, AGENT_ACCOUNT, "cluster-worker")
-    except ServicePythonError as exc:
-        raise StageFailure(f"cannot start the worker unprivileged: {exc}", "run `make install`") from None
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(sandbox.home), "PYTHONUNBUFFERED": "1",
-           "LIVEKIT_URL": entry.ws_url, "LIVEKIT_API_KEY": ctx.settings.api_key,
-           "LIVEKIT_API_SECRET": ctx.settings.api_secret, "LIVEKIT_AGENT_NAME": ctx.agent_name}  # fmt: skip
-    ensure_dir(WORKER_LOG.parent, mode=0o700)
-    WORKER_LOG.unlink(missing_ok=True)  # this run's lines only
-    log = open_private_log(WORKER_LOG)
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *host.exec_argv(sandbox.argv("agent_runtime")), cwd=sandbox.home, env=env,
-            stdout=log, stderr=log, start_new_session=True,
-        )  # fmt: skip
-    finally:
-        os.close(log)
-    ctx.closers.append(lambda: _stop_worker(process, host, sandbox))
-    while not (registered := _registered(WORKER_LOG)):
-        if process.returncode is not None:
-            tail = " | ".join(WORKER_LOG.read_text(errors="replace").splitlines()[-3:])
-            raise StageFailure(f"the worker on {host.address} exited before registering: {tail}",
-                               f"check that its host reaches node b at {entry.ws_url}; see {WORKER_LOG}")  # fmt: skip
-        await asyncio.sleep(POLL_INTERVAL)
-    ctx.worker_id = registered
-    as_whom = sandbox.user.name if sandbox.user else "this process's user"
+    worker = HostedWorker(host, entry.ws_url, WORKER_LOG, "node b", "cluster-worker", own_host=True)
+    as_whom = await run_on_host(ctx, worker)
     return (f"registered {ctx.worker_id} as agent {ctx.agent_name!r} from host {host.address}, through node b, "
             f"as {as_whom}")  # fmt: skip
-
-
-def _registered(log: Path) -> str:
-    """The worker id of the last registration in the worker's log (agent_runtime logs one JSON line)."""
-    for line in reversed(log.read_text(errors="replace").splitlines()):
-        if '"registered"' in line and "AW_" in line:
-            return str(json.loads(line).get("id", ""))
-    return ""
-
-
-async def _stop_worker(process: asyncio.subprocess.Process, host: netns.LanHost, sandbox: Unprivileged) -> None:
-    """Ctrl-C first (its jobs end, it unregisters), then SIGKILL for anything left on its host (job processes);
-    then its scratch directory goes."""
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGINT)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(process.wait(), WORKER_STOP_WAIT)
-    await asyncio.to_thread(netns.kill_processes_in, host.namespace)
-    sandbox.remove()
 
 
 @dataclass

@@ -13,7 +13,7 @@ from bootstrap.modes.base import Mode, Plan, Target
 from bootstrap.modes.paths import path_stages
 from bootstrap.modes.paths.network_paths import DEFAULT_PATHS, FAULTS, PATHS
 from bootstrap.modes.paths.path_stages import PathsState
-from bootstrap.stages import Stage, stage_named
+from bootstrap.stages import Stage
 from devstack import paths_lab
 from devstack.impairment import Impairment
 from devstack.stack_env import Stack
@@ -88,7 +88,7 @@ class PathsMode(Mode):
         return Plan(
             [
                 Stage("client-host", partial(path_stages.run_client_host, state=state), 30.0),
-                stage_named("worker"),  # registered with the run's node
+                Stage("worker", partial(path_stages.run_worker, state=state), 30.0),  # on the lab's node host
                 *(Stage(f"path {name}", partial(path_stages.run_path, path=PATHS[name], state=state), PATH_CAP,
                         independent=True) for name in args.paths),
             ],

@@ -7,7 +7,11 @@ client-host  (needs CAP_NET_ADMIN, else skipped) the lab is up: its client host,
              injected loss (paths_lab.start_run: what a run killed before its cleanup left). A `--fault` that
              changes the node's config goes through the lab (paths_lab.configure_node); the run's cleanup
              restores the lab's own config (a SIGKILLed run's: the next run, or paths-up).
-worker       the no-op worker registers with the lab's node (the worker stage, on this machine).
+worker       the no-op worker (`python -m agent_runtime`, as livekit-agent: bootstrap.hosted_worker) registers
+             with the lab's node from the node host, never in this process: libwebrtc under its agent opens
+             ICE sockets on every address it has, which there are the lab's, behind the lab's firewall.
+             The loss --impair injects on the node host matches the client host's address only, so the
+             agent's own media there is never dropped.
 path NAME    one per path, each on its own (one failing does not skip the next): the client host's firewall
              set for the path (paths_lab.restrict); a participant joins from inside it into a fresh room with the
              agent dispatched (the rtc SDK in a child process, bootstrap.participant_process, or Chromium,
@@ -30,9 +34,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from livekit import api
+
 from backend.tokens import participant_token
 from bootstrap import audio_quality
 from bootstrap.context import RunContext
+from bootstrap.hosted_worker import HostedWorker, run_on_host
 from bootstrap.ice import Offered
 from bootstrap.lookups import find_ready_agent, poll_until
 from bootstrap.modes.paths.network_paths import FAULTS, SDK, NetworkPath
@@ -50,6 +57,7 @@ TOKEN_TTL = timedelta(minutes=10)
 POLL_INTERVAL = 0.1
 IMPAIR_WINDOW = 12.0  # s of audio after the first echo: ~600 RTP packets each way at Opus's 50 a second
 LOCK_FILE = RUNTIME_DIR / "paths.lock"
+WORKER_LOG = RUNTIME_DIR / "paths-worker" / "worker.log"  # this run's worker (each run starts it anew)
 LAB_FIX = "run `make paths-up` (root): it brings the paths lab up, or makes it afresh when part of it is gone"
 
 
@@ -101,6 +109,18 @@ async def run_client_host(ctx: RunContext, state: PathsState) -> str:
     return (f"client host {lab.client_address} ({lab.client.namespace}); node {lab.node_address}:"
             f"{ctx.stack.paths_node_port} ({lab.node.namespace}) with TURN {turn}, TLS front on {lab.node_address}:443 "
             f"and {lab.turn_address}:443{injected}{restored}")  # fmt: skip
+
+
+async def run_worker(ctx: RunContext, state: PathsState) -> str:
+    lab = client_lab(state)
+    # An authenticated API call first: the worker's own retries would hide a 401 behind "failed to connect".
+    await ctx.api.room.list_rooms(api.ListRoomsRequest())
+    # No job limit, as the in-process worker it replaces: each path's agent stays in its room until the run's
+    # cleanup, so the standalone's default (4) would refuse the fifth path's.
+    worker = HostedWorker(lab.node, paths_lab.node_url(ctx.stack), WORKER_LOG, "the lab's node", "paths-worker",
+                          own_host=False, max_jobs=0)  # fmt: skip
+    as_whom = await run_on_host(ctx, worker)
+    return f"registered {ctx.worker_id} as agent {ctx.agent_name!r} from the node host {lab.node_address}, as {as_whom}"
 
 
 def _lock_out_other_runs(ctx: RunContext) -> None:
