@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -22,6 +23,7 @@ from devstack.__main__ import remove_network_leftovers
 from devstack.paths_node import NODE_DIR, paths_node_config
 from devstack.safe_files import read_private
 from devstack.server_config import render
+from devstack.service_python import AGENT_ACCOUNT
 from devstack.stack_env import REPO_ROOT, RUNTIME_DIR, Stack, load_stack
 from tests.conftest import PY, Watched, bootstrap_report, bootstrap_report_watching, run_module
 
@@ -39,8 +41,10 @@ UDP_PORT = STACK.paths_node_port + 2
 
 def leftovers() -> list[str]:
     """What a run left changed in the lab, or of its own on this machine: a process in the client host, the
-    client host's path firewall, the node on another config than the lab's own, a participant anywhere."""
+    client host's path firewall, the node on another config than the lab's own, a participant anywhere, its echo
+    worker (or a job of it) on the node host."""
     found = subprocess.run(["ip", "netns", "pids", LAB.client.namespace], capture_output=True, text=True).stdout.split()
+    found += [f"worker process {pid} on the node host" for pid in agent_processes_on_node()]
     tables = subprocess.run(LAB.client.exec_argv(["nft", "list", "tables"]), capture_output=True, text=True).stdout
     found += [table for table in tables.split() if table == "lkh_path"]
     if read_private(NODE_DIR / "livekit.yaml") != render(paths_node_config(STACK)):
@@ -50,6 +54,22 @@ def leftovers() -> list[str]:
     return found
 
 
+def agent_processes_on_node() -> list[str]:
+    """The node host's processes running as livekit-agent: the run's echo worker and its jobs (nothing else there
+    runs as that account)."""
+    pids = subprocess.run(["ip", "netns", "pids", LAB.node.namespace], capture_output=True, text=True).stdout.split()
+    agent = pwd.getpwnam(AGENT_ACCOUNT).pw_uid
+    return [pid for pid in pids if _uid(pid) == agent]
+
+
+def _uid(pid: str) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    return int(next(line for line in status if line.startswith("Uid:")).split()[1])
+
+
 def stage(report: dict[str, Any], name: str) -> dict[str, Any]:
     return next(s for s in report["stages"] if s["name"] == name)
 
@@ -57,8 +77,11 @@ def stage(report: dict[str, Any], name: str) -> dict[str, Any]:
 PARTICIPANT = "bootstrap.participant_process"  # the rtc SDK's participant, in the client host
 WATCHED = {
     "livekit-server": Watched(str(NODE_DIR / "livekit.yaml"), "livekit-server"),  # the lab's node, on its host
-    "participant": Watched(PARTICIPANT, "python"),  # the udp, turn-udp and wss paths' client
-    "chromium": Watched("", "chromium"),  # the tcp and turn-tls paths' client: browser, zygotes, renderers
+    "participant": Watched(PARTICIPANT, "python", of_run=True),  # the udp, turn-udp and wss paths' client
+    "chromium": Watched("", "chromium", of_run=True),  # the tcp and turn-tls paths' client: all its processes
+    "worker": Watched("agent_runtime", "python", of_run=True),  # the echo worker, on the node host (hosted_worker)
+    # Its job processes (the agent's libwebrtc): forked by its forkserver, so they share the forkserver's command.
+    "agent jobs": Watched("multiprocessing.forkserver", "python", of_run=True),
 }
 
 
@@ -72,13 +95,15 @@ def passing_run(watched_run: tuple[int, dict[str, Any], dict[str, set[str]]]) ->
     return watched_run[0], watched_run[1]
 
 
-def test_no_server_participant_or_browser_runs_as_root(
+def test_no_server_participant_browser_or_worker_runs_as_root(
     watched_run: tuple[int, dict[str, Any], dict[str, set[str]]],
 ) -> None:
     """Each parses network input, on a host whose firewall root could change: the lab's node as livekit, the
-    rtc SDK's participant (libwebrtc) as livekit-client, Chromium as livekit-browser; no uid of any is root."""
+    rtc SDK's participant (libwebrtc) as livekit-client, Chromium as livekit-browser, the echo worker and its
+    agent's job processes (libwebrtc, and the API secret) as livekit-agent; no uid of any is root."""
     assert watched_run[2] == {"livekit-server": {"livekit"}, "participant": {"livekit-client"},
-                              "chromium": {"livekit-browser"}}  # fmt: skip
+                              "chromium": {"livekit-browser"}, "worker": {"livekit-agent"},
+                              "agent jobs": {"livekit-agent"}}  # fmt: skip
 
 
 def test_every_path_passes(passing_run: tuple[int, dict[str, Any]]) -> None:
@@ -254,6 +279,7 @@ def killed_run() -> Iterator[None]:
 def test_a_run_killed_by_sigkill_is_undone_by_the_next(killed_run: None) -> None:
     left = leftovers()
     assert "lkh_path" in left and "the node runs another config than the lab's own" in left, left
+    assert agent_processes_on_node(), "the killed run's worker did not outlive it: nothing here to undo"
     code, report = bootstrap_report("--paths", "udp", timeout=60)
     assert code == 0, json.dumps(report["stages"], indent=1)
     assert "the node's own config restored (an earlier run left it changed)" in stage(report, "client-host")["detail"]
