@@ -110,7 +110,7 @@ fmt: install ## Format the code with ruff
 cluster-up: install env ## Two livekit-server nodes sharing Redis (Compose profile `cluster`, or native)
 	@$(DEVSTACK) cluster-up
 
-cluster-down: install ## Stop the two cluster nodes
+cluster-down: install ## Remove the cluster: its nodes and Redis (natively its hosts too, as cluster-up recorded them)
 	@$(DEVSTACK) cluster-down
 
 net-deps: install ## What the network and canary tests need (as root): iproute2, nftables, nginx, libnss3-tools, prometheus, livekit-server

@@ -32,7 +32,7 @@ VERBS = {
     "health": "PostgreSQL, Redis and LiveKit readiness, one line each",
     "check-config": "check docker/livekit.yaml (YAML, keys, webhook key) before any server starts",
     "cluster-up": "two livekit-server nodes sharing Redis (then `python -m bootstrap --cluster`)",
-    "cluster-down": "stop the two cluster nodes",
+    "cluster-down": "remove the cluster: its nodes and Redis (natively its hosts too, as cluster-up recorded them)",
     "paths-up": "the paths lab (root): a client host and a node host, its livekit-server behind a TLS front (then "
     "`python -m bootstrap --paths`); restores it when it is up",
     "paths-down": "remove the paths lab (what paths-up recorded)",
