@@ -46,14 +46,14 @@ def victim() -> Iterator[Victim]:
 
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    """A bare network namespace, as the paths mode's client host is for Chromium (named so `sweep` finds it)."""
+    """A bare network namespace, as the paths mode's client host is for Chromium (removed by its own name)."""
     name = f"{netns.PREFIX}chromium-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=10)
         yield name
     finally:
-        netns.sweep(prefix=name)
+        netns.remove_namespace(name)
 
 
 @pytest.fixture

@@ -55,9 +55,10 @@ WARN_MOS = 4.0
 WARN_CONCEALED_PCT = 2.0
 # One packet lost in a short window is too few to judge a path by: 1 of 60 puts the loss rate anywhere from 0.04 %
 # to 9 % (95 % Clopper-Pearson), yet 1 of 30 scores MOS 3.65 without FEC and, unrepaired, is 3.3 % concealed.
-# Below JUDGED_PACKETS counted (5 s of Opus; a default media stage counts 57-60 each way, a drill's or a paths
-# check's ~30), a single lost packet is reported, with its MOS, but raises no WARN of its own (MOS, concealment);
-# two do, markers lost still WARN, and FAIL is never waived.
+# Below JUDGED_PACKETS counted (5 s of Opus; a default media stage counts 57-60 each way, a paths check or a
+# fresh join's drill check ~30, the stayed participant's drill check ~100), a single lost packet is reported,
+# with its MOS, but raises no WARN of its own (MOS, concealment); two do, markers lost still WARN, and FAIL is never
+# waived.
 JUDGED_PACKETS = 250
 FAIL_MOS = 3.1
 FAIL_REPAIRED_LOSS_PCT = 10.0

@@ -27,7 +27,7 @@ from devstack.safe_files import ensure_dir, open_private_log
 from devstack.service_python import AGENT_ACCOUNT, ServicePythonError, Unprivileged, unprivileged
 
 POLL_INTERVAL = 0.1
-WORKER_STOP_WAIT = 5.0
+WORKER_STOP_WAIT = 1.5  # inside the cleanup's 2 s step (runner.CLEANUP_STEP): the kill after it fits too
 
 
 @dataclass(frozen=True)

@@ -275,22 +275,3 @@ def _remove_namespace(namespace: str) -> None:
         for leftover in sorted(Path("/etc/netns", namespace).glob("*")):
             leftover.unlink()
         Path("/etc/netns", namespace).rmdir()
-
-
-def sweep(prefix: str) -> list[str]:
-    """Remove every namespace and link named with `prefix`; returns what was removed. Only for a name that is the
-    caller's alone (a test's own, unique namespace): a lab sweeps from its record (devstack.lab_record), never by
-    a prefix another's names may share."""
-    removed = []
-    for namespace in namespaces():
-        if namespace.startswith(prefix):
-            _remove_namespace(namespace)
-            removed.append(namespace)
-    for link in links():
-        if link.startswith(prefix):
-            with contextlib.suppress(NetnsError):
-                _run(["ip", "link", "delete", link])
-                removed.append(link)
-    for files in Path("/etc/netns").glob(f"{prefix}*"):  # a namespace's /etc files, the namespace gone
-        _remove_namespace(files.name)
-    return removed

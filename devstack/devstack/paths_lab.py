@@ -7,7 +7,7 @@ lifecycle (the run itself only checks). Natively, as root (network namespaces):
   - the root namespace's guard (devstack.root_guard): this machine's own address on the lab's bridge answers the
     lab's hosts only.
 
-What a run changes in the lab goes through this module, each change under the lab's lock (LOCK_FILE): the
+What a run changes in the lab goes through this module, each change under the lab's lock (`LAB.lock_file`): the
 node's config (`configure_node`, for a fault the run reproduces: the node restarts only when its config changes),
 the client host's firewall for a path (`restrict`), and loss injected into a path's media (`impair`,
 devstack.impairment: nftables in each host's INPUT hook; no delay or jitter, this machine has no netem). The run
@@ -18,7 +18,7 @@ impairment (`start_run`), and sets the node's config through `configure_node`; `
 restores all.
 
 Everything the lab creates is written to RECORD before it is created; `paths-down` (and `make down`, and a
-`paths-up` that finds the lab broken) removes exactly what the record names, under one lock (LOCK_FILE), so two
+`paths-up` that finds the lab broken) removes exactly what the record names, under one lock (`LAB.lock_file`), so two
 lifecycle calls never interleave and nothing another checkout or program made is touched.
 """
 

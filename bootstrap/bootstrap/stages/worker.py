@@ -19,9 +19,13 @@ async def run(ctx: RunContext, *, job_processes: int = 0, max_jobs: int = 0) -> 
     """`job_processes`: 0 runs each job on a thread of this process; N > 0 runs each in a process of its own,
     N of them kept warm. `max_jobs`: the most jobs the worker takes at once (0: no limit, as every mode but the
     held load runs it; the standalone echo worker's own limit is agent_runtime.agent.MAX_JOBS)."""
-    # An authenticated API call first: the worker's own retries would hide a 401 behind "failed to connect".
-    await ctx.api.room.list_rooms(api.ListRoomsRequest())
+    await authenticate(ctx)
     return await register(ctx, job_processes=job_processes, max_jobs=max_jobs)
+
+
+async def authenticate(ctx: RunContext) -> None:
+    """An authenticated API call first: the worker's own retries would hide a 401 behind "failed to connect"."""
+    await ctx.api.room.list_rooms(api.ListRoomsRequest(names=[ctx.room_name]))
 
 
 async def register(

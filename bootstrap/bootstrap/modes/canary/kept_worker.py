@@ -8,22 +8,17 @@ import contextlib
 import time
 
 import structlog
-from livekit import agents, api
+from livekit import agents
 
 from agent_runtime.agent import WorkerConfig, create_worker
 from bootstrap.context import RunContext
 from bootstrap.result import Kind, StageFailure
-from bootstrap.stages.worker import jobs_not_root
+from bootstrap.stages.worker import authenticate, jobs_not_root
 from devstack.agent_jobs import UnprivilegedJobs
 
 CLOSE_TIMEOUT = 3.0  # a lost worker's aclose(), bounded: its server may be gone
 UNREGISTERED = "unregistered"  # livekit-agents' AgentServer.id before (or between) registrations
 log = structlog.get_logger("bootstrap.canary")
-
-
-async def authenticate(ctx: RunContext) -> None:
-    """An authenticated API call first: the worker's own retries would hide a 401 behind "failed to connect"."""
-    await ctx.api.room.list_rooms(api.ListRoomsRequest(names=[ctx.room_name]))
 
 
 class CanaryWorker:

@@ -26,9 +26,9 @@ from bootstrap.context import RunContext
 from bootstrap.modes import MODES, Mode
 from bootstrap.modes.canary import canary_stages
 from bootstrap.modes.canary.isolated import INTERRUPT, Outcome, RunFigures, read_line
-from bootstrap.modes.canary.kept_worker import authenticate
 from bootstrap.result import Kind, RunResult, StageFailure, StageResult, Status
 from bootstrap.stages import Stage
+from bootstrap.stages.worker import authenticate
 from devstack.server_config import ConfigError
 from devstack.stack_env import StackEnvError
 

@@ -34,8 +34,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from livekit import api
-
 from backend.tokens import participant_token
 from bootstrap import audio_quality
 from bootstrap.context import RunContext
@@ -46,6 +44,7 @@ from bootstrap.modes.paths.network_paths import FAULTS, SDK, NetworkPath
 from bootstrap.modes.paths.path_diagnosis import check_pair, explain_no_join
 from bootstrap.remote_participant import PathClient, SdkClient
 from bootstrap.result import Kind, StageFailure, StageSkipped, StageWarning, Status
+from bootstrap.stages import worker as worker_stage
 from devstack import netns, paths_lab
 from devstack.impairment import Impairment
 from devstack.paths_lab import LogMark, PathsHosts
@@ -113,8 +112,7 @@ async def run_client_host(ctx: RunContext, state: PathsState) -> str:
 
 async def run_worker(ctx: RunContext, state: PathsState) -> str:
     lab = client_lab(state)
-    # An authenticated API call first: the worker's own retries would hide a 401 behind "failed to connect".
-    await ctx.api.room.list_rooms(api.ListRoomsRequest())
+    await worker_stage.authenticate(ctx)
     # No job limit, as the in-process worker it replaces: each path's agent stays in its room until the run's
     # cleanup, so the standalone's default (4) would refuse the fifth path's.
     worker = HostedWorker(lab.node, paths_lab.node_url(ctx.stack), WORKER_LOG, "the lab's node", "paths-worker",
