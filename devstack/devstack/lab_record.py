@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ class LabRecord:
         already exist were made by someone else (this checkout's sweep has just run): refused, never taken over."""
         created = {
             "namespaces": [host.namespace for host in hosts],
-            "links": [lan.bridge, *(f"{host.namespace}-h" for host in hosts)],
+            "links": [lan.bridge, *(host.link for host in hosts)],
         }
         if taken := sorted(set(created["namespaces"]) & set(netns.namespaces())
                            | set(created["links"]) & set(netns.links())):  # fmt: skip
@@ -108,3 +109,15 @@ class LabRecord:
                 raise StackError(f"the {self.name} lab could not be made: {exc}") from exc
             raise
         return removed
+
+    def down(self, sweep: Callable[[], list[str]], *, quiet: bool, left_up: str) -> None:
+        """`sweep` under the lab's lock, saying what it removed; without root (its hosts are network namespaces)
+        nothing is removed and, if the lab is recorded, `left_up` is said with the record's path."""
+        if netns.missing_capability() is not None or not shutil.which("ip"):
+            if self.record_file.exists() and not quiet:
+                print(f"  {left_up} left up: removing it needs root ({self.record_file})", file=sys.stderr)
+            return
+        with self.locked():
+            for removed in sweep():
+                if not quiet:
+                    print(f"  removed   {removed}", file=sys.stderr)

@@ -161,13 +161,7 @@ def _wait(ready: object, service: Service, what: str) -> None:
 def down(stack: Stack, *, quiet: bool = False) -> None:
     if netns.missing_capability() is not None or not shutil.which("ip"):
         native.stop_services(services(stack), quiet=quiet)  # what this user may stop; the hosts need root
-        if LAB.record_file.exists() and not quiet:
-            print(f"  cluster's hosts left up: removing them needs root ({LAB.record_file})", file=sys.stderr)
-        return
-    with LAB.locked():
-        for removed in _sweep(stack, quiet=quiet):
-            if not quiet:
-                print(f"  removed   {removed}", file=sys.stderr)
+    LAB.down(lambda: _sweep(stack, quiet=quiet), quiet=quiet, left_up="cluster lab")
 
 
 def _sweep(stack: Stack, *, quiet: bool = True) -> list[str]:

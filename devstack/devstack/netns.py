@@ -113,6 +113,11 @@ class LanHost:
     def address(self) -> str:
         return str(self.lan.subnet.network_address + self.offset)
 
+    @property
+    def link(self) -> str:
+        """Its veth's end on this machine (on the bridge); the other end, inside, is `<namespace>-c`."""
+        return f"{self.namespace}-h"
+
     def exec_argv(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.namespace, *argv]
 
@@ -126,13 +131,13 @@ def create_lan(lan: Lan, hosts: list[LanHost]) -> None:
         _run(["ip", "addr", "add", f"{lan.gateway}/{prefix}", "dev", lan.bridge])
         _run(["ip", "link", "set", lan.bridge, "up"])
         for host in hosts:
-            outside, inside = f"{host.namespace}-h", f"{host.namespace}-c"
+            outside, inside = host.link, f"{host.namespace}-c"
             _attach(host.namespace, outside, inside, [["ip", "link", "set", outside, "master", lan.bridge, "up"]],
                     f"{host.address}/{prefix}", lan.gateway, guard_rules(lan.subnet, serves=host.serves))  # fmt: skip
     except (NetnsError, subprocess.TimeoutExpired):
         for host in hosts:
             _remove_namespace(host.namespace)
-            remove_link(f"{host.namespace}-h")
+            remove_link(host.link)
         remove_link(lan.bridge)
         raise
 

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
@@ -298,14 +297,7 @@ def _end_workers(stack: Stack) -> None:
 
 
 def down(stack: Stack, *, quiet: bool = False) -> None:
-    if netns.missing_capability() is not None or not shutil.which("ip"):
-        if RECORD.exists() and not quiet:
-            print(f"  paths lab left up: removing it needs root ({RECORD})", file=sys.stderr)
-        return
-    with LAB.locked():
-        for removed in _sweep(stack):
-            if not quiet:
-                print(f"  removed   {removed}", file=sys.stderr)
+    LAB.down(lambda: _sweep(stack), quiet=quiet, left_up="paths lab")
 
 
 def _sweep(stack: Stack) -> list[str]:

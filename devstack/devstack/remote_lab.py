@@ -273,14 +273,7 @@ def why_down(stack: Stack) -> str | None:
 
 
 def down(stack: Stack, *, quiet: bool = False) -> None:
-    if netns.missing_capability() is not None or not shutil.which("ip"):
-        if RECORD.exists() and not quiet:
-            print(f"  remote lab left up: removing it needs root ({RECORD})", file=sys.stderr)
-        return
-    with LAB.locked():
-        for removed in _sweep(stack):
-            if not quiet:
-                print(f"  removed   {removed}", file=sys.stderr)
+    LAB.down(lambda: _sweep(stack), quiet=quiet, left_up="remote lab")
 
 
 def _sweep(stack: Stack) -> list[str]:
