@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from devstack import paths_lab, root_guard
+from devstack import netns, paths_lab, root_guard
 from devstack.__main__ import remove_network_leftovers
 from devstack.paths_node import NODE_DIR, paths_node_config
 from devstack.safe_files import read_private
@@ -57,17 +57,7 @@ def leftovers() -> list[str]:
 def agent_processes_on_node() -> list[str]:
     """The node host's processes running as livekit-agent: the run's echo worker and its jobs (nothing else there
     runs as that account)."""
-    pids = subprocess.run(["ip", "netns", "pids", LAB.node.namespace], capture_output=True, text=True).stdout.split()
-    agent = pwd.getpwnam(AGENT_ACCOUNT).pw_uid
-    return [pid for pid in pids if _uid(pid) == agent]
-
-
-def _uid(pid: str) -> int | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return None
-    return int(next(line for line in status if line.startswith("Uid:")).split()[1])
+    return [str(pid) for pid in netns.pids_in(LAB.node.namespace, uid=pwd.getpwnam(AGENT_ACCOUNT).pw_uid)]
 
 
 def stage(report: dict[str, Any], name: str) -> dict[str, Any]:

@@ -245,14 +245,29 @@ def links() -> list[str]:
     return [name for name in names if name.startswith(PREFIX)]
 
 
-def kill_processes_in(namespace: str) -> None:
-    """SIGKILL everything inside `namespace`, and wait until it is gone: until then the namespace lives."""
+def pids_in(namespace: str, uid: int | None = None) -> list[int]:
+    """The processes inside `namespace` (only those whose real uid is `uid`, if given); none if it is gone."""
+    try:
+        pids = [int(p) for p in _run(["ip", "netns", "pids", namespace]).split()]
+    except NetnsError:
+        return []
+    return pids if uid is None else [pid for pid in pids if _real_uid(pid) == uid]
+
+
+def _real_uid(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Uid:")).split()[1])
+    except (OSError, StopIteration, ValueError):
+        return None  # gone meanwhile
+
+
+def kill_processes_in(namespace: str, uid: int | None = None) -> None:
+    """SIGKILL everything inside `namespace` (only what runs as `uid`, if given), and wait until it is gone:
+    until then the namespace lives."""
     deadline = time.monotonic() + KILL_WAIT
     while time.monotonic() < deadline:
-        try:
-            pids = [int(p) for p in _run(["ip", "netns", "pids", namespace]).split()]
-        except NetnsError:
-            return  # the namespace is gone already
+        pids = pids_in(namespace, uid)
         if not pids:
             return
         for pid in pids:

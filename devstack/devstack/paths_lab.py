@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import pwd
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -287,13 +284,7 @@ def _end_workers(stack: Stack) -> None:
         uid = pwd.getpwnam(AGENT_ACCOUNT).pw_uid
     except KeyError:
         return  # no such account: no worker of a run's ever ran
-    argv = ["ip", "netns", "pids", hosts(stack).node.namespace]
-    listing = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    for pid in listing.stdout.split():
-        with contextlib.suppress(OSError, StopIteration, ValueError):
-            status = Path(f"/proc/{pid}/status").read_text().splitlines()
-            if int(next(line for line in status if line.startswith("Uid:")).split()[1]) == uid:
-                os.kill(int(pid), signal.SIGKILL)
+    netns.kill_processes_in(hosts(stack).node.namespace, uid=uid)
 
 
 def down(stack: Stack, *, quiet: bool = False) -> None:
