@@ -56,6 +56,29 @@ def test_the_wrapper_runs_the_service_interpreter_as_the_agent_account(executabl
     assert not jobs.wrapper_dir.exists()
 
 
+def test_jobs_read_the_ca_this_process_trusts_from_where_root_alone_reaches_it(
+    executable: str | bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Remote mode trusts --ca-file through SSL_CERT_FILE; pytest's own tmp directories are root's alone (0700):
+    the jobs (livekit-agent) get a copy they can read, or their TLS to the deployment fails (UnknownIssuer)."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    ca = private / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nroot's own\n-----END CERTIFICATE-----\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    jobs = unprivileged_jobs()
+    try:
+        probe = "import os; print(open(os.environ['SSL_CERT_FILE']).read())"
+        done = subprocess.run([os.fsdecode(spawn.get_executable()), "-c", probe], capture_output=True, text=True,
+                              timeout=10, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-500:]
+        assert done.stdout.strip() == ca.read_text().strip()
+        assert jobs.ca_dir is not None and jobs.ca_dir.stat().st_uid == 0  # root's copy, never the account's
+    finally:
+        jobs.remove()
+    assert jobs.ca_dir is not None and not jobs.ca_dir.exists()
+
+
 @pytest.mark.usefixtures("no_service_interpreter")
 def test_no_service_interpreter_fails_the_worker_stage_naming_make_install(executable: str | bytes) -> None:
     with pytest.raises(StageFailure) as failure:

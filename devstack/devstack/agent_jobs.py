@@ -33,10 +33,12 @@ class UnprivilegedJobs:
 
     preload: tuple[str, ...] = ()
     wrapper_dir: Path | None = None
+    ca_dir: Path | None = None  # the jobs' readable copy of SSL_CERT_FILE, when this process trusts one
 
     def remove(self) -> None:
-        if self.wrapper_dir is not None:
-            shutil.rmtree(self.wrapper_dir, ignore_errors=True)
+        for directory in (self.wrapper_dir, self.ca_dir):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
 
 
 def unprivileged_jobs(account_name: str = AGENT_ACCOUNT) -> UnprivilegedJobs:
@@ -52,9 +54,28 @@ def unprivileged_jobs(account_name: str = AGENT_ACCOUNT) -> UnprivilegedJobs:
     wrapper = wrapper_dir / "python"
     # `cd /` and the account's own HOME: no checkout of ours (.env) as the jobs' working directory.
     home = shlex.quote(pwd.getpwuid(user.uid).pw_dir)
-    script = f'#!/bin/sh\ncd / && HOME={home} exec {shlex.join([*become(user), str(python)])} "$@"\n'
+    ca_dir, trust = _readable_ca()
+    script = f'#!/bin/sh\ncd / && HOME={home} {trust}exec {shlex.join([*become(user), str(python)])} "$@"\n'
     fd = os.open(wrapper, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o700)
     with os.fdopen(fd, "w") as out:
         out.write(script)
     multiprocessing.set_executable(str(wrapper))
-    return UnprivilegedJobs((FORKSERVER_PRELOAD,), wrapper_dir)
+    return UnprivilegedJobs((FORKSERVER_PRELOAD,), wrapper_dir, ca_dir)
+
+
+def _readable_ca() -> tuple[Path | None, str]:
+    """The CA this process trusts through SSL_CERT_FILE (remote mode's --ca-file), copied where the account can
+    read it (its own path may sit in a directory only root enters, e.g. pytest's): the copy's directory and the
+    wrapper's assignment pointing the jobs at it. Root writes the copy into a directory of its own before
+    opening that directory to others: nothing in it is ever the account's."""
+    original = os.environ.get("SSL_CERT_FILE")
+    if not original:
+        return None, ""
+    ca_dir = Path(tempfile.mkdtemp(prefix="agent-jobs-ca-"))
+    copy = ca_dir / "ca.pem"
+    fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(Path(original).read_bytes())
+        os.fchmod(out.fileno(), 0o644)  # whatever the umask
+    ca_dir.chmod(0o755)
+    return ca_dir, f"SSL_CERT_FILE={shlex.quote(str(copy))} "
