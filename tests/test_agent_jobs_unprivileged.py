@@ -41,7 +41,7 @@ def no_service_interpreter(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 def test_the_wrapper_runs_the_service_interpreter_as_the_agent_account(executable: str | bytes) -> None:
     jobs = unprivileged_jobs()
-    assert jobs.preload == (FORKSERVER_PRELOAD,) and jobs.wrapper_dir is not None
+    assert jobs.preload[0] == FORKSERVER_PRELOAD and jobs.wrapper_dir is not None
     try:
         wrapper = Path(os.fsdecode(spawn.get_executable()))
         assert wrapper.parent == jobs.wrapper_dir

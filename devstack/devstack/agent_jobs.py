@@ -23,6 +23,11 @@ from pathlib import Path
 from devstack.service_python import AGENT_ACCOUNT, account, become, interpreter_for
 
 FORKSERVER_PRELOAD = "devstack.agent_job_forkserver"
+# Imported once in the forkserver, after it has refused root, so each job forks with the echo agent and
+# livekit-agents loaded rather than importing them at its start, on CPU the other rooms' audio needs: measured in
+# `--load 12 --concurrency 4` runs on 2 cores, a room lost an audio marker in 4 runs of 11 without it, 1 of 8 with
+# it (0 of 8 before jobs left root; that residue is noted in docs/scaling.md).
+AGENT_PRELOAD = "agent_runtime.agent"
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ def unprivileged_jobs(account_name: str = AGENT_ACCOUNT) -> UnprivilegedJobs:
     with os.fdopen(fd, "w") as out:
         out.write(script)
     multiprocessing.set_executable(str(wrapper))
-    return UnprivilegedJobs((FORKSERVER_PRELOAD,), wrapper_dir, ca_dir)
+    return UnprivilegedJobs((FORKSERVER_PRELOAD, AGENT_PRELOAD), wrapper_dir, ca_dir)
 
 
 def _readable_ca() -> tuple[Path | None, str]:
