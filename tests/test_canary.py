@@ -413,7 +413,7 @@ def test_the_worker_stage_answered_for_a_run_elsewhere_carries_its_failure() -> 
         try:
             return await check_worker(refusing_context(), worker, 10.0)
         finally:
-            await worker.close()
+            await worker.end()
 
     failure = asyncio.run(ask())["failure"]
     assert failure["kind"] == Kind.NETWORK

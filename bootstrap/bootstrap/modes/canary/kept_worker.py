@@ -33,7 +33,9 @@ class CanaryWorker:
         self.registered_at = 0.0  # time.monotonic() of its registration
         self.registrations = 0  # how many times it was (re-)created and registered
         self._registered: asyncio.Future[str] | None = None
-        self.jobs = UnprivilegedJobs()  # its job processes' account (devstack.agent_jobs), kept with the worker
+        # Its job processes' account (devstack.agent_jobs): made once, for the canary's whole life, because the
+        # forkserver it starts outlives any one worker and keeps the wrapper's environment (the CA copy's path).
+        self.jobs = UnprivilegedJobs()
 
     def registered(self) -> bool:
         """Running, connected and registered. livekit-agents exposes no "connected" flag: `_connecting` is set
@@ -79,7 +81,8 @@ class CanaryWorker:
         return f"registered {ctx.worker_id} as agent {ctx.agent_name!r} ({reason})"
 
     async def _start(self, ctx: RunContext, wanted: tuple[str, str, str]) -> str:
-        self.jobs = jobs_not_root()
+        if self.jobs.wrapper_dir is None:
+            self.jobs = jobs_not_root()
         config = WorkerConfig(
             ws_url=ctx.settings.ws_url,
             api_key=ctx.settings.api_key,
@@ -135,4 +138,8 @@ class CanaryWorker:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(task, CLOSE_TIMEOUT)
+
+    async def end(self) -> None:
+        """The canary's last close: the worker, then its job processes' wrapper and CA copy."""
+        await self.close()
         self.jobs.remove()

@@ -96,7 +96,7 @@ class Canary:
         finally:
             if self.isolation is not None:
                 await self.isolation.close()
-            await self.worker.close()
+            await self.worker.end()
             endpoint.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
