@@ -54,6 +54,14 @@ async def gone(pgid: int) -> list[int]:
     return pids
 
 
+async def title_within(browser: Chromium, seconds: float) -> str:
+    """The page's title once it has one, or "" after `seconds`."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not (title := await browser.evaluate("document.title")) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    return str(title or "")
+
+
 async def test_chromium_runs_unprivileged_over_a_pipe_and_close_cleans_up() -> None:
     if find_chromium() is None:
         pytest.fail("chromium missing: run `make browser-deps` (`make test` does)")
@@ -62,7 +70,8 @@ async def test_chromium_runs_unprivileged_over_a_pipe_and_close_cleans_up() -> N
         await browser.start()
         await browser.open(PAGE)
         assert await browser.evaluate("1+1") == 2
-        assert await browser.evaluate("document.title") == "pipe"
+        # open() returns once the tab exists, not once the page has loaded: until then the title is about:blank's.
+        assert await title_within(browser, 10.0) == "pipe"
         assert browser.pid is not None
         pids = group_pids(browser.pid)
         assert browser.pid in pids and len(pids) > 1  # the browser and its renderer/GPU/utility children
